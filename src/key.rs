@@ -1,0 +1,175 @@
+//! Object keys: the one parser from a request path to a key, and the one encoder from a key back
+//! to a URL path for the origin.
+//!
+//! A key is the request path without its leading `/`, percent-decoded, valid UTF-8 (as S3 and
+//! COS keys are), at most 1024 bytes, and free of control characters and `.`/`..` segments. Keys
+//! never name files directly (the disk store hashes them), so this parser is about what a valid
+//! key is, not about file system safety; the store does not rely on it for that.
+
+use percent_encoding::{percent_decode, percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// S3's limit on key length, in bytes of UTF-8.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectKey(String);
+
+/// Why a request path is not an object key; each maps to one S3-style error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyError {
+    /// Empty, undecodable, not UTF-8, control characters, or dot segments: `InvalidURI`.
+    Invalid(&'static str),
+    /// Longer than [`MAX_KEY_BYTES`]: `KeyTooLongError`.
+    TooLong,
+}
+
+/// Bytes kept as they are in a path sent to an origin: RFC 3986 `pchar` minus `%`, plus `/`.
+/// Everything else, including `%`, `?`, `#`, `\`, spaces and non-ASCII, is percent-encoded.
+const PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b':')
+    .remove(b'@');
+
+/// Bytes kept as they are in a query string copied into a redirect: the path set plus `?`, and
+/// `%` so that the client's own escapes pass through unchanged.
+const QUERY_KEEP: &AsciiSet = &PATH_KEEP.remove(b'?').remove(b'%');
+
+impl ObjectKey {
+    /// Parses the path part of a request target (no query), e.g. `/photos/1.jpg`.
+    pub fn from_request_path(path: &str) -> Result<ObjectKey, KeyError> {
+        let Some(encoded) = path.strip_prefix('/') else {
+            return Err(KeyError::Invalid("the path must start with /"));
+        };
+        if encoded.is_empty() {
+            return Err(KeyError::Invalid("the object key is empty"));
+        }
+        if !percent_escapes_are_complete(encoded.as_bytes()) {
+            return Err(KeyError::Invalid("the path has a malformed percent escape"));
+        }
+        let decoded: Vec<u8> = percent_decode(encoded.as_bytes()).collect();
+        if decoded.len() > MAX_KEY_BYTES {
+            return Err(KeyError::TooLong);
+        }
+        let Ok(key) = String::from_utf8(decoded) else {
+            return Err(KeyError::Invalid("the object key is not valid UTF-8"));
+        };
+        if key.chars().any(char::is_control) {
+            return Err(KeyError::Invalid(
+                "the object key contains NUL or control characters",
+            ));
+        }
+        if key.split(['/', '\\']).any(|segment| segment == "." || segment == "..") {
+            return Err(KeyError::Invalid(
+                "the object key contains a . or .. path segment",
+            ));
+        }
+        Ok(ObjectKey(key))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL path that names this key at an origin: `/` plus the key with every byte outside
+    /// the unreserved and path-safe set percent-encoded. The 302 and the copy use the same path,
+    /// so the client is sent to exactly what the bucket will store.
+    pub fn origin_path(&self) -> String {
+        let mut path = String::with_capacity(self.0.len() + 1);
+        path.push('/');
+        path.extend(percent_encode(self.0.as_bytes(), PATH_KEEP));
+        path
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Re-encodes a request's query string for a redirect: bytes that may not appear in a URL
+/// (CR, LF, spaces, quotes, non-ASCII) are percent-encoded; the client's escapes are kept.
+pub fn safe_query(query: &str) -> String {
+    percent_encode(query.as_bytes(), QUERY_KEEP).to_string()
+}
+
+fn percent_escapes_are_complete(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3);
+            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_and_strips_the_leading_slash() {
+        let key = ObjectKey::from_request_path("/photos/%E4%B8%AD%20x.jpg").unwrap();
+        assert_eq!(key.as_str(), "photos/中 x.jpg");
+        assert_eq!(key.origin_path(), "/photos/%E4%B8%AD%20x.jpg");
+    }
+
+    #[test]
+    fn seed_example_round_trips_unchanged() {
+        let key = ObjectKey::from_request_path("/1.jpg").unwrap();
+        assert_eq!(key.origin_path(), "/1.jpg");
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_a_key() {
+        for path in [
+            "/", "", "a", "/%", "/%zz", "/a/%2e%2e/b", "/..", "/a/./b", "/a%00b", "/a%0d%0ab",
+            "/%ff", "/a/..%5cb", "/..\\x",
+        ] {
+            assert!(ObjectKey::from_request_path(path).is_err(), "{path:?}");
+        }
+        let long = format!("/{}", "a".repeat(MAX_KEY_BYTES + 1));
+        assert_eq!(ObjectKey::from_request_path(&long), Err(KeyError::TooLong));
+    }
+
+    #[test]
+    fn keeps_keys_that_only_look_odd() {
+        for path in ["/a..b", "/.hidden", "/a//b", "/a/b/", "/%2e%2e.txt"] {
+            assert!(ObjectKey::from_request_path(path).is_ok(), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn encodes_separators_that_would_change_the_url() {
+        let key = ObjectKey::from_request_path("/a%3Fb%23c%25d%5Ce").unwrap();
+        assert_eq!(key.as_str(), "a?b#c%d\\e");
+        assert_eq!(key.origin_path(), "/a%3Fb%23c%25d%5Ce");
+    }
+
+    #[test]
+    fn query_keeps_escapes_and_encodes_unsafe_bytes() {
+        assert_eq!(safe_query("a=1&b=%20"), "a=1&b=%20");
+        assert_eq!(safe_query("a=\r\nSet-Cookie: x"), "a=%0D%0ASet-Cookie:%20x");
+    }
+}
