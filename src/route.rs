@@ -1,0 +1,111 @@
+//! Routing a request to its bucket: the `Host` (or an absolute request target's authority) must
+//! be `<bucket name>.<domain_suffix>`, compared case-insensitively with any `:port` ignored.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pingora::http::RequestHeader;
+
+use crate::config::{BucketConfig, Config};
+
+/// The host → bucket table of one configuration generation.
+#[derive(Debug, Default)]
+pub struct Routes {
+    /// `.` + the lower-case domain suffix, so a match also checks the label boundary.
+    dotted_suffix: String,
+    buckets: HashMap<String, Arc<BucketConfig>>,
+}
+
+impl Routes {
+    pub fn new(config: &Config) -> Routes {
+        Routes {
+            dotted_suffix: format!(".{}", config.domain_suffix),
+            buckets: config
+                .buckets
+                .iter()
+                .map(|b| (b.name.clone(), Arc::new(b.clone())))
+                .collect(),
+        }
+    }
+
+    /// The bucket the request addresses, if any.
+    pub fn bucket_for(&self, req: &RequestHeader) -> Option<&Arc<BucketConfig>> {
+        let host = match req.uri.host() {
+            Some(authority_host) => authority_host.as_bytes(),
+            None => req.headers.get(http::header::HOST)?.as_bytes(),
+        };
+        self.bucket_for_host(host)
+    }
+
+    pub fn bucket_for_host(&self, host: &[u8]) -> Option<&Arc<BucketConfig>> {
+        let host = strip_port(host);
+        let host = host.strip_suffix(b".").unwrap_or(host);
+        let suffix = self.dotted_suffix.as_bytes();
+        if host.len() <= suffix.len() {
+            return None;
+        }
+        let (name, host_suffix) = host.split_at(host.len() - suffix.len());
+        if !host_suffix.eq_ignore_ascii_case(suffix) {
+            return None;
+        }
+        // Bucket names are lower-case ASCII; anything else cannot match.
+        let name = std::str::from_utf8(name).ok()?;
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.buckets.get(&name.to_ascii_lowercase())
+        } else {
+            self.buckets.get(name)
+        }
+    }
+}
+
+fn strip_port(host: &[u8]) -> &[u8] {
+    if host.starts_with(b"[") {
+        // An IPv6 literal is never a bucket host; keep it whole so it matches nothing.
+        return host;
+    }
+    match host.iter().rposition(|&b| b == b':') {
+        Some(colon) => &host[..colon],
+        None => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes() -> Routes {
+        let config = Config::parse(
+            "listen: 127.0.0.1:1\ndata_dir: d\ndomain_suffix: File.MyQcloud.com\nbuckets:\n  - name: example-1250000000\n",
+        )
+        .unwrap();
+        Routes::new(&config)
+    }
+
+    #[test]
+    fn matches_case_insensitively_and_ignores_port() {
+        let r = routes();
+        for host in [
+            "example-1250000000.file.myqcloud.com",
+            "EXAMPLE-1250000000.File.Myqcloud.Com:8080",
+            "example-1250000000.file.myqcloud.com.",
+        ] {
+            assert_eq!(r.bucket_for_host(host.as_bytes()).map(|b| b.name.as_str()), Some("example-1250000000"), "{host}");
+        }
+    }
+
+    #[test]
+    fn other_hosts_match_nothing() {
+        let r = routes();
+        for host in [
+            "file.myqcloud.com",
+            ".file.myqcloud.com",
+            "other-1.file.myqcloud.com",
+            "example-1250000000xfile.myqcloud.com",
+            "a.example-1250000000.file.myqcloud.com",
+            "example-1250000000.file.myqcloud.com.evil",
+            "[::1]:80",
+        ] {
+            assert!(r.bucket_for_host(host.as_bytes()).is_none(), "{host}");
+        }
+    }
+}
