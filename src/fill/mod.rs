@@ -1,0 +1,243 @@
+//! Background copies from origins into buckets: which copies run, wait, or are skipped.
+//!
+//! A miss answered with 302 asks for a copy with [`Filler::start_copy_after_redirect`], which
+//! never waits. Per key there is at most one copy running or queued (single flight); at most
+//! `fill.concurrency` run at once and `fill.queue` wait; past that the copy is skipped and
+//! counted as `dropped`. A key whose copy failed is not tried again for `fill.negative_ttl_secs`.
+//! Limits are read from the configuration of the request asking, so reloads apply at once.
+//!
+//! Copies run as tokio tasks independent of the client's connection: a client hanging up does
+//! not cancel one. On shutdown, copies still running when Pingora stops its runtimes are dropped,
+//! and their unfinished temporary files with them.
+
+pub mod origin;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pingora::connectors::http::Connector;
+
+use crate::config::{FillSettings, OriginAddr};
+use crate::key::ObjectKey;
+use crate::metrics::{count_fill, FillOutcome, METRICS};
+use crate::store::BucketStore;
+use origin::{copy_object, CopyError};
+
+/// Negative-cache entries beyond which expired ones are swept on insert.
+const NEGATIVE_SWEEP_AT: usize = 10_000;
+
+/// What happened to a copy request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyDecision {
+    Started,
+    Queued,
+    /// A copy of this key is already running or queued.
+    AlreadyInFlight,
+    /// A recent copy of this key failed; see `negative_ttl_secs`.
+    RecentlyFailed,
+    /// Concurrency and queue are full.
+    Dropped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CopyKey {
+    bucket: Arc<str>,
+    key: ObjectKey,
+}
+
+struct CopyJob {
+    id: CopyKey,
+    origin: OriginAddr,
+    limits: FillSettings,
+}
+
+#[derive(Default)]
+struct Schedule {
+    running: usize,
+    waiting: VecDeque<CopyJob>,
+    /// Keys running or waiting.
+    in_flight: HashSet<CopyKey>,
+    /// Keys whose last copy failed, with when they may be tried again.
+    failed_until: HashMap<CopyKey, Instant>,
+}
+
+struct Shared {
+    store: Arc<dyn BucketStore>,
+    connector: Connector,
+    schedule: Mutex<Schedule>,
+}
+
+#[derive(Clone)]
+pub struct Filler {
+    shared: Arc<Shared>,
+}
+
+impl Filler {
+    pub fn new(store: Arc<dyn BucketStore>) -> Filler {
+        Filler {
+            shared: Arc::new(Shared {
+                store,
+                // One connector for all copies: it owns the connection pool.
+                connector: Connector::new(None),
+                schedule: Mutex::new(Schedule::default()),
+            }),
+        }
+    }
+
+    /// The miss path's hook: asks for `key` to be copied from `origin` into `bucket` in the
+    /// background. Never waits; must be called from within a tokio runtime.
+    pub fn start_copy_after_redirect(
+        &self,
+        bucket: &str,
+        origin: &OriginAddr,
+        key: &ObjectKey,
+        limits: &FillSettings,
+    ) -> CopyDecision {
+        let id = CopyKey {
+            bucket: Arc::from(bucket),
+            key: key.clone(),
+        };
+        let decision = {
+            let mut schedule = self.shared.lock();
+            let now = Instant::now();
+            if schedule.in_flight.contains(&id) {
+                CopyDecision::AlreadyInFlight
+            } else if schedule.failed_until.get(&id).is_some_and(|until| *until > now) {
+                CopyDecision::RecentlyFailed
+            } else if schedule.running < limits.concurrency {
+                schedule.running += 1;
+                schedule.in_flight.insert(id.clone());
+                CopyDecision::Started
+            } else if schedule.waiting.len() < limits.queue {
+                schedule.in_flight.insert(id.clone());
+                schedule.waiting.push_back(CopyJob {
+                    id: id.clone(),
+                    origin: origin.clone(),
+                    limits: limits.clone(),
+                });
+                CopyDecision::Queued
+            } else {
+                CopyDecision::Dropped
+            }
+        };
+        match decision {
+            CopyDecision::Started => self.spawn(CopyJob {
+                id,
+                origin: origin.clone(),
+                limits: limits.clone(),
+            }),
+            CopyDecision::Queued => METRICS.fill_queue_depth.inc(),
+            CopyDecision::RecentlyFailed => count_fill(bucket, FillOutcome::NegativeCached),
+            CopyDecision::Dropped => {
+                log::warn!("fill queue full: not copying {key:?} into {bucket}");
+                count_fill(bucket, FillOutcome::Dropped);
+            }
+            CopyDecision::AlreadyInFlight => {}
+        }
+        decision
+    }
+
+    fn spawn(&self, job: CopyJob) {
+        let filler = self.clone();
+        tokio::spawn(async move {
+            let mut job = job;
+            loop {
+                let failed = filler.run(&job).await;
+                match filler.finish(&job.id, failed, &job.limits) {
+                    Some(next) => job = next,
+                    None => break,
+                }
+            }
+        });
+    }
+
+    /// Runs one copy; returns whether it failed.
+    async fn run(&self, job: &CopyJob) -> bool {
+        METRICS.fills_in_flight.inc();
+        let started = Instant::now();
+        let bucket = &*job.id.bucket;
+        let result = copy_object(
+            &self.shared.connector,
+            self.shared.store.as_ref(),
+            bucket,
+            &job.origin,
+            &job.id.key,
+            &job.limits,
+        )
+        .await;
+        METRICS.fills_in_flight.dec();
+        METRICS
+            .fill_duration
+            .with_label_values(&[bucket])
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(meta) => {
+                METRICS
+                    .fill_bytes
+                    .with_label_values(&[bucket])
+                    .inc_by(meta.size);
+                log::info!(
+                    "copied {:?} from {} into {bucket}: {} bytes in {:?}",
+                    job.id.key.as_str(),
+                    job.origin.authority,
+                    meta.size,
+                    started.elapsed()
+                );
+                FillOutcome::Stored
+            }
+            Err(e) => {
+                log::warn!(
+                    "copy of {:?} from {} into {bucket} failed: {e}",
+                    job.id.key.as_str(),
+                    job.origin.authority
+                );
+                match e {
+                    CopyError::OriginStatus(_) => FillOutcome::OriginStatus,
+                    CopyError::Timeout(_) => FillOutcome::Timeout,
+                    CopyError::TooLarge { .. } => FillOutcome::TooLarge,
+                    CopyError::Origin(_) | CopyError::Store(_) => FillOutcome::OriginError,
+                }
+            }
+        };
+        count_fill(bucket, outcome);
+        result.is_err()
+    }
+
+    /// Records the end of a copy and hands back the next waiting job, if any, to run in the
+    /// same task (keeping `running` unchanged).
+    fn finish(&self, id: &CopyKey, failed: bool, limits: &FillSettings) -> Option<CopyJob> {
+        let mut schedule = self.shared.lock();
+        schedule.in_flight.remove(id);
+        if failed && limits.negative_ttl_secs > 0 {
+            let now = Instant::now();
+            if schedule.failed_until.len() >= NEGATIVE_SWEEP_AT {
+                schedule.failed_until.retain(|_, until| *until > now);
+            }
+            schedule.failed_until.insert(
+                id.clone(),
+                now + Duration::from_secs(limits.negative_ttl_secs),
+            );
+        } else {
+            schedule.failed_until.remove(id);
+        }
+        // A reload may have lowered the concurrency: then this slot is given up.
+        if schedule.running <= limits.concurrency {
+            if let Some(next) = schedule.waiting.pop_front() {
+                METRICS.fill_queue_depth.dec();
+                return Some(next);
+            }
+        }
+        schedule.running -= 1;
+        None
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Schedule> {
+        // The schedule stays consistent even if a holder panicked: every update is one step.
+        self.schedule
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
