@@ -1,0 +1,23 @@
+//! originpull: an origin-pull edge server on Pingora. A bucket is served from disk at its
+//! accelerated domain; a miss is answered with 302 to the bucket's origin while the object is
+//! copied from the origin into the bucket in the background, so the next request is a hit.
+//!
+//! The request's path through the modules: [`config`] → [`route`] → [`key`] → [`serve`] (hit)
+//! or [`redirect`] (miss) → [`fill`] (background copy) → [`store`]; [`proxy`] ties them into
+//! Pingora, [`respond`] writes errors and the common headers, [`metrics`] and [`access_log`]
+//! record what happened, [`reload`] swaps configurations, [`server`] starts it all.
+
+pub mod access_log;
+pub mod config;
+pub mod demo;
+pub mod fill;
+pub mod key;
+pub mod metrics;
+pub mod proxy;
+pub mod redirect;
+pub mod reload;
+pub mod respond;
+pub mod route;
+pub mod serve;
+pub mod server;
+pub mod store;

@@ -1,0 +1,128 @@
+//! The `originpull` command: run the server (`-c FILE`), check a configuration (`-t`), or run
+//! the self-contained demo (`demo`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use originpull::config::Config;
+use originpull::server::{self, ProcessFlags};
+
+/// Origin-pull edge server: serves buckets from disk; on a miss answers 302 to the bucket's
+/// origin and copies the object into the bucket in the background.
+#[derive(Parser, Debug)]
+#[command(name = "originpull", version)]
+struct Cli {
+    /// Configuration file (YAML). Reloaded on change and on SIGHUP.
+    #[arg(short = 'c', long = "conf", default_value = "conf/originpull.yaml")]
+    conf: PathBuf,
+
+    /// Check the configuration file and exit: 0 and "valid", or 1 and every error found.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+
+    /// Run in the background (Pingora's daemon mode; set server.pid_file).
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+
+    /// Take over the listening sockets of a running originpull (zero-downtime upgrade: start
+    /// the new binary with -u, then send SIGQUIT to the old one).
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the seed example locally: a bucket plus an embedded origin, with curl lines to try.
+    Demo {
+        /// Data-plane address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// The embedded origin's address.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        origin: SocketAddr,
+        /// Prometheus endpoint.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        metrics: SocketAddr,
+        /// Where the demo keeps its config and bucket.
+        #[arg(long, default_value = "demo-data")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let flags = ProcessFlags {
+        daemon: cli.daemon,
+        upgrade: cli.upgrade,
+    };
+
+    if let Some(Command::Demo { listen, origin, metrics, dir }) = cli.command {
+        return run_demo(listen, origin, metrics, &dir, flags);
+    }
+
+    let config = match Config::load(&cli.conf) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!(
+                "originpull: configuration file {} has {} error(s):",
+                cli.conf.display(),
+                errors.0.len()
+            );
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    if cli.test {
+        println!("originpull: configuration file {} is valid", cli.conf.display());
+        return ExitCode::SUCCESS;
+    }
+    match server::build(config, &cli.conf, flags) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            eprintln!("originpull: cannot start: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_demo(
+    listen: SocketAddr,
+    origin: SocketAddr,
+    metrics: SocketAddr,
+    dir: &std::path::Path,
+    flags: ProcessFlags,
+) -> ExitCode {
+    use originpull::demo;
+    let config_path = match demo::prepare(dir, listen, metrics, origin) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("originpull demo: cannot write {}: {e}", dir.display());
+            return ExitCode::from(1);
+        }
+    };
+    let config = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("originpull demo: {errors}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut server = match server::build(config, &config_path, flags) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("originpull demo: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    server.add_service(demo::origin_service(origin));
+    println!("{}", demo::instructions(listen, metrics, origin, &config_path));
+    server.run_forever()
+}

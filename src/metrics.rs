@@ -1,0 +1,172 @@
+//! Prometheus metrics, registered on the default registry so Pingora's Prometheus service
+//! exports them beside process metrics. Names and labels here are the operators' contract.
+//!
+//! `bucket` label values come only from the configuration; requests for unknown hosts share the
+//! one `bucket=""` series so a scanner cannot create new series.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge,
+    Gauge, HistogramVec, IntCounterVec, IntGauge,
+};
+
+/// How a request was answered: the `result` label of `originpull_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestResult {
+    Hit,
+    NotModified,
+    Redirect,
+    NotFound,
+    NoSuchBucket,
+    BadRequest,
+    MethodNotAllowed,
+    Error,
+}
+
+impl RequestResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestResult::Hit => "hit",
+            RequestResult::NotModified => "not_modified",
+            RequestResult::Redirect => "redirect",
+            RequestResult::NotFound => "not_found",
+            RequestResult::NoSuchBucket => "no_such_bucket",
+            RequestResult::BadRequest => "bad_request",
+            RequestResult::MethodNotAllowed => "method_not_allowed",
+            RequestResult::Error => "error",
+        }
+    }
+}
+
+/// How a copy request ended: the `outcome` label of `originpull_fills_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillOutcome {
+    Stored,
+    OriginStatus,
+    OriginError,
+    Timeout,
+    TooLarge,
+    Dropped,
+    NegativeCached,
+}
+
+impl FillOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FillOutcome::Stored => "stored",
+            FillOutcome::OriginStatus => "origin_status",
+            FillOutcome::OriginError => "origin_error",
+            FillOutcome::Timeout => "timeout",
+            FillOutcome::TooLarge => "too_large",
+            FillOutcome::Dropped => "dropped",
+            FillOutcome::NegativeCached => "negative_cached",
+        }
+    }
+}
+
+pub struct Metrics {
+    pub requests: IntCounterVec,
+    pub response_bytes: IntCounterVec,
+    pub fills: IntCounterVec,
+    pub fill_bytes: IntCounterVec,
+    pub fill_duration: HistogramVec,
+    pub fills_in_flight: IntGauge,
+    pub fill_queue_depth: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_successful: Gauge,
+}
+
+// The macros only fail on a duplicate or malformed name, which is a bug caught by any test run.
+#[allow(clippy::expect_used)]
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let m = Metrics {
+        requests: register_int_counter_vec!(
+            "originpull_requests_total",
+            "Requests answered, by bucket and how they were answered.",
+            &["bucket", "result"]
+        )
+        .expect("register originpull_requests_total"),
+        response_bytes: register_int_counter_vec!(
+            "originpull_response_bytes_total",
+            "Response body bytes sent to clients.",
+            &["bucket"]
+        )
+        .expect("register originpull_response_bytes_total"),
+        fills: register_int_counter_vec!(
+            "originpull_fills_total",
+            "Copies from the origin into the bucket, by how they ended.",
+            &["bucket", "outcome"]
+        )
+        .expect("register originpull_fills_total"),
+        fill_bytes: register_int_counter_vec!(
+            "originpull_fill_bytes_total",
+            "Bytes copied from origins into buckets (stored copies only).",
+            &["bucket"]
+        )
+        .expect("register originpull_fill_bytes_total"),
+        fill_duration: register_histogram_vec!(
+            "originpull_fill_duration_seconds",
+            "Time from the start of a copy to its end, whatever the outcome.",
+            &["bucket"],
+            vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]
+        )
+        .expect("register originpull_fill_duration_seconds"),
+        fills_in_flight: register_int_gauge!(
+            "originpull_fills_in_flight",
+            "Copies talking to an origin now."
+        )
+        .expect("register originpull_fills_in_flight"),
+        fill_queue_depth: register_int_gauge!(
+            "originpull_fill_queue_depth",
+            "Copies waiting for a free slot."
+        )
+        .expect("register originpull_fill_queue_depth"),
+        config_reloads: register_int_counter_vec!(
+            "originpull_config_reloads_total",
+            "Configuration reloads, by outcome.",
+            &["outcome"]
+        )
+        .expect("register originpull_config_reloads_total"),
+        config_last_reload_successful: register_gauge!(
+            "originpull_config_last_reload_successful",
+            "1 if the last configuration reload succeeded, 0 if it failed."
+        )
+        .expect("register originpull_config_last_reload_successful"),
+    };
+    m.config_last_reload_successful.set(1.0);
+    m
+});
+
+/// Registers everything once at start, so every series family is visible before traffic and
+/// process metrics are exported.
+pub fn init() {
+    LazyLock::force(&METRICS);
+    #[cfg(target_os = "linux")]
+    {
+        let collector = prometheus::process_collector::ProcessCollector::for_self();
+        if let Err(e) = prometheus::register(Box::new(collector)) {
+            log::warn!("process metrics unavailable: {e}");
+        }
+    }
+}
+
+pub fn count_request(bucket: &str, result: RequestResult, body_bytes: u64) {
+    METRICS
+        .requests
+        .with_label_values(&[bucket, result.as_str()])
+        .inc();
+    if body_bytes > 0 {
+        METRICS
+            .response_bytes
+            .with_label_values(&[bucket])
+            .inc_by(body_bytes);
+    }
+}
+
+pub fn count_fill(bucket: &str, outcome: FillOutcome) {
+    METRICS
+        .fills
+        .with_label_values(&[bucket, outcome.as_str()])
+        .inc();
+}

@@ -1,0 +1,185 @@
+//! The data plane: originpull's Pingora `ProxyHttp` implementation. Every request is answered in
+//! `request_filter` (route → key → hit, redirect or error); nothing is proxied inline, so
+//! `upstream_peer` is never reached. `logging` writes the access log line and counts metrics.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use http::{header, Method};
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::fill::Filler;
+use crate::key::{KeyError, ObjectKey};
+use crate::metrics::{count_request, RequestResult};
+use crate::redirect::write_redirect;
+use crate::reload::ConfigHandle;
+use crate::respond::{write_error, ErrorCode};
+use crate::serve::{serve_hit, HitOutcome};
+use crate::store::{BucketStore, StoreError};
+
+pub struct OriginPull {
+    pub config: ConfigHandle,
+    pub store: Arc<dyn BucketStore>,
+    pub filler: Filler,
+    pub access_log: AccessLog,
+}
+
+/// What one request became, for `logging`.
+pub struct RequestCtx {
+    started: Instant,
+    request_id: String,
+    /// The bucket's name, or empty when the host matched none (one metrics series for all).
+    bucket: Arc<str>,
+    key: String,
+    result: RequestResult,
+    body_bytes: u64,
+}
+
+#[async_trait]
+impl ProxyHttp for OriginPull {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            request_id: format!("{:016x}", rand::random::<u64>()),
+            bucket: Arc::from(""),
+            key: String::new(),
+            result: RequestResult::Error,
+            body_bytes: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let (result, body_bytes) = self.answer(session, ctx).await?;
+        ctx.result = result;
+        ctx.body_bytes = body_bytes;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _: &mut Session, _: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        // request_filter answers every request; reaching here is a bug, not a client error.
+        Error::e_explain(ErrorType::InternalError, "originpull never proxies inline")
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        if error.is_some() {
+            ctx.result = RequestResult::Error;
+        }
+        count_request(&ctx.bucket, ctx.result, ctx.body_bytes);
+        if self.access_log.is_off() {
+            return;
+        }
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-");
+        let status = session
+            .response_written()
+            .map_or(0, |resp| resp.status.as_u16());
+        self.access_log.write(&AccessRecord {
+            time: SystemTime::now(),
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .copied(),
+            host,
+            bucket: &ctx.bucket,
+            method: req.method.as_str(),
+            key: &ctx.key,
+            status,
+            result: ctx.result.as_str(),
+            bytes: ctx.body_bytes,
+            duration: ctx.started.elapsed(),
+            request_id: &ctx.request_id,
+        });
+    }
+}
+
+impl OriginPull {
+    /// Routes and answers one request; returns how, and the body bytes written.
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<(RequestResult, u64)> {
+        // One configuration generation for the whole request, even if a reload lands meanwhile.
+        let live = self.config.current();
+        let rid = ctx.request_id.clone();
+
+        let Some(bucket) = live.routes.bucket_for(session.req_header()).cloned() else {
+            let n = write_error(session, ErrorCode::NoSuchBucket, None, &rid, &[]).await?;
+            return Ok((RequestResult::NoSuchBucket, n));
+        };
+        ctx.bucket = Arc::from(bucket.name.as_str());
+
+        let method = &session.req_header().method;
+        if method != Method::GET && method != Method::HEAD {
+            // An unread request body would be taken for the next request on this connection.
+            if request_has_body(session) {
+                session.set_keepalive(None);
+            }
+            let allow = [(header::ALLOW, "GET, HEAD")];
+            let n = write_error(session, ErrorCode::MethodNotAllowed, None, &rid, &allow).await?;
+            return Ok((RequestResult::MethodNotAllowed, n));
+        }
+
+        let key = match ObjectKey::from_request_path(session.req_header().uri.path()) {
+            Ok(key) => key,
+            Err(e) => {
+                let (code, detail) = match e {
+                    KeyError::Invalid(why) => (ErrorCode::InvalidUri, why),
+                    KeyError::TooLong => (ErrorCode::KeyTooLong, "Keys are at most 1024 bytes."),
+                };
+                let n = write_error(session, code, Some(detail), &rid, &[]).await?;
+                return Ok((RequestResult::BadRequest, n));
+            }
+        };
+        ctx.key = key.as_str().to_string();
+
+        match self.store.open(&bucket.name, &key).await {
+            Ok(Some(object)) => {
+                let (outcome, n) = serve_hit(session, object, &rid).await?;
+                let result = match outcome {
+                    HitOutcome::Served | HitOutcome::PreconditionFailed => RequestResult::Hit,
+                    HitOutcome::NotModified => RequestResult::NotModified,
+                };
+                return Ok((result, n));
+            }
+            Ok(None) => {}
+            // A damaged object is treated as missing, so origin-pull replaces it.
+            Err(StoreError::Corrupt(why)) => log::error!("bucket {}: {why}", bucket.name),
+            Err(e) => {
+                log::error!("bucket {}: opening {:?}: {e}", bucket.name, key.as_str());
+                let n = write_error(session, ErrorCode::InternalError, None, &rid, &[]).await?;
+                return Ok((RequestResult::Error, n));
+            }
+        }
+
+        let Some(origin) = &bucket.origin else {
+            let n = write_error(session, ErrorCode::NoSuchKey, None, &rid, &[]).await?;
+            return Ok((RequestResult::NotFound, n));
+        };
+        // HEAD asks about the object without wanting it: it is redirected but not copied.
+        if session.req_header().method == Method::GET {
+            self.filler
+                .start_copy_after_redirect(&bucket.name, origin, &key, &live.config.fill);
+        }
+        let n = write_redirect(session, origin, &key, &rid).await?;
+        Ok((RequestResult::Redirect, n))
+    }
+}
+
+fn request_has_body(session: &Session) -> bool {
+    let headers = &session.req_header().headers;
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}

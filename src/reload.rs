@@ -1,0 +1,147 @@
+//! The live configuration and its hot reload.
+//!
+//! Requests read one immutable generation ([`LiveConfig`]) through an `ArcSwap`; a reload
+//! validates the whole new file first and then swaps in a new generation, so requests in flight
+//! finish with the old one and no request ever sees half a change. Reloads are triggered by
+//! SIGHUP and by changes to the file, watched through its directory so that an editor's
+//! write-to-temp-then-rename is seen too. Listeners, `data_dir`, `server` and `access_log` are
+//! fixed at start: a reload that changes them warns and keeps the running values.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+
+use crate::config::Config;
+use crate::metrics::METRICS;
+use crate::route::Routes;
+
+/// File events closer together than this are one reload (editors write in several steps).
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// One configuration generation and the routing table built from it.
+pub struct LiveConfig {
+    pub config: Config,
+    pub routes: Routes,
+}
+
+impl LiveConfig {
+    pub fn new(config: Config) -> LiveConfig {
+        LiveConfig {
+            routes: Routes::new(&config),
+            config,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ConfigHandle {
+    live: Arc<ArcSwap<LiveConfig>>,
+    path: Arc<PathBuf>,
+}
+
+impl ConfigHandle {
+    pub fn new(config: Config, path: &Path) -> ConfigHandle {
+        ConfigHandle {
+            live: Arc::new(ArcSwap::from_pointee(LiveConfig::new(config))),
+            path: Arc::new(path.to_path_buf()),
+        }
+    }
+
+    pub fn current(&self) -> Arc<LiveConfig> {
+        self.live.load_full()
+    }
+
+    /// Re-reads the file; on any error the running configuration stays and the error is logged
+    /// and counted.
+    pub fn reload(&self) -> bool {
+        match Config::load(&self.path) {
+            Err(errors) => {
+                for e in &errors.0 {
+                    log::error!("config reload rejected, keeping the running configuration: {e}");
+                }
+                METRICS.config_reloads.with_label_values(&["error"]).inc();
+                METRICS.config_last_reload_successful.set(0.0);
+                false
+            }
+            Ok(mut new) => {
+                let running = self.current();
+                for field in running.config.restart_only_differences(&new) {
+                    log::warn!("config reload: `{field}` changed; it takes effect only after a restart");
+                }
+                // Keep what only a restart can change, so the live view matches what runs.
+                new.listen = running.config.listen;
+                new.metrics_listen = running.config.metrics_listen;
+                new.data_dir = running.config.data_dir.clone();
+                new.access_log = running.config.access_log.clone();
+                new.server = running.config.server.clone();
+                let changed = new != running.config;
+                self.live.store(Arc::new(LiveConfig::new(new)));
+                METRICS.config_reloads.with_label_values(&["ok"]).inc();
+                METRICS.config_last_reload_successful.set(1.0);
+                log::info!(
+                    "config reloaded from {}{}",
+                    self.path.display(),
+                    if changed { "" } else { " (no changes)" }
+                );
+                true
+            }
+        }
+    }
+
+    /// Starts the SIGHUP and file watchers on their own threads; they run for the process's life.
+    pub fn watch(&self) -> std::io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+        let sighup_tx = tx.clone();
+        std::thread::Builder::new()
+            .name("originpull-sighup".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    log::info!("SIGHUP: reloading configuration");
+                    let _ = sighup_tx.send(());
+                }
+            })?;
+
+        let file = self.path.clone();
+        let dir = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let file_name = file.file_name().map(|n| n.to_os_string());
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if event.kind.is_access() {
+                return;
+            }
+            let touches_file = event
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name);
+            if touches_file {
+                let _ = tx.send(());
+            }
+        })
+        .map_err(std::io::Error::other)?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(std::io::Error::other)?;
+
+        let handle = self.clone();
+        std::thread::Builder::new()
+            .name("originpull-reload".into())
+            .spawn(move || {
+                // The watcher lives as long as this thread, which lives as long as the process.
+                let _watcher = watcher;
+                while rx.recv().is_ok() {
+                    std::thread::sleep(SETTLE);
+                    while rx.try_recv().is_ok() {}
+                    handle.reload();
+                }
+            })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! Start-up: turns a validated [`Config`] into a running Pingora server with the data plane,
+//! the Prometheus endpoint, the bucket store, the copy scheduler and the reload watchers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+
+use crate::access_log::AccessLog;
+use crate::config::Config;
+use crate::fill::Filler;
+use crate::proxy::OriginPull;
+use crate::reload::ConfigHandle;
+use crate::store::{BucketStore, DiskStore};
+
+/// Process flags Pingora itself understands.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessFlags {
+    pub daemon: bool,
+    pub upgrade: bool,
+}
+
+/// Builds the server. Extra services (the demo's origin) can be added before running it.
+pub fn build(config: Config, config_path: &Path, flags: ProcessFlags) -> Result<Server, StartError> {
+    crate::metrics::init();
+    let store = DiskStore::open(&config.data_dir).map_err(|source| StartError::Store {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let store: Arc<dyn BucketStore> = Arc::new(store);
+    let access_log = AccessLog::open(&config.access_log).map_err(StartError::AccessLog)?;
+
+    let mut server_conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_secs),
+        daemon: flags.daemon,
+        ..ServerConf::default()
+    };
+    if let Some(pid_file) = &config.server.pid_file {
+        server_conf.pid_file = pid_file.clone();
+    }
+    if let Some(sock) = &config.server.upgrade_sock {
+        server_conf.upgrade_sock = sock.clone();
+    }
+    let opt = Opt {
+        upgrade: flags.upgrade,
+        daemon: flags.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+
+    let listen = config.listen.to_string();
+    let metrics_listen = config.metrics_listen;
+    let handle = ConfigHandle::new(config, config_path);
+    handle.watch().map_err(|source| StartError::Watch {
+        path: config_path.to_path_buf(),
+        source,
+    })?;
+
+    let app = OriginPull {
+        config: handle,
+        filler: Filler::new(store.clone()),
+        store,
+        access_log,
+    };
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, app);
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+
+    if let Some(addr) = metrics_listen {
+        let mut prometheus = pingora_prometheus::prometheus_http_service();
+        prometheus.add_tcp(&addr.to_string());
+        server.add_service(prometheus);
+    }
+    Ok(server)
+}
+
+/// Why the server could not start, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data_dir {}: cannot open the bucket store: {source}", path.display())]
+    Store { path: PathBuf, source: std::io::Error },
+    #[error("access_log: cannot open: {0}")]
+    AccessLog(std::io::Error),
+    #[error("cannot watch {} for reloads: {source}", path.display())]
+    Watch { path: PathBuf, source: std::io::Error },
+}
