@@ -66,7 +66,10 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 
 pub fn format_line(r: &AccessRecord<'_>) -> String {
     let mut line = String::with_capacity(256);
-    let client = r.client.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+    let client = r
+        .client
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "-".into());
     // Writing to a String cannot fail.
     let _ = write!(
         line,

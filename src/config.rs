@@ -190,7 +190,11 @@ impl Config {
             }
         };
         let Some(root) = root.as_mapping() else {
-            errors.push("file", "yaml", "expected a mapping of keys at the top level");
+            errors.push(
+                "file",
+                "yaml",
+                "expected a mapping of keys at the top level",
+            );
             return Err(ConfigErrors(errors.0));
         };
         let top = Section::new("top level", "", root, TOP_LEVEL_KEYS, &mut errors);
@@ -208,7 +212,11 @@ impl Config {
             })
             .map(PathBuf::from);
         if top.get("data_dir").is_none() {
-            errors.push("top level", "data_dir", "is required: the bucket store's directory");
+            errors.push(
+                "top level",
+                "data_dir",
+                "is required: the bucket store's directory",
+            );
         }
         let domain_suffix = top.domain_suffix(&mut errors);
         let access_log = match top.typed::<String>("access_log", &mut errors) {
@@ -345,7 +353,13 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn nested(&self, key: &str, known: &[&str], prefix: &'a str, errors: &mut Errors) -> Option<Section<'a>> {
+    fn nested(
+        &self,
+        key: &str,
+        known: &[&str],
+        prefix: &'a str,
+        errors: &mut Errors,
+    ) -> Option<Section<'a>> {
         let value = self.get(key)?;
         match value.as_mapping() {
             Some(map) => Some(Section::new(self.scope.clone(), prefix, map, known, errors)),
@@ -359,7 +373,11 @@ impl<'a> Section<'a> {
     fn socket_addr(&self, key: &str, errors: &mut Errors, required: bool) -> Option<SocketAddr> {
         if self.get(key).is_none() {
             if required {
-                errors.push(&self.scope, &self.field(key), "is required, e.g. 127.0.0.1:8080");
+                errors.push(
+                    &self.scope,
+                    &self.field(key),
+                    "is required, e.g. 127.0.0.1:8080",
+                );
             }
             return None;
         }
@@ -436,7 +454,9 @@ fn parse_fill(top: &Section<'_>, errors: &mut Errors) -> FillSettings {
     };
     FillSettings {
         concurrency: fill.positive("concurrency", d.concurrency as u64, errors) as usize,
-        queue: fill.typed::<u64>("queue", errors).map_or(d.queue, |q| q as usize),
+        queue: fill
+            .typed::<u64>("queue", errors)
+            .map_or(d.queue, |q| q as usize),
         connect_timeout_ms: fill.positive("connect_timeout_ms", d.connect_timeout_ms, errors),
         read_timeout_ms: fill.positive("read_timeout_ms", d.read_timeout_ms, errors),
         max_object_bytes: fill.positive("max_object_bytes", d.max_object_bytes, errors),
@@ -458,7 +478,11 @@ fn parse_buckets(top: &Section<'_>, errors: &mut Errors) -> Vec<BucketConfig> {
     let mut buckets = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let Some(map) = item.as_mapping() else {
-            errors.push(&format!("buckets[{index}]"), "", "expected a mapping with `name` and `origin_pull`");
+            errors.push(
+                &format!("buckets[{index}]"),
+                "",
+                "expected a mapping with `name` and `origin_pull`",
+            );
             continue;
         };
         let name = map.get("name").and_then(Value::as_str).map(str::to_string);
@@ -475,7 +499,11 @@ fn parse_buckets(top: &Section<'_>, errors: &mut Errors) -> Vec<BucketConfig> {
             errors.push(&scope, "name", why);
         }
         if !seen.insert(name.clone()) {
-            errors.push(&scope, "name", "duplicate bucket name; each bucket may appear once");
+            errors.push(
+                &scope,
+                "name",
+                "duplicate bucket name; each bucket may appear once",
+            );
         }
         let origin = parse_origin_pull(&bucket, errors);
         buckets.push(BucketConfig { name, origin });
@@ -485,7 +513,9 @@ fn parse_buckets(top: &Section<'_>, errors: &mut Errors) -> Vec<BucketConfig> {
 
 fn parse_origin_pull(bucket: &Section<'_>, errors: &mut Errors) -> Option<OriginAddr> {
     let origin_pull = bucket.nested("origin_pull", ORIGIN_PULL_KEYS, "origin_pull.", errors)?;
-    let enabled = origin_pull.typed::<bool>("enabled", errors).unwrap_or(false);
+    let enabled = origin_pull
+        .typed::<bool>("enabled", errors)
+        .unwrap_or(false);
     let origin = origin_pull.typed::<String>("origin", errors);
     if !enabled {
         // A disabled bucket may keep an origin for later, but it must still be valid.
@@ -501,7 +531,7 @@ fn parse_origin_pull(bucket: &Section<'_>, errors: &mut Errors) -> Option<Origin
             errors.push(
                 &origin_pull.scope,
                 "origin_pull.origin",
-                "is required when origin_pull.enabled is true: enter the origin server's domain or IP, optionally with :port",
+                format!("is required when origin_pull.enabled is true; {HINT}"),
             );
             None
         }
@@ -509,7 +539,7 @@ fn parse_origin_pull(bucket: &Section<'_>, errors: &mut Errors) -> Option<Origin
             errors.push(
                 &origin_pull.scope,
                 "origin_pull.origin",
-                "must not be empty when origin_pull.enabled is true: enter the origin server's domain or IP, optionally with :port",
+                format!("must not be empty when origin_pull.enabled is true; {HINT}"),
             );
             None
         }
@@ -522,6 +552,9 @@ fn parse_origin_pull(bucket: &Section<'_>, errors: &mut Errors) -> Option<Origin
         },
     }
 }
+
+/// How to write an origin, appended to every origin error.
+const HINT: &str = "enter only host[:port], e.g. abc.example.com, abc.example.com:8080, 10.10.10.10:8080 or [::1]:8080";
 
 /// Bucket names are one DNS label: lower-case letters, digits and hyphens.
 pub fn validate_bucket_name(name: &str) -> Result<(), String> {
@@ -545,9 +578,10 @@ pub fn validate_bucket_name(name: &str) -> Result<(), String> {
 /// Parses an origin server address: `host[:port]` with a domain, an IPv4 address or a bracketed
 /// IPv6 address. The error text tells the user what to enter instead.
 pub fn parse_origin(text: &str) -> Result<OriginAddr, String> {
-    const HINT: &str = "enter only host[:port], e.g. abc.example.com, abc.example.com:8080, 10.10.10.10:8080 or [::1]:8080";
     if text.contains("://") {
-        return Err(format!("`{text}` has a scheme; origin-pull always uses http, {HINT}"));
+        return Err(format!(
+            "`{text}` has a scheme; origin-pull always uses http, {HINT}"
+        ));
     }
     if text.chars().any(char::is_whitespace) {
         return Err(format!("`{}` contains spaces; {HINT}", text.escape_debug()));
@@ -584,13 +618,19 @@ pub fn parse_origin(text: &str) -> Result<OriginAddr, String> {
                 let (h, p) = text.split_once(':').unwrap_or((text, ""));
                 (h, Some(p))
             }
-            _ => return Err(format!("`{text}` looks like an IPv6 address: write it in brackets, e.g. [::1]:8080")),
+            _ => {
+                return Err(format!(
+                    "`{text}` looks like an IPv6 address: write it in brackets, e.g. [::1]:8080"
+                ))
+            }
         }
     };
 
     let port = match port_text {
         None => 80,
-        Some(p) => parse_port(p).map_err(|why| format!("`{text}` has a bad port: {why}; {HINT}"))?,
+        Some(p) => {
+            parse_port(p).map_err(|why| format!("`{text}` has a bad port: {why}; {HINT}"))?
+        }
     };
 
     let host = if text.starts_with('[') {
@@ -638,7 +678,9 @@ pub fn is_valid_hostname(name: &str) -> bool {
     let labels_ok = name.split('.').all(|label| {
         !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-')
     });
@@ -703,9 +745,15 @@ mod tests {
 
     #[test]
     fn enabled_without_origin_names_bucket_and_field() {
-        let errs = Config::parse(&base("  - name: example-1250000000\n    origin_pull:\n      enabled: true\n")).unwrap_err();
+        let errs = Config::parse(&base(
+            "  - name: example-1250000000\n    origin_pull:\n      enabled: true\n",
+        ))
+        .unwrap_err();
         let text = errs.to_string();
-        assert!(text.contains("bucket \"example-1250000000\": origin_pull.origin: is required"), "{text}");
+        assert!(
+            text.contains("bucket \"example-1250000000\": origin_pull.origin: is required"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -716,14 +764,23 @@ mod tests {
         .unwrap_err();
         let text = errs.to_string();
         assert!(text.contains("bucket \"Bad_Name\": name:"), "{text}");
-        assert!(text.contains("bucket \"Bad_Name\": origin_pull.origin:"), "{text}");
-        assert!(text.contains("bucket \"ok-1\": orign_pull: unknown key"), "{text}");
+        assert!(
+            text.contains("bucket \"Bad_Name\": origin_pull.origin:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bucket \"ok-1\": orign_pull: unknown key"),
+            "{text}"
+        );
         assert!(text.contains("bucket \"ok-1\": name: duplicate"), "{text}");
     }
 
     #[test]
     fn disabled_without_origin_is_fine_and_defaults_apply() {
-        let config = Config::parse(&base("  - name: example-1250000000\n    origin_pull: {enabled: false}\n")).unwrap();
+        let config = Config::parse(&base(
+            "  - name: example-1250000000\n    origin_pull: {enabled: false}\n",
+        ))
+        .unwrap();
         assert_eq!(config.buckets[0].origin, None);
         assert_eq!(config.fill, FillSettings::default());
         assert_eq!(config.access_log, AccessLogTarget::Stderr);

@@ -24,7 +24,11 @@ fn demo_objects() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     }
     vec![
         ("/1.jpg", "image/gif", pixel),
-        ("/docs/hello.txt", "text/plain; charset=utf-8", b"hello from the origin\n".to_vec()),
+        (
+            "/docs/hello.txt",
+            "text/plain; charset=utf-8",
+            b"hello from the origin\n".to_vec(),
+        ),
         ("/big.bin", "application/octet-stream", big),
     ]
 }
@@ -72,7 +76,12 @@ impl ServeHttp for DemoOrigin {
 }
 
 /// The demo's configuration text.
-pub fn demo_config(listen: SocketAddr, metrics: SocketAddr, origin: SocketAddr, data_dir: &Path) -> String {
+pub fn demo_config(
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    origin: SocketAddr,
+    data_dir: &Path,
+) -> String {
     format!(
         "# Written by `originpull demo`; edit it and originpull reloads it.\n\
          listen: {listen}\n\
@@ -87,16 +96,26 @@ pub fn demo_config(listen: SocketAddr, metrics: SocketAddr, origin: SocketAddr, 
 }
 
 /// Writes the demo's config into `dir` and returns its path.
-pub fn prepare(dir: &Path, listen: SocketAddr, metrics: SocketAddr, origin: SocketAddr) -> std::io::Result<PathBuf> {
+pub fn prepare(
+    dir: &Path,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    origin: SocketAddr,
+) -> std::io::Result<PathBuf> {
     let data_dir = dir.join("data");
     std::fs::create_dir_all(&data_dir)?;
     let config_path = dir.join("originpull.yaml");
-    std::fs::write(&config_path, demo_config(listen, metrics, origin, &data_dir))?;
+    std::fs::write(
+        &config_path,
+        demo_config(listen, metrics, origin, &data_dir),
+    )?;
     Ok(config_path)
 }
 
 /// The origin as a Pingora service listening on `addr`.
-pub fn origin_service(addr: SocketAddr) -> Service<pingora::apps::http_app::HttpServer<DemoOrigin>> {
+pub fn origin_service(
+    addr: SocketAddr,
+) -> Service<pingora::apps::http_app::HttpServer<DemoOrigin>> {
     let mut service = Service::new(
         "demo origin".to_string(),
         pingora::apps::http_app::HttpServer::new_app(DemoOrigin::new()),
@@ -106,7 +125,12 @@ pub fn origin_service(addr: SocketAddr) -> Service<pingora::apps::http_app::Http
 }
 
 /// What to try, printed before the server starts.
-pub fn instructions(listen: SocketAddr, metrics: SocketAddr, origin: SocketAddr, config_path: &Path) -> String {
+pub fn instructions(
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    origin: SocketAddr,
+    config_path: &Path,
+) -> String {
     let host = format!("{DEMO_BUCKET}.{DEMO_SUFFIX}");
     format!(
         "originpull demo\n\

@@ -73,7 +73,10 @@ impl ObjectKey {
                 "the object key contains NUL or control characters",
             ));
         }
-        if key.split(['/', '\\']).any(|segment| segment == "." || segment == "..") {
+        if key
+            .split(['/', '\\'])
+            .any(|segment| segment == "." || segment == "..")
+        {
             return Err(KeyError::Invalid(
                 "the object key contains a . or .. path segment",
             ));
@@ -144,8 +147,19 @@ mod tests {
     #[test]
     fn refuses_what_cannot_be_a_key() {
         for path in [
-            "/", "", "a", "/%", "/%zz", "/a/%2e%2e/b", "/..", "/a/./b", "/a%00b", "/a%0d%0ab",
-            "/%ff", "/a/..%5cb", "/..\\x",
+            "/",
+            "",
+            "a",
+            "/%",
+            "/%zz",
+            "/a/%2e%2e/b",
+            "/..",
+            "/a/./b",
+            "/a%00b",
+            "/a%0d%0ab",
+            "/%ff",
+            "/a/..%5cb",
+            "/..\\x",
         ] {
             assert!(ObjectKey::from_request_path(path).is_err(), "{path:?}");
         }

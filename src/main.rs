@@ -62,7 +62,13 @@ fn main() -> ExitCode {
         upgrade: cli.upgrade,
     };
 
-    if let Some(Command::Demo { listen, origin, metrics, dir }) = cli.command {
+    if let Some(Command::Demo {
+        listen,
+        origin,
+        metrics,
+        dir,
+    }) = cli.command
+    {
         return run_demo(listen, origin, metrics, &dir, flags);
     }
 
@@ -81,7 +87,10 @@ fn main() -> ExitCode {
         }
     };
     if cli.test {
-        println!("originpull: configuration file {} is valid", cli.conf.display());
+        println!(
+            "originpull: configuration file {} is valid",
+            cli.conf.display()
+        );
         return ExitCode::SUCCESS;
     }
     match server::build(config, &cli.conf, flags) {
@@ -123,6 +132,9 @@ fn run_demo(
         }
     };
     server.add_service(demo::origin_service(origin));
-    println!("{}", demo::instructions(listen, metrics, origin, &config_path));
+    println!(
+        "{}",
+        demo::instructions(listen, metrics, origin, &config_path)
+    );
     server.run_forever()
 }

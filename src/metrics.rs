@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    Gauge, HistogramVec, IntCounterVec, IntGauge,
+    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge, Gauge,
+    HistogramVec, IntCounterVec, IntGauge,
 };
 
 /// How a request was answered: the `result` label of `originpull_requests_total`.
@@ -138,17 +138,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     m
 });
 
-/// Registers everything once at start, so every series family is visible before traffic and
-/// process metrics are exported.
+/// Registers everything once at start, so every series family is visible before traffic.
+/// (Process metrics come with the `prometheus` crate's `process` feature, on the default
+/// registry already.)
 pub fn init() {
     LazyLock::force(&METRICS);
-    #[cfg(target_os = "linux")]
-    {
-        let collector = prometheus::process_collector::ProcessCollector::for_self();
-        if let Err(e) = prometheus::register(Box::new(collector)) {
-            log::warn!("process metrics unavailable: {e}");
-        }
-    }
 }
 
 pub fn count_request(bucket: &str, result: RequestResult, body_bytes: u64) {

@@ -85,10 +85,7 @@ impl ProxyHttp for OriginPull {
             .map_or(0, |resp| resp.status.as_u16());
         self.access_log.write(&AccessRecord {
             time: SystemTime::now(),
-            client: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .copied(),
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             host,
             bucket: &ctx.bucket,
             method: req.method.as_str(),

@@ -51,8 +51,14 @@ mod tests {
     fn seed_example_is_exact() {
         let origin = parse_origin("abc.example.com").unwrap();
         let key = ObjectKey::from_request_path("/1.jpg").unwrap();
-        assert_eq!(location(&origin, &key, None), "http://abc.example.com/1.jpg");
-        assert_eq!(location(&origin, &key, Some("v=2")), "http://abc.example.com/1.jpg?v=2");
+        assert_eq!(
+            location(&origin, &key, None),
+            "http://abc.example.com/1.jpg"
+        );
+        assert_eq!(
+            location(&origin, &key, Some("v=2")),
+            "http://abc.example.com/1.jpg?v=2"
+        );
     }
 
     #[test]
@@ -67,7 +73,11 @@ mod tests {
         let origin = parse_origin("abc.example.com:8080").unwrap();
         let key = ObjectKey::from_request_path("/x%E2%80%A8y%3F").unwrap();
         let loc = location(&origin, &key, Some("q=\r\nLocation: http://evil"));
-        assert!(!loc.bytes().any(|b| b.is_ascii_control() || b == b' ' || !b.is_ascii()), "{loc}");
+        assert!(
+            !loc.bytes()
+                .any(|b| b.is_ascii_control() || b == b' ' || !b.is_ascii()),
+            "{loc}"
+        );
         assert!(loc.starts_with("http://abc.example.com:8080/x%E2%80%A8y%3F?q=%0D%0A"));
     }
 }

@@ -69,7 +69,9 @@ impl ConfigHandle {
             Ok(mut new) => {
                 let running = self.current();
                 for field in running.config.restart_only_differences(&new) {
-                    log::warn!("config reload: `{field}` changed; it takes effect only after a restart");
+                    log::warn!(
+                        "config reload: `{field}` changed; it takes effect only after a restart"
+                    );
                 }
                 // Keep what only a restart can change, so the live view matches what runs.
                 new.listen = running.config.listen;
@@ -112,20 +114,21 @@ impl ConfigHandle {
             _ => PathBuf::from("."),
         };
         let file_name = file.file_name().map(|n| n.to_os_string());
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            if event.kind.is_access() {
-                return;
-            }
-            let touches_file = event
-                .paths
-                .iter()
-                .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name);
-            if touches_file {
-                let _ = tx.send(());
-            }
-        })
-        .map_err(std::io::Error::other)?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                if event.kind.is_access() {
+                    return;
+                }
+                let touches_file = event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name);
+                if touches_file {
+                    let _ = tx.send(());
+                }
+            })
+            .map_err(std::io::Error::other)?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(std::io::Error::other)?;

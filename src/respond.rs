@@ -58,15 +58,18 @@ impl ErrorCode {
             ErrorCode::PreconditionFailed => {
                 "At least one of the preconditions you specified did not hold."
             }
-            ErrorCode::InternalError => {
-                "We encountered an internal error. Please try again."
-            }
+            ErrorCode::InternalError => "We encountered an internal error. Please try again.",
         }
     }
 }
 
 /// The XML body of an error, in the shape S3 and COS use.
-pub fn error_xml(code: ErrorCode, detail: Option<&str>, resource: &str, request_id: &str) -> String {
+pub fn error_xml(
+    code: ErrorCode,
+    detail: Option<&str>,
+    resource: &str,
+    request_id: &str,
+) -> String {
     let message = match detail {
         Some(d) => format!("{} {d}", code.default_message()),
         None => code.default_message().to_string(),
@@ -151,7 +154,9 @@ mod tests {
     #[test]
     fn error_xml_has_s3_shape_and_escapes() {
         let xml = error_xml(ErrorCode::NoSuchKey, None, "/a<b>&\u{1}", "rid");
-        assert!(xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code>"));
+        assert!(xml.starts_with(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code>"
+        ));
         assert!(xml.contains("<Resource>/a&lt;b&gt;&amp;\u{fffd}</Resource>"));
         assert!(xml.contains("<RequestId>rid</RequestId>"));
     }

@@ -89,7 +89,11 @@ mod tests {
             "EXAMPLE-1250000000.File.Myqcloud.Com:8080",
             "example-1250000000.file.myqcloud.com.",
         ] {
-            assert_eq!(r.bucket_for_host(host.as_bytes()).map(|b| b.name.as_str()), Some("example-1250000000"), "{host}");
+            assert_eq!(
+                r.bucket_for_host(host.as_bytes()).map(|b| b.name.as_str()),
+                Some("example-1250000000"),
+                "{host}"
+            );
         }
     }
 

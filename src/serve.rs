@@ -39,8 +39,14 @@ pub async fn serve_hit(
     let req = session.req_header();
 
     if precondition_fails(req, &meta) {
-        let written = write_error(session, ErrorCode::PreconditionFailed, None, request_id, &[])
-            .await?;
+        let written = write_error(
+            session,
+            ErrorCode::PreconditionFailed,
+            None,
+            request_id,
+            &[],
+        )
+        .await?;
         return Ok((HitOutcome::PreconditionFailed, written));
     }
     if not_modified_filter(req, &resp) {
@@ -73,7 +79,7 @@ pub async fn serve_hit(
 }
 
 /// The 200 header for an object: size, type, validators and the origin headers it kept.
-fn object_headers(meta: &ObjectMeta, request_id: &str) -> Result<ResponseHeader> {
+pub fn object_headers(meta: &ObjectMeta, request_id: &str) -> Result<ResponseHeader> {
     let mut resp = response_header(StatusCode::OK, request_id)?;
     resp.insert_header(header::CONTENT_LENGTH, meta.size)?;
     resp.insert_header(header::CONTENT_TYPE, meta.content_type.as_str())?;

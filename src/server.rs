@@ -22,7 +22,11 @@ pub struct ProcessFlags {
 }
 
 /// Builds the server. Extra services (the demo's origin) can be added before running it.
-pub fn build(config: Config, config_path: &Path, flags: ProcessFlags) -> Result<Server, StartError> {
+pub fn build(
+    config: Config,
+    config_path: &Path,
+    flags: ProcessFlags,
+) -> Result<Server, StartError> {
     crate::metrics::init();
     let store = DiskStore::open(&config.data_dir).map_err(|source| StartError::Store {
         path: config.data_dir.clone(),
@@ -82,9 +86,15 @@ pub fn build(config: Config, config_path: &Path, flags: ProcessFlags) -> Result<
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("data_dir {}: cannot open the bucket store: {source}", path.display())]
-    Store { path: PathBuf, source: std::io::Error },
+    Store {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("access_log: cannot open: {0}")]
     AccessLog(std::io::Error),
     #[error("cannot watch {} for reloads: {source}", path.display())]
-    Watch { path: PathBuf, source: std::io::Error },
+    Watch {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }

@@ -103,7 +103,11 @@ impl Filler {
             let now = Instant::now();
             if schedule.in_flight.contains(&id) {
                 CopyDecision::AlreadyInFlight
-            } else if schedule.failed_until.get(&id).is_some_and(|until| *until > now) {
+            } else if schedule
+                .failed_until
+                .get(&id)
+                .is_some_and(|until| *until > now)
+            {
                 CopyDecision::RecentlyFailed
             } else if schedule.running < limits.concurrency {
                 schedule.running += 1;

@@ -24,7 +24,11 @@ use crate::key::ObjectKey;
 use crate::store::{BucketStore, NewObject, ObjectMeta, StoreError, KEPT_ORIGIN_HEADERS};
 
 /// `User-Agent` of copies, so origin operators can tell them from visitors.
-pub const USER_AGENT: &str = concat!("originpull/", env!("CARGO_PKG_VERSION"), " (origin-pull copy)");
+pub const USER_AGENT: &str = concat!(
+    "originpull/",
+    env!("CARGO_PKG_VERSION"),
+    " (origin-pull copy)"
+);
 
 /// How long an origin that announced `Connection: close` gets to actually close, while we watch
 /// for bytes beyond the declared `Content-Length`.

@@ -292,7 +292,12 @@ mod tests {
         w.write(b"partial").await.unwrap();
         drop(w);
         assert!(store.open("b-1", &key("x")).await.unwrap().is_none());
-        assert_eq!(std::fs::read_dir(dir.path().join("b-1/tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("b-1/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[tokio::test]

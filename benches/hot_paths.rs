@@ -1,0 +1,86 @@
+//! Criterion benchmarks of the per-request hot paths: Host → bucket, path → key, a hit's
+//! response headers, a miss's `Location`, and a store lookup of a small object.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use originpull::config::{parse_origin, Config};
+use originpull::key::ObjectKey;
+use originpull::redirect::location;
+use originpull::route::Routes;
+use originpull::serve::object_headers;
+use originpull::store::{BucketStore, DiskStore, NewObject};
+
+fn config() -> Config {
+    let mut yaml = String::from(
+        "listen: 127.0.0.1:8080\ndata_dir: ./data\ndomain_suffix: file.myqcloud.com\nbuckets:\n",
+    );
+    // A realistic table: the lookup must not depend on how many buckets there are.
+    for i in 0..1000 {
+        yaml.push_str(&format!(
+            "  - name: bucket{i}-1250000000\n    origin_pull: {{enabled: true, origin: 'origin{i}.example.com:8080'}}\n"
+        ));
+    }
+    Config::parse(&yaml).expect("benchmark config is valid")
+}
+
+fn hot_paths(c: &mut Criterion) {
+    let routes = Routes::new(&config());
+    c.bench_function("route/host_to_bucket", |b| {
+        b.iter(|| routes.bucket_for_host(black_box(b"bucket500-1250000000.file.myqcloud.com:8080")))
+    });
+    c.bench_function("key/parse_plain", |b| {
+        b.iter(|| ObjectKey::from_request_path(black_box("/images/2017/07/1.jpg")))
+    });
+    c.bench_function("key/parse_encoded", |b| {
+        b.iter(|| ObjectKey::from_request_path(black_box("/images/%E4%B8%AD%E6%96%87/a%20b.jpg")))
+    });
+
+    let origin = parse_origin("abc.example.com:8080").expect("valid origin");
+    let key = ObjectKey::from_request_path("/images/2017/07/1.jpg").expect("valid key");
+    c.bench_function("redirect/location", |b| {
+        b.iter(|| location(black_box(&origin), black_box(&key), Some("v=1")))
+    });
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = DiskStore::open(dir.path()).expect("store");
+    runtime.block_on(async {
+        let mut writer = store.create("b-1", &key).await.expect("create");
+        writer.write(&[7u8; 4096]).await.expect("write");
+        writer
+            .commit(NewObject {
+                content_type: Some("image/jpeg".into()),
+                headers: vec![("cache-control".into(), "max-age=60".into())],
+            })
+            .await
+            .expect("commit");
+    });
+    c.bench_function("store/open_and_read_4k", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let mut object = store
+                    .open("b-1", &key)
+                    .await
+                    .expect("open")
+                    .expect("exists");
+                object.read_at(0, 65536).await.expect("read")
+            })
+        })
+    });
+    let meta = runtime.block_on(async {
+        store
+            .open("b-1", &key)
+            .await
+            .expect("open")
+            .expect("exists")
+            .meta()
+            .clone()
+    });
+    c.bench_function("serve/hit_headers", |b| {
+        b.iter(|| object_headers(black_box(&meta), "0123456789abcdef"))
+    });
+}
+
+criterion_group!(benches, hot_paths);
+criterion_main!(benches);
