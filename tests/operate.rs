@@ -202,7 +202,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 // Alternate hits and misses (each miss a new key, so every one is a redirect).
-                let path = if n % 2 == 0 {
+                let path = if n.is_multiple_of(2) {
                     "/hit.txt".to_string()
                 } else {
                     format!("/miss/{worker}/{n}")
