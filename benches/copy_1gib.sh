@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Copy and memory benchmark with a 1 GiB object, all on 127.0.0.1:
+#   copy      originpull's background copy of a 1 GiB object from a loopback nginx origin,
+#             against `curl -o /dev/null` of the same URL (the copy's time is originpull's own
+#             originpull_fill_duration_seconds, which includes writing, fsync and rename)
+#   copy_rss  resident memory the copy adds (peak VmRSS during the copy minus before it)
+#   serve_rss resident memory added while 8 clients download the stored 1 GiB object at once
+#
+# Usage: benches/copy_1gib.sh            (ROUNDS=3 copies and curls, alternating)
+# Needs nginx and curl (installed from Debian when missing). Prints a markdown table.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+SIZE_MIB=${SIZE_MIB:-1024}
+CLIENTS=${CLIENTS:-8}
+REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+log() { echo "[copy_1gib] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1 || { log "installing $2"; apt-get install -y -qq "$2" >/dev/null; }; }
+need nginx nginx
+need curl curl
+NGINX_BIN=$(command -v nginx)
+
+if [ -n "${ORIGINPULL_BIN:-}" ]; then
+  OP_BIN=$ORIGINPULL_BIN
+else
+  (cd "$REPO_ROOT" && cargo build --release -q)
+  OP_BIN="$REPO_ROOT/target/release/originpull"
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/originpull-copy.XXXXXX")
+chmod 755 "$WORK"
+OP_PID=""
+cleanup() {
+  if [ -n "$OP_PID" ]; then kill "$OP_PID" 2>/dev/null || true; wait "$OP_PID" 2>/dev/null || true; fi
+  if [ -f "$WORK/nginx.pid" ]; then "$NGINX_BIN" -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+ORIGIN_PORT=$(free_port); OP_PORT=$(free_port); METRICS_PORT=$(free_port)
+mkdir -p "$WORK/www" "$WORK/data"
+log "writing a ${SIZE_MIB} MiB object"
+head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom >"$WORK/www/big.bin"
+chmod 644 "$WORK/www/big.bin"
+USER_LINE=""; [ "$(id -u)" = 0 ] && USER_LINE="user root;"
+cat >"$WORK/nginx.conf" <<EOF
+$USER_LINE
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 1024; }
+http {
+  access_log off; sendfile on; tcp_nopush on;
+  client_body_temp_path $WORK/tmp-body; proxy_temp_path $WORK/tmp-proxy;
+  fastcgi_temp_path $WORK/tmp-fcgi; uwsgi_temp_path $WORK/tmp-uwsgi; scgi_temp_path $WORK/tmp-scgi;
+  server { listen 127.0.0.1:$ORIGIN_PORT; root $WORK/www; }
+}
+EOF
+"$NGINX_BIN" -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
+
+HOST=bench-1250000000.bench.local
+start_originpull() {
+  rm -rf "$WORK/data"; mkdir -p "$WORK/data"
+  cat >"$WORK/originpull.yaml" <<EOF
+listen: 127.0.0.1:$OP_PORT
+metrics_listen: 127.0.0.1:$METRICS_PORT
+data_dir: $WORK/data
+domain_suffix: bench.local
+access_log: off
+server: {threads: 2, grace_period_secs: 0, graceful_shutdown_timeout_secs: 1}
+fill: {max_object_bytes: 5368709120, read_timeout_ms: 60000}
+buckets:
+  - name: bench-1250000000
+    origin_pull: {enabled: true, origin: '127.0.0.1:$ORIGIN_PORT'}
+EOF
+  RUST_LOG=warn "$OP_BIN" -c "$WORK/originpull.yaml" >>"$WORK/originpull.log" 2>&1 &
+  OP_PID=$!
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$OP_PORT/" && return 0; sleep 0.1; done
+  die "originpull did not start"
+}
+stop_originpull() { kill "$OP_PID"; wait "$OP_PID" 2>/dev/null || true; OP_PID=""; }
+metric() { curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | awk -v m="$1" 'index($1, m) == 1 {s+=$2} END {print s+0}'; }
+
+declare -a CURL_S COPY_S COPY_RSS
+for round in $(seq "$ROUNDS"); do
+  t=$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$ORIGIN_PORT/big.bin")
+  CURL_S+=("$t"); log "round $round: curl -o /dev/null ${t}s"
+
+  start_originpull
+  sleep 0.5
+  before=$(rss_kib "$OP_PID"); peak=$before
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $HOST" "http://127.0.0.1:$OP_PORT/big.bin")
+  [ "$code" = 302 ] || die "expected 302, got $code"
+  for _ in $(seq 1200); do
+    r=$(rss_kib "$OP_PID"); [ "$r" -gt "$peak" ] && peak=$r
+    [ "$(metric 'originpull_fills_total{bucket="bench-1250000000",outcome="stored"}')" = 1 ] && break
+    sleep 0.05
+  done
+  [ "$(metric 'originpull_fills_total{bucket="bench-1250000000",outcome="stored"}')" = 1 ] || die "copy did not finish"
+  d=$(metric 'originpull_fill_duration_seconds_sum')
+  COPY_S+=("$d"); COPY_RSS+=("$(( (peak - before) / 1024 ))")
+  log "round $round: originpull copy ${d}s, RSS +$(( (peak - before) / 1024 )) MiB"
+  if [ "$round" != "$ROUNDS" ]; then stop_originpull; fi
+done
+
+# Serve the stored object to CLIENTS at once.
+before=$(rss_kib "$OP_PID"); peak=$before
+pids=()
+for _ in $(seq "$CLIENTS"); do
+  curl -s -o /dev/null -H "Host: $HOST" "http://127.0.0.1:$OP_PORT/big.bin" & pids+=($!)
+done
+while kill -0 "${pids[0]}" 2>/dev/null || kill -0 "${pids[-1]}" 2>/dev/null; do
+  r=$(rss_kib "$OP_PID"); [ "$r" -gt "$peak" ] && peak=$r; sleep 0.05
+done
+wait "${pids[@]}"
+SERVE_RSS=$(( (peak - before) / 1024 ))
+stop_originpull
+
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+curl_m=$(median "${CURL_S[@]}"); copy_m=$(median "${COPY_S[@]}"); rss_m=$(median "${COPY_RSS[@]}")
+echo "## 1 GiB copy and memory ($(nproc) cores, $(uname -r), ${SIZE_MIB} MiB, ${ROUNDS} rounds)"
+echo
+echo "| metric | value | target |"
+echo "|---|---|---|"
+echo "| curl -o /dev/null from the origin (median s) | $curl_m | |"
+echo "| originpull copy into the bucket (median s) | $copy_m | |"
+echo "| copy speed / curl speed | $(awk -v c="$curl_m" -v o="$copy_m" 'BEGIN {printf "%.2f", c / o}') | >= 0.80 |"
+echo "| RSS added by the copy (median MiB) | $rss_m | < 64 |"
+echo "| RSS added serving it to $CLIENTS clients at once (MiB) | $SERVE_RSS | < 64 |"
+echo
+echo "raw: curl ${CURL_S[*]}; copy ${COPY_S[*]}; copy RSS MiB ${COPY_RSS[*]}"
