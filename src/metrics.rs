@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 
 use prometheus::{
     register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge, Gauge,
-    HistogramVec, IntCounterVec, IntGauge,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 
 /// How a request was answered: the `result` label of `originpull_requests_total`.
@@ -25,6 +25,17 @@ pub enum RequestResult {
 }
 
 impl RequestResult {
+    pub const ALL: [RequestResult; 8] = [
+        RequestResult::Hit,
+        RequestResult::NotModified,
+        RequestResult::Redirect,
+        RequestResult::NotFound,
+        RequestResult::NoSuchBucket,
+        RequestResult::BadRequest,
+        RequestResult::MethodNotAllowed,
+        RequestResult::Error,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RequestResult::Hit => "hit",
@@ -52,6 +63,16 @@ pub enum FillOutcome {
 }
 
 impl FillOutcome {
+    pub const ALL: [FillOutcome; 7] = [
+        FillOutcome::Stored,
+        FillOutcome::OriginStatus,
+        FillOutcome::OriginError,
+        FillOutcome::Timeout,
+        FillOutcome::TooLarge,
+        FillOutcome::Dropped,
+        FillOutcome::NegativeCached,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FillOutcome::Stored => "stored",
@@ -145,22 +166,49 @@ pub fn init() {
     LazyLock::force(&METRICS);
 }
 
-pub fn count_request(bucket: &str, result: RequestResult, body_bytes: u64) {
-    METRICS
-        .requests
-        .with_label_values(&[bucket, result.as_str()])
-        .inc();
-    if body_bytes > 0 {
-        METRICS
-            .response_bytes
-            .with_label_values(&[bucket])
-            .inc_by(body_bytes);
-    }
+/// One bucket's series, resolved once per configuration generation so that a request does
+/// not hash label values and take the registry's lock.
+pub struct BucketMetrics {
+    requests: Vec<IntCounter>,
+    response_bytes: IntCounter,
+    fills: Vec<IntCounter>,
+    pub fill_bytes: IntCounter,
+    pub fill_duration: Histogram,
 }
 
-pub fn count_fill(bucket: &str, outcome: FillOutcome) {
-    METRICS
-        .fills
-        .with_label_values(&[bucket, outcome.as_str()])
-        .inc();
+impl BucketMetrics {
+    pub fn new(bucket: &str) -> BucketMetrics {
+        let m = &*METRICS;
+        BucketMetrics {
+            // Created up front: every series is exported from zero, so rates work from the start.
+            requests: RequestResult::ALL
+                .iter()
+                .map(|r| m.requests.with_label_values(&[bucket, r.as_str()]))
+                .collect(),
+            response_bytes: m.response_bytes.with_label_values(&[bucket]),
+            fills: FillOutcome::ALL
+                .iter()
+                .map(|o| m.fills.with_label_values(&[bucket, o.as_str()]))
+                .collect(),
+            fill_bytes: m.fill_bytes.with_label_values(&[bucket]),
+            fill_duration: m.fill_duration.with_label_values(&[bucket]),
+        }
+    }
+
+    /// The series for requests whose host matched no bucket: one `bucket=""` for all of them.
+    pub fn unrouted() -> &'static BucketMetrics {
+        static UNROUTED: LazyLock<BucketMetrics> = LazyLock::new(|| BucketMetrics::new(""));
+        &UNROUTED
+    }
+
+    pub fn count_request(&self, result: RequestResult, body_bytes: u64) {
+        self.requests[result as usize].inc();
+        if body_bytes > 0 {
+            self.response_bytes.inc_by(body_bytes);
+        }
+    }
+
+    pub fn count_fill(&self, outcome: FillOutcome) {
+        self.fills[outcome as usize].inc();
+    }
 }

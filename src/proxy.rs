@@ -14,10 +14,11 @@ use pingora::{Error, ErrorType, Result};
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::fill::Filler;
 use crate::key::{KeyError, ObjectKey};
-use crate::metrics::{count_request, RequestResult};
+use crate::metrics::{BucketMetrics, RequestResult};
 use crate::redirect::write_redirect;
 use crate::reload::ConfigHandle;
 use crate::respond::{write_error, ErrorCode};
+use crate::route::Bucket;
 use crate::serve::{serve_hit, HitOutcome};
 use crate::store::{BucketStore, StoreError};
 
@@ -32,8 +33,8 @@ pub struct OriginPull {
 pub struct RequestCtx {
     started: Instant,
     request_id: String,
-    /// The bucket's name, or empty when the host matched none (one metrics series for all).
-    bucket: Arc<str>,
+    /// `None` when the host matched no bucket.
+    bucket: Option<Arc<Bucket>>,
     key: String,
     result: RequestResult,
     body_bytes: u64,
@@ -47,7 +48,7 @@ impl ProxyHttp for OriginPull {
         RequestCtx {
             started: Instant::now(),
             request_id: format!("{:016x}", rand::random::<u64>()),
-            bucket: Arc::from(""),
+            bucket: None,
             key: String::new(),
             result: RequestResult::Error,
             body_bytes: 0,
@@ -70,7 +71,10 @@ impl ProxyHttp for OriginPull {
         if error.is_some() {
             ctx.result = RequestResult::Error;
         }
-        count_request(&ctx.bucket, ctx.result, ctx.body_bytes);
+        match &ctx.bucket {
+            Some(bucket) => bucket.metrics.count_request(ctx.result, ctx.body_bytes),
+            None => BucketMetrics::unrouted().count_request(ctx.result, ctx.body_bytes),
+        }
         if self.access_log.is_off() {
             return;
         }
@@ -87,7 +91,7 @@ impl ProxyHttp for OriginPull {
             time: SystemTime::now(),
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             host,
-            bucket: &ctx.bucket,
+            bucket: ctx.bucket.as_ref().map_or("", |b| b.config.name.as_str()),
             method: req.method.as_str(),
             key: &ctx.key,
             status,
@@ -114,7 +118,8 @@ impl OriginPull {
             let n = write_error(session, ErrorCode::NoSuchBucket, None, &rid, &[]).await?;
             return Ok((RequestResult::NoSuchBucket, n));
         };
-        ctx.bucket = Arc::from(bucket.name.as_str());
+        ctx.bucket = Some(bucket.clone());
+        let name = bucket.config.name.as_str();
 
         let method = &session.req_header().method;
         if method != Method::GET && method != Method::HEAD {
@@ -140,7 +145,7 @@ impl OriginPull {
         };
         ctx.key = key.as_str().to_string();
 
-        match self.store.open(&bucket.name, &key).await {
+        match self.store.open(name, &key).await {
             Ok(Some(object)) => {
                 let (outcome, n) = serve_hit(session, object, &rid).await?;
                 let result = match outcome {
@@ -151,22 +156,22 @@ impl OriginPull {
             }
             Ok(None) => {}
             // A damaged object is treated as missing, so origin-pull replaces it.
-            Err(StoreError::Corrupt(why)) => log::error!("bucket {}: {why}", bucket.name),
+            Err(StoreError::Corrupt(why)) => log::error!("bucket {name}: {why}"),
             Err(e) => {
-                log::error!("bucket {}: opening {:?}: {e}", bucket.name, key.as_str());
+                log::error!("bucket {name}: opening {:?}: {e}", key.as_str());
                 let n = write_error(session, ErrorCode::InternalError, None, &rid, &[]).await?;
                 return Ok((RequestResult::Error, n));
             }
         }
 
-        let Some(origin) = &bucket.origin else {
+        let Some(origin) = &bucket.config.origin else {
             let n = write_error(session, ErrorCode::NoSuchKey, None, &rid, &[]).await?;
             return Ok((RequestResult::NotFound, n));
         };
         // HEAD asks about the object without wanting it: it is redirected but not copied.
         if session.req_header().method == Method::GET {
             self.filler
-                .start_copy_after_redirect(&bucket.name, origin, &key, &live.config.fill);
+                .start_copy_after_redirect(&bucket, origin, &key, &live.config.fill);
         }
         let n = write_redirect(session, origin, &key, &rid).await?;
         Ok((RequestResult::Redirect, n))

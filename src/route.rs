@@ -7,13 +7,20 @@ use std::sync::Arc;
 use pingora::http::RequestHeader;
 
 use crate::config::{BucketConfig, Config};
+use crate::metrics::BucketMetrics;
+
+/// A bucket as requests see it: its settings and its metric series.
+pub struct Bucket {
+    pub config: BucketConfig,
+    pub metrics: BucketMetrics,
+}
 
 /// The host → bucket table of one configuration generation.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Routes {
     /// `.` + the lower-case domain suffix, so a match also checks the label boundary.
     dotted_suffix: String,
-    buckets: HashMap<String, Arc<BucketConfig>>,
+    buckets: HashMap<String, Arc<Bucket>>,
 }
 
 impl Routes {
@@ -23,13 +30,19 @@ impl Routes {
             buckets: config
                 .buckets
                 .iter()
-                .map(|b| (b.name.clone(), Arc::new(b.clone())))
+                .map(|b| {
+                    let bucket = Bucket {
+                        config: b.clone(),
+                        metrics: BucketMetrics::new(&b.name),
+                    };
+                    (b.name.clone(), Arc::new(bucket))
+                })
                 .collect(),
         }
     }
 
     /// The bucket the request addresses, if any.
-    pub fn bucket_for(&self, req: &RequestHeader) -> Option<&Arc<BucketConfig>> {
+    pub fn bucket_for(&self, req: &RequestHeader) -> Option<&Arc<Bucket>> {
         let host = match req.uri.host() {
             Some(authority_host) => authority_host.as_bytes(),
             None => req.headers.get(http::header::HOST)?.as_bytes(),
@@ -37,7 +50,7 @@ impl Routes {
         self.bucket_for_host(host)
     }
 
-    pub fn bucket_for_host(&self, host: &[u8]) -> Option<&Arc<BucketConfig>> {
+    pub fn bucket_for_host(&self, host: &[u8]) -> Option<&Arc<Bucket>> {
         let host = strip_port(host);
         let host = host.strip_suffix(b".").unwrap_or(host);
         let suffix = self.dotted_suffix.as_bytes();
@@ -90,7 +103,8 @@ mod tests {
             "example-1250000000.file.myqcloud.com.",
         ] {
             assert_eq!(
-                r.bucket_for_host(host.as_bytes()).map(|b| b.name.as_str()),
+                r.bucket_for_host(host.as_bytes())
+                    .map(|b| b.config.name.as_str()),
                 Some("example-1250000000"),
                 "{host}"
             );

@@ -20,7 +20,8 @@ use pingora::connectors::http::Connector;
 
 use crate::config::{FillSettings, OriginAddr};
 use crate::key::ObjectKey;
-use crate::metrics::{count_fill, FillOutcome, METRICS};
+use crate::metrics::{FillOutcome, METRICS};
+use crate::route::Bucket;
 use crate::store::BucketStore;
 use origin::{copy_object, CopyError};
 
@@ -40,10 +41,32 @@ pub enum CopyDecision {
     Dropped,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Identifies a copy: bucket name and key.
+#[derive(Clone)]
 struct CopyKey {
-    bucket: Arc<str>,
+    bucket: Arc<Bucket>,
     key: ObjectKey,
+}
+
+impl CopyKey {
+    fn bucket_name(&self) -> &str {
+        &self.bucket.config.name
+    }
+}
+
+impl PartialEq for CopyKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.bucket_name() == other.bucket_name()
+    }
+}
+
+impl Eq for CopyKey {}
+
+impl std::hash::Hash for CopyKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bucket_name().hash(state);
+        self.key.hash(state);
+    }
 }
 
 struct CopyJob {
@@ -89,13 +112,13 @@ impl Filler {
     /// background. Never waits; must be called from within a tokio runtime.
     pub fn start_copy_after_redirect(
         &self,
-        bucket: &str,
+        bucket: &Arc<Bucket>,
         origin: &OriginAddr,
         key: &ObjectKey,
         limits: &FillSettings,
     ) -> CopyDecision {
         let id = CopyKey {
-            bucket: Arc::from(bucket),
+            bucket: bucket.clone(),
             key: key.clone(),
         };
         let decision = {
@@ -132,10 +155,14 @@ impl Filler {
                 limits: limits.clone(),
             }),
             CopyDecision::Queued => METRICS.fill_queue_depth.inc(),
-            CopyDecision::RecentlyFailed => count_fill(bucket, FillOutcome::NegativeCached),
+            CopyDecision::RecentlyFailed => bucket.metrics.count_fill(FillOutcome::NegativeCached),
             CopyDecision::Dropped => {
-                log::warn!("fill queue full: not copying {key:?} into {bucket}");
-                count_fill(bucket, FillOutcome::Dropped);
+                log::warn!(
+                    "fill queue full: not copying {:?} into {}",
+                    key.as_str(),
+                    bucket.config.name
+                );
+                bucket.metrics.count_fill(FillOutcome::Dropped);
             }
             CopyDecision::AlreadyInFlight => {}
         }
@@ -160,7 +187,8 @@ impl Filler {
     async fn run(&self, job: &CopyJob) -> bool {
         METRICS.fills_in_flight.inc();
         let started = Instant::now();
-        let bucket = &*job.id.bucket;
+        let bucket = job.id.bucket_name();
+        let metrics = &job.id.bucket.metrics;
         let result = copy_object(
             &self.shared.connector,
             self.shared.store.as_ref(),
@@ -171,16 +199,12 @@ impl Filler {
         )
         .await;
         METRICS.fills_in_flight.dec();
-        METRICS
+        metrics
             .fill_duration
-            .with_label_values(&[bucket])
             .observe(started.elapsed().as_secs_f64());
         let outcome = match &result {
             Ok(meta) => {
-                METRICS
-                    .fill_bytes
-                    .with_label_values(&[bucket])
-                    .inc_by(meta.size);
+                metrics.fill_bytes.inc_by(meta.size);
                 log::info!(
                     "copied {:?} from {} into {bucket}: {} bytes in {:?}",
                     job.id.key.as_str(),
@@ -204,7 +228,7 @@ impl Filler {
                 }
             }
         };
-        count_fill(bucket, outcome);
+        metrics.count_fill(outcome);
         result.is_err()
     }
 
