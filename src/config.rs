@@ -23,6 +23,7 @@ pub struct Config {
     pub access_log: AccessLogTarget,
     pub server: ServerSettings,
     pub fill: FillSettings,
+    pub memory_cache: MemoryCacheSettings,
     pub buckets: Vec<BucketConfig>,
 }
 
@@ -75,6 +76,25 @@ impl Default for FillSettings {
             read_timeout_ms: 15_000,
             max_object_bytes: 5 * 1024 * 1024 * 1024,
             negative_ttl_secs: 30,
+        }
+    }
+}
+
+/// The memory tier for hot small objects; fixed at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryCacheSettings {
+    /// 0 turns the tier off.
+    pub max_bytes: u64,
+    pub max_object_bytes: u64,
+    pub revalidate_secs: u64,
+}
+
+impl Default for MemoryCacheSettings {
+    fn default() -> Self {
+        MemoryCacheSettings {
+            max_bytes: 32 * 1024 * 1024,
+            max_object_bytes: 64 * 1024,
+            revalidate_secs: 5,
         }
     }
 }
@@ -145,6 +165,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "access_log",
     "server",
     "fill",
+    "memory_cache",
     "buckets",
 ];
 const SERVER_KEYS: &[&str] = &[
@@ -162,6 +183,7 @@ const FILL_KEYS: &[&str] = &[
     "max_object_bytes",
     "negative_ttl_secs",
 ];
+const MEMORY_CACHE_KEYS: &[&str] = &["max_bytes", "max_object_bytes", "revalidate_secs"];
 const BUCKET_KEYS: &[&str] = &["name", "origin_pull"];
 const ORIGIN_PULL_KEYS: &[&str] = &["enabled", "origin"];
 
@@ -235,6 +257,7 @@ impl Config {
         };
         let server = parse_server(&top, &mut errors);
         let fill = parse_fill(&top, &mut errors);
+        let memory_cache = parse_memory_cache(&top, &mut errors);
         let buckets = parse_buckets(&top, &mut errors);
 
         if !errors.0.is_empty() {
@@ -249,6 +272,7 @@ impl Config {
                 access_log,
                 server,
                 fill,
+                memory_cache,
                 buckets,
             }),
             // Each missing value pushed an error above, so this arm is not reached.
@@ -277,6 +301,9 @@ impl Config {
         }
         if self.server != new.server {
             changed.push("server");
+        }
+        if self.memory_cache != new.memory_cache {
+            changed.push("memory_cache");
         }
         changed
     }
@@ -464,6 +491,29 @@ fn parse_fill(top: &Section<'_>, errors: &mut Errors) -> FillSettings {
             .typed("negative_ttl_secs", errors)
             .unwrap_or(d.negative_ttl_secs),
     }
+}
+
+fn parse_memory_cache(top: &Section<'_>, errors: &mut Errors) -> MemoryCacheSettings {
+    let d = MemoryCacheSettings::default();
+    let Some(cache) = top.nested("memory_cache", MEMORY_CACHE_KEYS, "memory_cache.", errors) else {
+        return d;
+    };
+    let settings = MemoryCacheSettings {
+        max_bytes: cache.typed("max_bytes", errors).unwrap_or(d.max_bytes),
+        max_object_bytes: cache.positive("max_object_bytes", d.max_object_bytes, errors),
+        revalidate_secs: cache
+            .typed("revalidate_secs", errors)
+            .unwrap_or(d.revalidate_secs),
+    };
+    // TinyUFO weighs an entry in u16 units of 1 KiB.
+    if settings.max_object_bytes > 32 * 1024 * 1024 {
+        errors.push(
+            &cache.scope,
+            "memory_cache.max_object_bytes",
+            "must be at most 33554432 (32 MiB); the tier is for small objects",
+        );
+    }
+    settings
 }
 
 fn parse_buckets(top: &Section<'_>, errors: &mut Errors) -> Vec<BucketConfig> {

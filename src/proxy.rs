@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::{header, Method};
+use pingora::modules::http::HttpModules;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
@@ -53,6 +54,11 @@ impl ProxyHttp for OriginPull {
             result: RequestResult::Error,
             body_bytes: 0,
         }
+    }
+
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {
+        // No response compression module: objects are served as stored (the origin's
+        // Content-Encoding is kept), and a module context per request costs time on every hit.
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -145,22 +151,26 @@ impl OriginPull {
         };
         ctx.key = key.as_str().to_string();
 
-        match self.store.open(name, &key).await {
-            Ok(Some(object)) => {
-                let (outcome, n) = serve_hit(session, object, &rid).await?;
-                let result = match outcome {
-                    HitOutcome::Served | HitOutcome::PreconditionFailed => RequestResult::Hit,
-                    HitOutcome::NotModified => RequestResult::NotModified,
-                };
-                return Ok((result, n));
-            }
-            Ok(None) => {}
-            // A damaged object is treated as missing, so origin-pull replaces it.
-            Err(StoreError::Corrupt(why)) => log::error!("bucket {name}: {why}"),
-            Err(e) => {
-                log::error!("bucket {name}: opening {:?}: {e}", key.as_str());
-                let n = write_error(session, ErrorCode::InternalError, None, &rid, &[]).await?;
-                return Ok((RequestResult::Error, n));
+        let known_missing =
+            bucket.config.origin.is_some() && self.filler.known_missing(&bucket, &key);
+        if !known_missing {
+            match self.store.open(name, &key).await {
+                Ok(Some(object)) => {
+                    let (outcome, n) = serve_hit(session, object, &rid).await?;
+                    let result = match outcome {
+                        HitOutcome::Served | HitOutcome::PreconditionFailed => RequestResult::Hit,
+                        HitOutcome::NotModified => RequestResult::NotModified,
+                    };
+                    return Ok((result, n));
+                }
+                Ok(None) => {}
+                // A damaged object is treated as missing, so origin-pull replaces it.
+                Err(StoreError::Corrupt(why)) => log::error!("bucket {name}: {why}"),
+                Err(e) => {
+                    log::error!("bucket {name}: opening {:?}: {e}", key.as_str());
+                    let n = write_error(session, ErrorCode::InternalError, None, &rid, &[]).await?;
+                    return Ok((RequestResult::Error, n));
+                }
             }
         }
 

@@ -4,7 +4,8 @@
 //! validates the whole new file first and then swaps in a new generation, so requests in flight
 //! finish with the old one and no request ever sees half a change. Reloads are triggered by
 //! SIGHUP and by changes to the file, watched through its directory so that an editor's
-//! write-to-temp-then-rename is seen too. Listeners, `data_dir`, `server` and `access_log` are
+//! write-to-temp-then-rename is seen too. Listeners, `data_dir`, `server`, `memory_cache` and
+//! `access_log` are
 //! fixed at start: a reload that changes them warns and keeps the running values.
 
 use std::path::{Path, PathBuf};
@@ -79,6 +80,7 @@ impl ConfigHandle {
                 new.data_dir = running.config.data_dir.clone();
                 new.access_log = running.config.access_log.clone();
                 new.server = running.config.server.clone();
+                new.memory_cache = running.config.memory_cache.clone();
                 let changed = new != running.config;
                 self.live.store(Arc::new(LiveConfig::new(new)));
                 METRICS.config_reloads.with_label_values(&["ok"]).inc();

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
@@ -14,7 +15,7 @@ use crate::config::Config;
 use crate::fill::Filler;
 use crate::proxy::OriginPull;
 use crate::reload::ConfigHandle;
-use crate::store::{BucketStore, DiskStore};
+use crate::store::{BucketStore, DiskStore, HotTier, HotTierLimits};
 
 /// Per-connection socket buffers of the data plane (Pingora's default read size).
 const READ_BUFFER: usize = 64 * 1024;
@@ -38,7 +39,17 @@ pub fn build(
         path: config.data_dir.clone(),
         source,
     })?;
-    let store: Arc<dyn BucketStore> = Arc::new(store);
+    let cache = &config.memory_cache;
+    let store: Arc<dyn BucketStore> = if cache.max_bytes > 0 {
+        let limits = HotTierLimits {
+            max_bytes: cache.max_bytes as usize,
+            max_object_bytes: cache.max_object_bytes as usize,
+            revalidate: Duration::from_secs(cache.revalidate_secs),
+        };
+        Arc::new(HotTier::new(store, limits))
+    } else {
+        Arc::new(store)
+    };
     let access_log = AccessLog::open(&config.access_log).map_err(StartError::AccessLog)?;
 
     let mut server_conf = ServerConf {

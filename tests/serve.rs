@@ -579,3 +579,40 @@ async fn kill_during_a_copy_then_restart_shows_no_partial_object() {
     assert_eq!(status, 200);
     assert_eq!(md5_hex(&stored), md5_hex(&body));
 }
+
+#[tokio::test]
+async fn the_memory_tier_serves_hot_objects_and_rereads_the_store_after_revalidate_secs() {
+    let origin = TestOrigin::start();
+    let server = Originpull::start(
+        OriginpullConfig::new()
+            .with_bucket(BUCKET, &origin.authority())
+            .with_extra_yaml("memory_cache:\n  max_bytes: 1048576\n  max_object_bytes: 65536\n  revalidate_secs: 1\n"),
+    );
+    seed(&server, BUCKET, "hot.txt", b"hot object", "text/plain").await;
+    assert_eq!(
+        get_body(&server, BUCKET, "/hot.txt").await,
+        (200, b"hot object".to_vec())
+    );
+    // The file goes away behind the server's back (an operator cleaning up).
+    let store = DiskStore::open(server.data_dir()).unwrap();
+    let key = ObjectKey::from_request_path("/hot.txt").unwrap();
+    std::fs::remove_file(store.object_path(BUCKET, &key)).unwrap();
+    let ranged = server
+        .request(reqwest::Method::GET, BUCKET, "/hot.txt")
+        .header("Range", "bytes=4-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ranged.status(),
+        206,
+        "served from memory within revalidate_secs"
+    );
+    assert_eq!(ranged.bytes().await.unwrap().as_ref(), b"object");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        get(&server, BUCKET, "/hot.txt").await.status(),
+        302,
+        "store re-read after it"
+    );
+}

@@ -169,6 +169,23 @@ impl Filler {
         decision
     }
 
+    /// Whether `key` is known to be missing from `bucket`: a copy of it is running or waiting,
+    /// or failed within the negative TTL. A hot key's misses then skip the store lookup while
+    /// its copy runs. (Between a commit and this state being cleared the answer is a redirect
+    /// for an object already stored, which is still a correct answer.)
+    pub fn known_missing(&self, bucket: &Arc<Bucket>, key: &ObjectKey) -> bool {
+        let id = CopyKey {
+            bucket: bucket.clone(),
+            key: key.clone(),
+        };
+        let schedule = self.shared.lock();
+        schedule.in_flight.contains(&id)
+            || schedule
+                .failed_until
+                .get(&id)
+                .is_some_and(|until| *until > Instant::now())
+    }
+
     fn spawn(&self, job: CopyJob) {
         let filler = self.clone();
         tokio::spawn(async move {

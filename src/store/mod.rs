@@ -5,6 +5,7 @@
 //! S3 does for a simple upload, and nothing written is visible until `commit` returns.
 
 pub mod disk;
+pub mod hot;
 
 use std::time::SystemTime;
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::key::ObjectKey;
 
 pub use disk::DiskStore;
+pub use hot::{HotTier, HotTierLimits};
 
 /// Headers an object keeps from its origin and sends again on every hit.
 pub const KEPT_ORIGIN_HEADERS: &[&str] = &[

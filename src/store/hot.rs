@@ -1,0 +1,241 @@
+//! A memory tier for hot small objects, in front of any [`BucketStore`].
+//!
+//! Small objects (up to `max_object_bytes`) that are opened are kept in memory, whole, under
+//! TinyUFO's admission and eviction (TinyLFU admission, S3-FIFO eviction), so a hot object is
+//! served without opening, reading and closing its file on every request. Entries are trusted
+//! for `revalidate` at most and then read again from the store below, and a commit through this
+//! tier drops the key's entry at once, so a new version is never hidden behind an old one.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tinyufo::TinyUfo;
+
+use super::{BucketStore, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject};
+use crate::key::ObjectKey;
+
+/// TinyUFO weighs entries in u16 units; ours are KiB, plus one for the entry's own overhead.
+const WEIGHT_UNIT: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HotTierLimits {
+    pub max_bytes: usize,
+    pub max_object_bytes: usize,
+    pub revalidate: Duration,
+}
+
+struct HotObject {
+    bucket: String,
+    meta: ObjectMeta,
+    body: Bytes,
+    loaded_at: Instant,
+}
+
+struct Shared<S> {
+    inner: S,
+    cache: TinyUfo<u64, Arc<HotObject>>,
+    limits: HotTierLimits,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+pub struct HotTier<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: BucketStore> HotTier<S> {
+    pub fn new(inner: S, limits: HotTierLimits) -> HotTier<S> {
+        let capacity_units = (limits.max_bytes / WEIGHT_UNIT).max(1);
+        let estimated_entries = (limits.max_bytes / 4096).max(16);
+        HotTier {
+            shared: Arc::new(Shared {
+                inner,
+                cache: TinyUfo::new(capacity_units, estimated_entries),
+                limits,
+                hasher: Default::default(),
+            }),
+        }
+    }
+}
+
+impl<S> Shared<S> {
+    fn id(&self, bucket: &str, key: &ObjectKey) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        bucket.hash(&mut h);
+        key.as_str().hash(&mut h);
+        h.finish()
+    }
+
+    /// A cached object for exactly this bucket and key, if still within its revalidation time.
+    fn lookup(&self, id: u64, bucket: &str, key: &ObjectKey) -> Option<Arc<HotObject>> {
+        let hot = self.cache.get(&id)?;
+        let same = hot.bucket == bucket && hot.meta.key == key.as_str();
+        (same && hot.loaded_at.elapsed() < self.limits.revalidate).then_some(hot)
+    }
+}
+
+#[async_trait]
+impl<S: BucketStore> BucketStore for HotTier<S> {
+    async fn open(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+    ) -> Result<Option<Box<dyn StoredObject>>, StoreError> {
+        let shared = &self.shared;
+        let id = shared.id(bucket, key);
+        if let Some(hot) = shared.lookup(id, bucket, key) {
+            return Ok(Some(Box::new(MemoryObject(hot))));
+        }
+        let Some(mut object) = shared.inner.open(bucket, key).await? else {
+            shared.cache.remove(&id);
+            return Ok(None);
+        };
+        let size = object.meta().size;
+        if size > shared.limits.max_object_bytes as u64 {
+            return Ok(Some(object));
+        }
+        let body = object.read_at(0, size as usize).await?;
+        if body.len() as u64 != size {
+            return Err(StoreError::Corrupt(format!(
+                "object {:?} is shorter than its size",
+                key.as_str()
+            )));
+        }
+        let hot = Arc::new(HotObject {
+            bucket: bucket.to_string(),
+            meta: object.meta().clone(),
+            body,
+            loaded_at: Instant::now(),
+        });
+        let weight = (size as usize / WEIGHT_UNIT + 1).min(u16::MAX as usize) as u16;
+        shared.cache.put(id, hot.clone(), weight);
+        Ok(Some(Box::new(MemoryObject(hot))))
+    }
+
+    async fn create(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+    ) -> Result<Box<dyn ObjectWriter>, StoreError> {
+        let inner = self.shared.inner.create(bucket, key).await?;
+        Ok(Box::new(InvalidatingWriter {
+            inner,
+            shared: self.shared.clone(),
+            id: self.shared.id(bucket, key),
+        }))
+    }
+}
+
+struct MemoryObject(Arc<HotObject>);
+
+#[async_trait]
+impl StoredObject for MemoryObject {
+    fn meta(&self) -> &ObjectMeta {
+        &self.0.meta
+    }
+
+    async fn read_at(&mut self, offset: u64, max: usize) -> Result<Bytes, StoreError> {
+        let body = &self.0.body;
+        let start = (offset.min(body.len() as u64)) as usize;
+        let end = start.saturating_add(max).min(body.len());
+        Ok(body.slice(start..end))
+    }
+}
+
+/// Drops the key's cached entry when a new version is committed.
+struct InvalidatingWriter<S> {
+    inner: Box<dyn ObjectWriter>,
+    shared: Arc<Shared<S>>,
+    id: u64,
+}
+
+#[async_trait]
+impl<S: BucketStore> ObjectWriter for InvalidatingWriter<S> {
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        self.inner.write(chunk).await
+    }
+
+    fn written(&self) -> u64 {
+        self.inner.written()
+    }
+
+    async fn commit(self: Box<Self>, object: NewObject) -> Result<ObjectMeta, StoreError> {
+        let meta = self.inner.commit(object).await?;
+        self.shared.cache.remove(&self.id);
+        Ok(meta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::DiskStore;
+
+    fn key(k: &str) -> ObjectKey {
+        ObjectKey::from_request_path(&format!("/{k}")).unwrap()
+    }
+
+    async fn put(store: &dyn BucketStore, k: &str, body: &[u8]) {
+        let mut w = store.create("b-1", &key(k)).await.unwrap();
+        w.write(body).await.unwrap();
+        w.commit(NewObject::default()).await.unwrap();
+    }
+
+    fn limits(revalidate: Duration) -> HotTierLimits {
+        HotTierLimits {
+            max_bytes: 1 << 20,
+            max_object_bytes: 64 * 1024,
+            revalidate,
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_from_memory_and_sees_new_versions_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskStore::open(dir.path()).unwrap();
+        let path = disk.object_path("b-1", &key("a"));
+        let hot = HotTier::new(disk, limits(Duration::from_secs(60)));
+        put(&hot, "a", b"one").await;
+        for _ in 0..3 {
+            let mut o = hot.open("b-1", &key("a")).await.unwrap().unwrap();
+            assert_eq!(&o.read_at(0, 10).await.unwrap()[..], b"one");
+        }
+        // Removed behind its back: still served from memory within the revalidation time...
+        std::fs::remove_file(&path).unwrap();
+        assert!(hot.open("b-1", &key("a")).await.unwrap().is_some());
+        // ...but a commit through the tier replaces it at once.
+        put(&hot, "a", b"two").await;
+        let mut o = hot.open("b-1", &key("a")).await.unwrap().unwrap();
+        assert_eq!(&o.read_at(0, 10).await.unwrap()[..], b"two");
+        assert_eq!(&o.read_at(1, 1).await.unwrap()[..], b"w");
+        assert!(o.read_at(3, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn entries_expire_after_the_revalidation_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskStore::open(dir.path()).unwrap();
+        let path = disk.object_path("b-1", &key("a"));
+        let hot = HotTier::new(disk, limits(Duration::from_millis(50)));
+        put(&hot, "a", b"one").await;
+        assert!(hot.open("b-1", &key("a")).await.unwrap().is_some());
+        std::fs::remove_file(&path).unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(hot.open("b-1", &key("a")).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn large_objects_bypass_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let hot = HotTier::new(
+            DiskStore::open(dir.path()).unwrap(),
+            limits(Duration::from_secs(60)),
+        );
+        let big = vec![7u8; 100 * 1024];
+        put(&hot, "big", &big).await;
+        let mut o = hot.open("b-1", &key("big")).await.unwrap().unwrap();
+        assert_eq!(o.read_at(0, 200 * 1024).await.unwrap().len(), 100 * 1024);
+    }
+}
