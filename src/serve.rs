@@ -17,7 +17,7 @@ use crate::respond::{response_header, write_error, ErrorCode};
 use crate::store::{ObjectMeta, StoredObject};
 
 /// Bytes read from the store and written to the client per step.
-pub const CHUNK_BYTES: usize = 64 * 1024;
+pub const CHUNK_BYTES: usize = 256 * 1024;
 
 /// How a hit was answered, for the access log and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
