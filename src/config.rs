@@ -284,27 +284,48 @@ impl Config {
         }
     }
 
-    /// Settings that a reload cannot change; a reload that changes them warns and keeps them.
-    pub fn restart_only_differences(&self, new: &Config) -> Vec<&'static str> {
+    /// For a reload: puts back the running values of the settings only a restart can change
+    /// (listeners, `data_dir`, `access_log`, `server`, `memory_cache`), and names those that
+    /// differed so the caller can warn about them.
+    pub fn keep_restart_only_settings(&mut self, running: &Config) -> Vec<&'static str> {
+        fn keep<T: PartialEq + Clone>(
+            name: &'static str,
+            new: &mut T,
+            running: &T,
+            changed: &mut Vec<&'static str>,
+        ) {
+            if new != running {
+                changed.push(name);
+                *new = running.clone();
+            }
+        }
         let mut changed = Vec::new();
-        if self.listen != new.listen {
-            changed.push("listen");
-        }
-        if self.metrics_listen != new.metrics_listen {
-            changed.push("metrics_listen");
-        }
-        if self.data_dir != new.data_dir {
-            changed.push("data_dir");
-        }
-        if self.access_log != new.access_log {
-            changed.push("access_log");
-        }
-        if self.server != new.server {
-            changed.push("server");
-        }
-        if self.memory_cache != new.memory_cache {
-            changed.push("memory_cache");
-        }
+        keep("listen", &mut self.listen, &running.listen, &mut changed);
+        keep(
+            "metrics_listen",
+            &mut self.metrics_listen,
+            &running.metrics_listen,
+            &mut changed,
+        );
+        keep(
+            "data_dir",
+            &mut self.data_dir,
+            &running.data_dir,
+            &mut changed,
+        );
+        keep(
+            "access_log",
+            &mut self.access_log,
+            &running.access_log,
+            &mut changed,
+        );
+        keep("server", &mut self.server, &running.server, &mut changed);
+        keep(
+            "memory_cache",
+            &mut self.memory_cache,
+            &running.memory_cache,
+            &mut changed,
+        );
         changed
     }
 }

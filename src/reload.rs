@@ -69,18 +69,11 @@ impl ConfigHandle {
             }
             Ok(mut new) => {
                 let running = self.current();
-                for field in running.config.restart_only_differences(&new) {
+                for field in new.keep_restart_only_settings(&running.config) {
                     log::warn!(
                         "config reload: `{field}` changed; it takes effect only after a restart"
                     );
                 }
-                // Keep what only a restart can change, so the live view matches what runs.
-                new.listen = running.config.listen;
-                new.metrics_listen = running.config.metrics_listen;
-                new.data_dir = running.config.data_dir.clone();
-                new.access_log = running.config.access_log.clone();
-                new.server = running.config.server.clone();
-                new.memory_cache = running.config.memory_cache.clone();
                 let changed = new != running.config;
                 self.live.store(Arc::new(LiveConfig::new(new)));
                 METRICS.config_reloads.with_label_values(&["ok"]).inc();
