@@ -129,7 +129,7 @@ impl OriginPull {
 
         let method = &session.req_header().method;
         if method != Method::GET && method != Method::HEAD {
-            // An unread request body would be taken for the next request on this connection.
+            // Pingora would drain a refused upload to reuse the connection; closing is cheaper.
             if request_has_body(session) {
                 session.set_keepalive(None);
             }
