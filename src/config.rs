@@ -188,8 +188,8 @@ const BUCKET_KEYS: &[&str] = &["name", "origin_pull"];
 const ORIGIN_PULL_KEYS: &[&str] = &["enabled", "origin"];
 
 impl Config {
-    /// Reads and validates a configuration file. A relative `data_dir` or log path is taken
-    /// relative to the working directory, as nginx and Pingora do.
+    /// Reads and validates a configuration file. Relative paths stay relative; see
+    /// [`Config::resolve_relative_paths`].
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![ConfigError {
@@ -281,6 +281,15 @@ impl Config {
                 field: "listen/data_dir/domain_suffix".into(),
                 message: "missing".into(),
             }])),
+        }
+    }
+
+    /// Makes `data_dir` and a file `access_log` absolute against `base` (the working directory
+    /// at start), so they keep meaning the same place when the working directory changes.
+    pub fn resolve_relative_paths(&mut self, base: &Path) {
+        self.data_dir = base.join(&self.data_dir);
+        if let AccessLogTarget::File(path) = &mut self.access_log {
+            *path = base.join(&*path);
         }
     }
 
@@ -465,6 +474,19 @@ impl<'a> Section<'a> {
         Some(suffix)
     }
 
+    fn at_most(&self, key: &str, max: u64, errors: &mut Errors) -> Option<u64> {
+        let value = self.typed::<u64>(key, errors)?;
+        if value > max {
+            errors.push(
+                &self.scope,
+                &self.field(key),
+                format!("must be at most {max}"),
+            );
+            return None;
+        }
+        Some(value)
+    }
+
     fn positive(&self, key: &str, default: u64, errors: &mut Errors) -> u64 {
         match self.typed::<u64>(key, errors) {
             Some(0) => {
@@ -509,7 +531,7 @@ fn parse_fill(top: &Section<'_>, errors: &mut Errors) -> FillSettings {
         read_timeout_ms: fill.positive("read_timeout_ms", d.read_timeout_ms, errors),
         max_object_bytes: fill.positive("max_object_bytes", d.max_object_bytes, errors),
         negative_ttl_secs: fill
-            .typed("negative_ttl_secs", errors)
+            .at_most("negative_ttl_secs", MAX_NEGATIVE_TTL_SECS, errors)
             .unwrap_or(d.negative_ttl_secs),
     }
 }
@@ -520,7 +542,9 @@ fn parse_memory_cache(top: &Section<'_>, errors: &mut Errors) -> MemoryCacheSett
         return d;
     };
     let settings = MemoryCacheSettings {
-        max_bytes: cache.typed("max_bytes", errors).unwrap_or(d.max_bytes),
+        max_bytes: cache
+            .at_most("max_bytes", MAX_MEMORY_CACHE_BYTES, errors)
+            .unwrap_or(d.max_bytes),
         max_object_bytes: cache.positive("max_object_bytes", d.max_object_bytes, errors),
         revalidate_secs: cache
             .typed("revalidate_secs", errors)
@@ -623,6 +647,11 @@ fn parse_origin_pull(bucket: &Section<'_>, errors: &mut Errors) -> Option<Origin
         },
     }
 }
+
+/// A week: longer would keep failed keys from ever being retried in practice.
+const MAX_NEGATIVE_TTL_SECS: u64 = 7 * 24 * 3600;
+/// The memory tier's bookkeeping grows with its size; beyond this, use the page cache.
+const MAX_MEMORY_CACHE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 
 /// How to write an origin, appended to every origin error.
 const HINT: &str = "enter only host[:port], e.g. abc.example.com, abc.example.com:8080, 10.10.10.10:8080 or [::1]:8080";

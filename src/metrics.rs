@@ -60,10 +60,11 @@ pub enum FillOutcome {
     TooLarge,
     Dropped,
     NegativeCached,
+    StoreError,
 }
 
 impl FillOutcome {
-    pub const ALL: [FillOutcome; 7] = [
+    pub const ALL: [FillOutcome; 8] = [
         FillOutcome::Stored,
         FillOutcome::OriginStatus,
         FillOutcome::OriginError,
@@ -71,6 +72,7 @@ impl FillOutcome {
         FillOutcome::TooLarge,
         FillOutcome::Dropped,
         FillOutcome::NegativeCached,
+        FillOutcome::StoreError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +84,7 @@ impl FillOutcome {
             FillOutcome::TooLarge => "too_large",
             FillOutcome::Dropped => "dropped",
             FillOutcome::NegativeCached => "negative_cached",
+            FillOutcome::StoreError => "store_error",
         }
     }
 }

@@ -4,7 +4,8 @@
 //! never waits. Per key there is at most one copy running or queued (single flight); at most
 //! `fill.concurrency` run at once and `fill.queue` wait; past that the copy is skipped and
 //! counted as `dropped`. A key whose copy failed is not tried again for `fill.negative_ttl_secs`.
-//! Limits are read from the configuration of the request asking, so reloads apply at once.
+//! Limits come from the configuration of the request asking: a reload applies to copies asked
+//! for after it (a queued copy keeps the limits it was queued with).
 //!
 //! Copies run as tokio tasks independent of the client's connection: a client hanging up does
 //! not cancel one. On shutdown, copies still running when Pingora stops its runtimes are dropped,
@@ -24,9 +25,6 @@ use crate::metrics::{FillOutcome, METRICS};
 use crate::route::Bucket;
 use crate::store::BucketStore;
 use origin::{copy_object, CopyError};
-
-/// Negative-cache entries beyond which expired ones are swept on insert.
-const NEGATIVE_SWEEP_AT: usize = 10_000;
 
 /// What happened to a copy request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +81,40 @@ struct Schedule {
     in_flight: HashSet<CopyKey>,
     /// Keys whose last copy failed, with when they may be tried again.
     failed_until: HashMap<CopyKey, Instant>,
+    /// The same entries in expiry order, so expired ones are dropped without a scan.
+    expiries: VecDeque<(Instant, CopyKey)>,
+}
+
+impl Schedule {
+    /// Whether a copy of `id` must not start now: one is running or waiting, or the last one
+    /// failed within the negative TTL.
+    fn blocked(&self, id: &CopyKey, now: Instant) -> Option<CopyDecision> {
+        if self.in_flight.contains(id) {
+            Some(CopyDecision::AlreadyInFlight)
+        } else if self.failed_until.get(id).is_some_and(|until| *until > now) {
+            Some(CopyDecision::RecentlyFailed)
+        } else {
+            None
+        }
+    }
+
+    fn remember_failure(&mut self, id: &CopyKey, now: Instant, ttl: Duration) {
+        while let Some((expiry, _)) = self.expiries.front() {
+            if *expiry > now {
+                break;
+            }
+            if let Some((expiry, key)) = self.expiries.pop_front() {
+                // Only if not renewed by a later failure.
+                if self.failed_until.get(&key) == Some(&expiry) {
+                    self.failed_until.remove(&key);
+                }
+            }
+        }
+        if let Some(until) = now.checked_add(ttl) {
+            self.failed_until.insert(id.clone(), until);
+            self.expiries.push_back((until, id.clone()));
+        }
+    }
 }
 
 struct Shared {
@@ -123,15 +155,8 @@ impl Filler {
         };
         let decision = {
             let mut schedule = self.shared.lock();
-            let now = Instant::now();
-            if schedule.in_flight.contains(&id) {
-                CopyDecision::AlreadyInFlight
-            } else if schedule
-                .failed_until
-                .get(&id)
-                .is_some_and(|until| *until > now)
-            {
-                CopyDecision::RecentlyFailed
+            if let Some(blocked) = schedule.blocked(&id, Instant::now()) {
+                blocked
             } else if schedule.running < limits.concurrency {
                 schedule.running += 1;
                 schedule.in_flight.insert(id.clone());
@@ -143,6 +168,7 @@ impl Filler {
                     origin: origin.clone(),
                     limits: limits.clone(),
                 });
+                METRICS.fill_queue_depth.set(schedule.waiting.len() as i64);
                 CopyDecision::Queued
             } else {
                 CopyDecision::Dropped
@@ -154,7 +180,7 @@ impl Filler {
                 origin: origin.clone(),
                 limits: limits.clone(),
             }),
-            CopyDecision::Queued => METRICS.fill_queue_depth.inc(),
+            CopyDecision::Queued => {}
             CopyDecision::RecentlyFailed => bucket.metrics.count_fill(FillOutcome::NegativeCached),
             CopyDecision::Dropped => {
                 log::warn!(
@@ -178,12 +204,7 @@ impl Filler {
             bucket: bucket.clone(),
             key: key.clone(),
         };
-        let schedule = self.shared.lock();
-        schedule.in_flight.contains(&id)
-            || schedule
-                .failed_until
-                .get(&id)
-                .is_some_and(|until| *until > Instant::now())
+        self.shared.lock().blocked(&id, Instant::now()).is_some()
     }
 
     fn spawn(&self, job: CopyJob) {
@@ -191,7 +212,13 @@ impl Filler {
         tokio::spawn(async move {
             let mut job = job;
             loop {
+                // Settles the schedule even if the copy panics or its task is dropped.
+                let guard = FinishGuard {
+                    filler: &filler,
+                    job: &job,
+                };
                 let failed = filler.run(&job).await;
+                std::mem::forget(guard);
                 match filler.finish(&job.id, failed, &job.limits) {
                     Some(next) => job = next,
                     None => break,
@@ -202,9 +229,14 @@ impl Filler {
 
     /// Runs one copy; returns whether it failed.
     async fn run(&self, job: &CopyJob) -> bool {
-        METRICS.fills_in_flight.inc();
-        let started = Instant::now();
         let bucket = job.id.bucket_name();
+        // A copy that committed between this key's store lookup and its copy request: the
+        // object is there, so the origin is not asked again.
+        if let Ok(Some(_)) = self.shared.store.open(bucket, &job.id.key).await {
+            return false;
+        }
+        let _in_flight = InFlight::enter();
+        let started = Instant::now();
         let metrics = &job.id.bucket.metrics;
         let result = copy_object(
             &self.shared.connector,
@@ -215,7 +247,6 @@ impl Filler {
             &job.limits,
         )
         .await;
-        METRICS.fills_in_flight.dec();
         metrics
             .fill_duration
             .observe(started.elapsed().as_secs_f64());
@@ -241,7 +272,8 @@ impl Filler {
                     CopyError::OriginStatus(_) => FillOutcome::OriginStatus,
                     CopyError::Timeout(_) => FillOutcome::Timeout,
                     CopyError::TooLarge { .. } => FillOutcome::TooLarge,
-                    CopyError::Origin(_) | CopyError::Store(_) => FillOutcome::OriginError,
+                    CopyError::Origin(_) => FillOutcome::OriginError,
+                    CopyError::Store(_) => FillOutcome::StoreError,
                 }
             }
         };
@@ -255,26 +287,55 @@ impl Filler {
         let mut schedule = self.shared.lock();
         schedule.in_flight.remove(id);
         if failed && limits.negative_ttl_secs > 0 {
-            let now = Instant::now();
-            if schedule.failed_until.len() >= NEGATIVE_SWEEP_AT {
-                schedule.failed_until.retain(|_, until| *until > now);
-            }
-            schedule.failed_until.insert(
-                id.clone(),
-                now + Duration::from_secs(limits.negative_ttl_secs),
-            );
+            let ttl = Duration::from_secs(limits.negative_ttl_secs);
+            schedule.remember_failure(id, Instant::now(), ttl);
         } else {
             schedule.failed_until.remove(id);
         }
         // A reload may have lowered the concurrency: then this slot is given up.
         if schedule.running <= limits.concurrency {
             if let Some(next) = schedule.waiting.pop_front() {
-                METRICS.fill_queue_depth.dec();
+                METRICS.fill_queue_depth.set(schedule.waiting.len() as i64);
                 return Some(next);
             }
         }
         schedule.running -= 1;
         None
+    }
+}
+
+/// Counts a copy in `originpull_fills_in_flight` for as long as it lives.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        METRICS.fills_in_flight.inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        METRICS.fills_in_flight.dec();
+    }
+}
+
+/// Marks a copy as failed if it ends without reaching `finish` (a panic, or its task dropped
+/// at shutdown), so its key and slot are not held forever.
+struct FinishGuard<'a> {
+    filler: &'a Filler,
+    job: &'a CopyJob,
+}
+
+impl Drop for FinishGuard<'_> {
+    fn drop(&mut self) {
+        let next = self.filler.finish(&self.job.id, true, &self.job.limits);
+        // After a panic the waiting copy gets a task of its own; at shutdown there is no
+        // runtime left and it is dropped with the rest.
+        if let (Some(next), Ok(runtime)) = (next, tokio::runtime::Handle::try_current()) {
+            let _context = runtime.enter();
+            self.filler.spawn(next);
+        }
     }
 }
 

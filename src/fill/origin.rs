@@ -76,8 +76,8 @@ pub async fn copy_object(
     let (mut session, reused) = connector.get_http_session(&peer).await?;
     let response = match send_request(&mut session, origin, key, limits).await {
         // A pooled connection the origin closed meanwhile fails before any answer: retry once
-        // on a fresh connection, as Pingora's proxy does.
-        Err(_) if reused => {
+        // on a fresh connection, as Pingora's proxy does. A timeout is not retried.
+        Err(CopyError::Origin(_)) if reused => {
             session.shutdown().await;
             let (fresh, _) = connector.get_http_session(&peer).await?;
             session = fresh;
