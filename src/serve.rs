@@ -64,6 +64,7 @@ pub async fn serve_hit(
         match range_header_filter(req, &mut resp, Some(2)) {
             RangeType::Single(r) => r.start as u64..r.end as u64,
             RangeType::Invalid => 0..0,
+            // Unreachable with a limit of 2: Pingora answers several ranges with `None`.
             RangeType::None | RangeType::Multi(_) => 0..meta.size,
         }
     };

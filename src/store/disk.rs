@@ -43,7 +43,8 @@ pub struct DiskStore {
 
 impl DiskStore {
     /// Opens (creating when needed) the store at `root` and discards objects left half-written
-    /// by an earlier process.
+    /// by processes that are gone. Temporary files are named after their writer's process id,
+    /// so during a zero-downtime upgrade the new process leaves the old one's copies alone.
     pub fn open(root: &Path) -> io::Result<DiskStore> {
         std::fs::create_dir_all(root)?;
         for bucket in std::fs::read_dir(root)? {
@@ -51,6 +52,9 @@ impl DiskStore {
             if tmp.is_dir() {
                 for leftover in std::fs::read_dir(&tmp)? {
                     let leftover = leftover?.path();
+                    if writer_is_alive(&leftover) {
+                        continue;
+                    }
                     if let Err(e) = std::fs::remove_file(&leftover) {
                         log::warn!("cannot remove leftover {}: {e}", leftover.display());
                     }
@@ -102,7 +106,11 @@ impl BucketStore for DiskStore {
     ) -> Result<Box<dyn ObjectWriter>, StoreError> {
         let tmp_dir = self.bucket_dir(bucket).join("tmp");
         tokio::fs::create_dir_all(&tmp_dir).await?;
-        let tmp_path = tmp_dir.join(format!("{:032x}", rand::random::<u128>()));
+        let tmp_path = tmp_dir.join(format!(
+            "{}-{:032x}",
+            std::process::id(),
+            rand::random::<u128>()
+        ));
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -116,6 +124,19 @@ impl BucketStore for DiskStore {
             md5: Md5::new(),
             written: 0,
         }))
+    }
+}
+
+/// Whether the temporary file at `path` belongs to another process that is still running.
+fn writer_is_alive(path: &Path) -> bool {
+    let pid = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split_once('-'))
+        .and_then(|(pid, _)| pid.parse::<u32>().ok());
+    match pid {
+        Some(pid) if pid != std::process::id() => Path::new("/proc").join(pid.to_string()).exists(),
+        _ => false,
     }
 }
 
@@ -301,12 +322,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn leftover_temporaries_are_removed_at_open() {
+    async fn leftover_temporaries_are_removed_at_open_unless_their_writer_runs() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("b-1/tmp")).unwrap();
-        std::fs::write(dir.path().join("b-1/tmp/stale"), b"half").unwrap();
+        let tmp = dir.path().join("b-1/tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        // Process 1 (init) is always alive; u32::MAX never is.
+        std::fs::write(tmp.join("stale"), b"half").unwrap();
+        std::fs::write(tmp.join(format!("{}-ab", u32::MAX)), b"half").unwrap();
+        std::fs::write(tmp.join("1-ab"), b"half").unwrap();
         DiskStore::open(dir.path()).unwrap();
-        assert!(!dir.path().join("b-1/tmp/stale").exists());
+        assert!(!tmp.join("stale").exists());
+        assert!(!tmp.join(format!("{}-ab", u32::MAX)).exists());
+        assert!(tmp.join("1-ab").exists(), "a running writer's file is kept");
     }
 
     #[tokio::test]

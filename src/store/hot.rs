@@ -7,6 +7,7 @@
 //! tier drops the key's entry at once, so a new version is never hidden behind an old one.
 
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,8 @@ struct HotObject {
 
 struct Shared<S> {
     inner: S,
+    /// Bumped by every commit, so an `open` that raced with one does not cache what it read.
+    commits: AtomicU64,
     cache: TinyUfo<u64, Arc<HotObject>>,
     limits: HotTierLimits,
     hasher: std::collections::hash_map::RandomState,
@@ -48,10 +51,12 @@ pub struct HotTier<S> {
 impl<S: BucketStore> HotTier<S> {
     pub fn new(inner: S, limits: HotTierLimits) -> HotTier<S> {
         let capacity_units = (limits.max_bytes / WEIGHT_UNIT).max(1);
-        let estimated_entries = (limits.max_bytes / 4096).max(16);
+        // TinyUFO sizes its frequency sketch from this; bounded so a large tier starts quickly.
+        let estimated_entries = (limits.max_bytes / 4096).clamp(16, 1 << 20);
         HotTier {
             shared: Arc::new(Shared {
                 inner,
+                commits: AtomicU64::new(0),
                 cache: TinyUfo::new(capacity_units, estimated_entries),
                 limits,
                 hasher: Default::default(),
@@ -88,6 +93,7 @@ impl<S: BucketStore> BucketStore for HotTier<S> {
         if let Some(hot) = shared.lookup(id, bucket, key) {
             return Ok(Some(Box::new(MemoryObject(hot))));
         }
+        let commits_before = shared.commits.load(Ordering::Acquire);
         let Some(mut object) = shared.inner.open(bucket, key).await? else {
             shared.cache.remove(&id);
             return Ok(None);
@@ -110,7 +116,9 @@ impl<S: BucketStore> BucketStore for HotTier<S> {
             loaded_at: Instant::now(),
         });
         let weight = (size as usize / WEIGHT_UNIT + 1).min(u16::MAX as usize) as u16;
-        shared.cache.put(id, hot.clone(), weight);
+        if shared.commits.load(Ordering::Acquire) == commits_before {
+            shared.cache.put(id, hot.clone(), weight);
+        }
         Ok(Some(Box::new(MemoryObject(hot))))
     }
 
@@ -163,6 +171,7 @@ impl<S: BucketStore> ObjectWriter for InvalidatingWriter<S> {
 
     async fn commit(self: Box<Self>, object: NewObject) -> Result<ObjectMeta, StoreError> {
         let meta = self.inner.commit(object).await?;
+        self.shared.commits.fetch_add(1, Ordering::AcqRel);
         self.shared.cache.remove(&self.id);
         Ok(meta)
     }
