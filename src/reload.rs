@@ -41,13 +41,18 @@ impl LiveConfig {
 pub struct ConfigHandle {
     live: Arc<ArcSwap<LiveConfig>>,
     path: Arc<PathBuf>,
+    /// Relative paths in the file are resolved against this directory, the working directory
+    /// at start, also on reloads (daemon mode changes the working directory to `/`).
+    base_dir: Arc<PathBuf>,
 }
 
 impl ConfigHandle {
-    pub fn new(config: Config, path: &Path) -> ConfigHandle {
+    /// `config` must already have its relative paths resolved against `base_dir`.
+    pub fn new(config: Config, path: &Path, base_dir: &Path) -> ConfigHandle {
         ConfigHandle {
             live: Arc::new(ArcSwap::from_pointee(LiveConfig::new(config))),
-            path: Arc::new(path.to_path_buf()),
+            path: Arc::new(base_dir.join(path)),
+            base_dir: Arc::new(base_dir.to_path_buf()),
         }
     }
 
@@ -68,6 +73,7 @@ impl ConfigHandle {
                 false
             }
             Ok(mut new) => {
+                new.resolve_relative_paths(&self.base_dir);
                 let running = self.current();
                 for field in new.keep_restart_only_settings(&running.config) {
                     log::warn!(
@@ -89,6 +95,7 @@ impl ConfigHandle {
     }
 
     /// Starts the SIGHUP and file watchers on their own threads; they run for the process's life.
+    /// Called from [`ReloadWatcher`], after Pingora has daemonized (threads do not survive a fork).
     pub fn watch(&self) -> std::io::Result<()> {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
 
@@ -141,5 +148,20 @@ impl ConfigHandle {
                 }
             })?;
         Ok(())
+    }
+}
+
+/// Pingora background service that starts the reload watchers once the server runs.
+pub struct ReloadWatcher(pub ConfigHandle);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for ReloadWatcher {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        if let Err(e) = self.0.watch() {
+            log::error!(
+                "cannot watch {} for reloads ({e}); SIGHUP and file changes will not reload it",
+                self.0.path.display()
+            );
+        }
     }
 }

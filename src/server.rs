@@ -14,7 +14,7 @@ use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::fill::Filler;
 use crate::proxy::OriginPull;
-use crate::reload::ConfigHandle;
+use crate::reload::{ConfigHandle, ReloadWatcher};
 use crate::store::{BucketStore, DiskStore, HotTier, HotTierLimits};
 
 /// Per-connection socket buffers of the data plane (Pingora's default read size).
@@ -28,12 +28,15 @@ pub struct ProcessFlags {
     pub upgrade: bool,
 }
 
-/// Builds the server. Extra services (the demo's origin) can be added before running it.
+/// Builds the server. Relative paths in `config` are taken against the current working
+/// directory. Extra services (the demo's origin) can be added before running it.
 pub fn build(
-    config: Config,
+    mut config: Config,
     config_path: &Path,
     flags: ProcessFlags,
 ) -> Result<Server, StartError> {
+    let base_dir = std::env::current_dir().map_err(StartError::WorkingDirectory)?;
+    config.resolve_relative_paths(&base_dir);
     crate::metrics::init();
     let store = DiskStore::open(&config.data_dir).map_err(|source| StartError::Store {
         path: config.data_dir.clone(),
@@ -78,11 +81,11 @@ pub fn build(
 
     let listen = config.listen.to_string();
     let metrics_listen = config.metrics_listen;
-    let handle = ConfigHandle::new(config, config_path);
-    handle.watch().map_err(|source| StartError::Watch {
-        path: config_path.to_path_buf(),
-        source,
-    })?;
+    let handle = ConfigHandle::new(config, config_path, &base_dir);
+    server.add_service(pingora::services::background::background_service(
+        "config reload",
+        ReloadWatcher(handle.clone()),
+    ));
 
     let app = OriginPull {
         config: handle,
@@ -116,9 +119,6 @@ pub enum StartError {
     },
     #[error("access_log: cannot open: {0}")]
     AccessLog(std::io::Error),
-    #[error("cannot watch {} for reloads: {source}", path.display())]
-    Watch {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read the working directory: {0}")]
+    WorkingDirectory(std::io::Error),
 }
