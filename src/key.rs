@@ -90,7 +90,8 @@ impl ObjectKey {
 
     /// The URL path that names this key at an origin: `/` plus the key with every byte outside
     /// the unreserved and path-safe set percent-encoded. The 302 and the copy use the same path,
-    /// so the client is sent to exactly what the bucket will store.
+    /// so the client is sent to the object the bucket will store (the redirect also carries the
+    /// request's query string, which the copy leaves out: it is not part of the key).
     pub fn origin_path(&self) -> String {
         let mut path = String::with_capacity(self.0.len() + 1);
         path.push('/');

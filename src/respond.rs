@@ -1,7 +1,8 @@
 //! Writing responses: the one S3/COS-style XML error builder and the one header policy that
-//! every response passes through (`Server`, `Date`, request id, an exact `Content-Length`).
+//! every response originpull writes passes through (`Server`, `Date`, request id, an exact
+//! `Content-Length`; a 304 carries none).
 //!
-//! Every response carries a `Content-Length`: without it Pingora's HTTP/1 writer falls back to
+//! Responses carry a `Content-Length` because without it Pingora's HTTP/1 writer falls back to
 //! chunked encoding and flushes each write, and `respond_error` would turn keep-alive off.
 
 use bytes::Bytes;

@@ -239,8 +239,10 @@ fn new_object(response: &ResponseHeader) -> NewObject {
 
 /// After a complete body: bytes beyond the declared length mean the origin's Content-Length
 /// was wrong and what we read is a prefix of the real object, so nothing may be stored.
-/// Pingora's keep-alive check sees bytes that arrived with the body; for an origin that closes
-/// the connection, bytes arriving afterwards are watched for until it closes.
+/// On a keep-alive connection Pingora's reuse check sees excess bytes that arrived with the
+/// body. On a connection the origin closes, only excess bytes arriving after the body are seen
+/// (watched for until it closes): Pingora 0.9.1 keeps bytes read together with the end of the
+/// body in a private buffer and offers no public way to ask about them.
 async fn release_or_check_excess(
     connector: &Connector,
     session: HttpSession,
