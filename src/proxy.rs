@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use async_trait::async_trait;
 use http::{header, Method};
 use pingora::modules::http::HttpModules;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
@@ -71,6 +71,37 @@ impl ProxyHttp for OriginPull {
     async fn upstream_peer(&self, _: &mut Session, _: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         // request_filter answers every request; reaching here is a bug, not a client error.
         Error::e_explain(ErrorType::InternalError, "originpull never proxies inline")
+    }
+
+    /// An error after routing (a store read failing, a write failing): answer with the XML
+    /// `InternalError` if nothing was sent yet, else close the connection, since a body already
+    /// started cannot be completed.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let connection_gone = matches!(
+            e.etype(),
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+        );
+        let mut error_code = 0;
+        if session.response_written().is_none() && !connection_gone {
+            log::error!("request {} failed: {e}", ctx.request_id);
+            session.set_keepalive(None);
+            let rid = ctx.request_id.clone();
+            if write_error(session, ErrorCode::InternalError, None, &rid, &[])
+                .await
+                .is_ok()
+            {
+                error_code = 500;
+            }
+        }
+        FailToProxy {
+            error_code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {

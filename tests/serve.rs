@@ -616,3 +616,24 @@ async fn the_memory_tier_serves_hot_objects_and_rereads_the_store_after_revalida
         "store re-read after it"
     );
 }
+
+#[tokio::test]
+async fn a_store_failure_is_a_500_with_an_xml_body_and_the_server_keeps_serving() {
+    let server = Originpull::start(OriginpullConfig::new().with_disabled_bucket(BUCKET));
+    // A directory where the object's file should be: opening works, reading fails.
+    let store = DiskStore::open(server.data_dir()).unwrap();
+    let key = ObjectKey::from_request_path("/broken").unwrap();
+    std::fs::create_dir_all(store.object_path(BUCKET, &key)).unwrap();
+    let resp = get(&server, BUCKET, "/broken").await;
+    assert_eq!(resp.status(), 500);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("<Code>InternalError</Code>"));
+    seed(&server, BUCKET, "fine", b"ok", "text/plain").await;
+    assert_eq!(
+        get_body(&server, BUCKET, "/fine").await,
+        (200, b"ok".to_vec())
+    );
+}
