@@ -14,7 +14,7 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::fill::Filler;
-use crate::key::{KeyError, ObjectKey};
+use crate::key::{KeyError, ObjectKey, MAX_KEY_BYTES};
 use crate::metrics::{BucketMetrics, RequestResult};
 use crate::redirect::write_redirect;
 use crate::reload::ConfigHandle;
@@ -173,10 +173,13 @@ impl OriginPull {
             Ok(key) => key,
             Err(e) => {
                 let (code, detail) = match e {
-                    KeyError::Invalid(why) => (ErrorCode::InvalidUri, why),
-                    KeyError::TooLong => (ErrorCode::KeyTooLong, "Keys are at most 1024 bytes."),
+                    KeyError::Invalid(why) => (ErrorCode::InvalidUri, why.to_string()),
+                    KeyError::TooLong => (
+                        ErrorCode::KeyTooLong,
+                        format!("Keys are at most {MAX_KEY_BYTES} bytes."),
+                    ),
                 };
-                let n = write_error(session, code, Some(detail), &rid, &[]).await?;
+                let n = write_error(session, code, Some(&detail), &rid, &[]).await?;
                 return Ok((RequestResult::BadRequest, n));
             }
         };

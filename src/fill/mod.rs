@@ -47,6 +47,13 @@ struct CopyKey {
 }
 
 impl CopyKey {
+    fn new(bucket: &Arc<Bucket>, key: &ObjectKey) -> CopyKey {
+        CopyKey {
+            bucket: bucket.clone(),
+            key: key.clone(),
+        }
+    }
+
     fn bucket_name(&self) -> &str {
         &self.bucket.config.name
     }
@@ -149,10 +156,7 @@ impl Filler {
         key: &ObjectKey,
         limits: &FillSettings,
     ) -> CopyDecision {
-        let id = CopyKey {
-            bucket: bucket.clone(),
-            key: key.clone(),
-        };
+        let id = CopyKey::new(bucket, key);
         let decision = {
             let mut schedule = self.shared.lock();
             if let Some(blocked) = schedule.blocked(&id, Instant::now()) {
@@ -200,10 +204,7 @@ impl Filler {
     /// its copy runs. (Between a commit and this state being cleared the answer is a redirect
     /// for an object already stored, which is still a correct answer.)
     pub fn known_missing(&self, bucket: &Arc<Bucket>, key: &ObjectKey) -> bool {
-        let id = CopyKey {
-            bucket: bucket.clone(),
-            key: key.clone(),
-        };
+        let id = CopyKey::new(bucket, key);
         self.shared.lock().blocked(&id, Instant::now()).is_some()
     }
 
