@@ -33,7 +33,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
@@ -684,6 +686,19 @@ fn chunk_frames(body: &[u8], chunk_size: usize) -> Vec<u8> {
     out
 }
 
+/// A 200 head announcing all of `body`, then only its first `send_bytes` bytes.
+async fn write_truncated<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    body: &[u8],
+    send_bytes: usize,
+) -> io::Result<()> {
+    let added = [("Content-Length", body.len().to_string())];
+    stream
+        .write_all(&response_head(200, &[], &added, false))
+        .await?;
+    stream.write_all(&body[..send_bytes.min(body.len())]).await
+}
+
 async fn respond(
     conn: &mut Conn,
     shared: &Arc<OriginShared>,
@@ -743,26 +758,14 @@ async fn respond(
             Ok(AfterResponse::KeepAlive)
         }
         Behavior::ResetMidBody { body, send_bytes } => {
-            let added = [("Content-Length", body.len().to_string())];
-            stream
-                .write_all(&response_head(200, &[], &added, false))
-                .await?;
-            stream
-                .write_all(&body[..(*send_bytes).min(body.len())])
-                .await?;
+            write_truncated(stream, body, *send_bytes).await?;
             stream.flush().await?;
             tokio::time::sleep(RESET_GRACE).await;
             stream.set_zero_linger()?;
             Ok(AfterResponse::Reset)
         }
         Behavior::ShortBody { body, send_bytes } => {
-            let added = [("Content-Length", body.len().to_string())];
-            stream
-                .write_all(&response_head(200, &[], &added, false))
-                .await?;
-            stream
-                .write_all(&body[..(*send_bytes).min(body.len())])
-                .await?;
+            write_truncated(stream, body, *send_bytes).await?;
             Ok(AfterResponse::Close)
         }
         Behavior::LongBody {
