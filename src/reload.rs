@@ -156,12 +156,15 @@ pub struct ReloadWatcher(pub ConfigHandle);
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for ReloadWatcher {
-    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         if let Err(e) = self.0.watch() {
             log::error!(
                 "cannot watch {} for reloads ({e}); SIGHUP and file changes will not reload it",
                 self.0.path.display()
             );
         }
+        // The watchers run on their own threads; this service lives until shutdown so the
+        // log does not report it as exited.
+        let _ = shutdown.changed().await;
     }
 }
