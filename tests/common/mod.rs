@@ -686,6 +686,24 @@ fn chunk_frames(body: &[u8], chunk_size: usize) -> Vec<u8> {
     out
 }
 
+/// A well-formed 200 with `body` (head only for HEAD).
+async fn write_ok<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    body: &[u8],
+    headers: &[(String, String)],
+    is_head: bool,
+    close: bool,
+) -> io::Result<()> {
+    let added = content_length_unless_given(headers, body.len() as u64);
+    stream
+        .write_all(&response_head(200, headers, &added, close))
+        .await?;
+    if !is_head {
+        stream.write_all(body).await?;
+    }
+    Ok(())
+}
+
 /// A 200 head announcing all of `body`, then only its first `send_bytes` bytes.
 async fn write_truncated<W: AsyncWrite + Unpin>(
     stream: &mut W,
@@ -710,13 +728,7 @@ async fn respond(
     let stream = conn.get_mut();
     match behavior {
         Behavior::Ok { body, headers } => {
-            let added = content_length_unless_given(headers, body.len() as u64);
-            stream
-                .write_all(&response_head(200, headers, &added, close))
-                .await?;
-            if !is_head {
-                stream.write_all(body).await?;
-            }
+            write_ok(stream, body, headers, is_head, close).await?;
             Ok(AfterResponse::KeepAlive)
         }
         Behavior::Chunked {
@@ -838,13 +850,7 @@ async fn respond(
                     return Ok(AfterResponse::Close);
                 }
             }
-            let added = content_length_unless_given(headers, body.len() as u64);
-            stream
-                .write_all(&response_head(200, headers, &added, close))
-                .await?;
-            if !is_head {
-                stream.write_all(body).await?;
-            }
+            write_ok(stream, body, headers, is_head, close).await?;
             Ok(AfterResponse::KeepAlive)
         }
         Behavior::Generated { len, headers } => {
