@@ -84,7 +84,7 @@ pub fn object_headers(meta: &ObjectMeta, request_id: &str) -> Result<ResponseHea
     let mut resp = response_header(StatusCode::OK, request_id)?;
     resp.insert_header(header::CONTENT_LENGTH, meta.size)?;
     resp.insert_header(header::CONTENT_TYPE, meta.content_type.as_str())?;
-    resp.insert_header(header::ETAG, format!("\"{}\"", meta.etag))?;
+    resp.insert_header(header::ETAG, meta.etag_header())?;
     resp.insert_header(
         header::LAST_MODIFIED,
         httpdate::fmt_http_date(meta.last_modified_time()),
@@ -102,7 +102,7 @@ pub fn object_headers(meta: &ObjectMeta, request_id: &str) -> Result<ResponseHea
 fn precondition_fails(req: &RequestHeader, meta: &ObjectMeta) -> bool {
     let mut if_match = req.headers.get_all(header::IF_MATCH).iter().peekable();
     if if_match.peek().is_some() {
-        let etag = format!("\"{}\"", meta.etag);
+        let etag = meta.etag_header();
         let matched = if_match.any(|value| {
             value.to_str().is_ok_and(|list| {
                 list.split(',')

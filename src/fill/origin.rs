@@ -257,9 +257,7 @@ async fn release_or_check_excess(
     if origin_keeps_alive {
         if !h1.will_keepalive() {
             h1.shutdown().await;
-            return Err(CopyError::Origin(
-                "origin sent more bytes than its Content-Length".into(),
-            ));
+            return Err(excess_bytes());
         }
         connector
             .release_http_session(HttpSession::H1(h1), peer, Some(POOL_IDLE))
@@ -269,12 +267,14 @@ async fn release_or_check_excess(
     let mut stream = h1.into_inner();
     let mut probe = [0u8; 1];
     match tokio::time::timeout(CLOSE_GRACE, stream.read(&mut probe)).await {
-        Ok(Ok(n)) if n > 0 => Err(CopyError::Origin(
-            "origin sent more bytes than its Content-Length".into(),
-        )),
+        Ok(Ok(n)) if n > 0 => Err(excess_bytes()),
         // Closed, reset, or still open after the grace: nothing beyond the body arrived.
         _ => Ok(()),
     }
+}
+
+fn excess_bytes() -> CopyError {
+    CopyError::Origin("origin sent more bytes than its Content-Length".into())
 }
 
 /// Whether the origin's response asked to keep the connection (HTTP/1.1 default, or an

@@ -41,6 +41,11 @@ pub struct ObjectMeta {
 }
 
 impl ObjectMeta {
+    /// The `ETag` header value: the hex MD5 in quotes, as S3 sends it.
+    pub fn etag_header(&self) -> String {
+        format!("\"{}\"", self.etag)
+    }
+
     pub fn last_modified_time(&self) -> SystemTime {
         SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(self.last_modified)
     }

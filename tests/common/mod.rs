@@ -435,13 +435,7 @@ impl TestOrigin {
 
     /// Requests received for `path` (counted when the head is parsed, before answering).
     pub fn hits(&self, path: &str) -> usize {
-        self.shared
-            .requests
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.path == path)
-            .count()
+        self.requests(path).len()
     }
 
     /// Requests received for any path.
