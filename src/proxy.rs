@@ -23,11 +23,13 @@ use crate::route::Bucket;
 use crate::serve::{serve_hit, HitOutcome};
 use crate::store::{BucketStore, StoreError};
 
+/// Shared by every worker thread's service: each field is a handle to one shared state.
+#[derive(Clone)]
 pub struct OriginPull {
     pub config: ConfigHandle,
     pub store: Arc<dyn BucketStore>,
     pub filler: Filler,
-    pub access_log: AccessLog,
+    pub access_log: Arc<AccessLog>,
 }
 
 /// What one request became, for `logging`.

@@ -13,6 +13,7 @@ use pingora::server::Server;
 use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::fill::Filler;
+use crate::listener::{check_address_free, WorkerListener};
 use crate::proxy::OriginPull;
 use crate::reload::{ConfigHandle, ReloadWatcher};
 use crate::store::{BucketStore, DiskStore, HotTier, HotTierLimits};
@@ -35,6 +36,13 @@ pub fn build(
     config_path: &Path,
     flags: ProcessFlags,
 ) -> Result<Server, StartError> {
+    // An upgrade takes over the running process's sockets, so the address is in use by design.
+    if !flags.upgrade {
+        check_address_free(config.listen).map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    }
     let base_dir = std::env::current_dir().map_err(StartError::WorkingDirectory)?;
     config.resolve_relative_paths(&base_dir);
     crate::metrics::init();
@@ -60,8 +68,7 @@ pub fn build(
         grace_period_seconds: Some(config.server.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_secs),
         daemon: flags.daemon,
-        // One single-threaded runtime per thread, like nginx's workers: a connection stays on
-        // one thread, so requests cost no cross-thread wake-ups (measured in docs/benchmarks.md).
+        // Each worker service runs on one single-threaded runtime (see `listener`).
         work_stealing: false,
         ..ServerConf::default()
     };
@@ -79,7 +86,8 @@ pub fn build(
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
 
-    let listen = config.listen.to_string();
+    let listen = config.listen;
+    let threads = config.server.threads;
     let metrics_listen = config.metrics_listen;
     let handle = ConfigHandle::new(config, config_path, &base_dir);
     server.add_service(pingora::services::background::background_service(
@@ -91,15 +99,22 @@ pub fn build(
         config: handle,
         filler: Filler::new(store.clone()),
         store,
-        access_log,
+        access_log: Arc::new(access_log),
     };
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, app);
-    // A write buffer that holds a response head plus a small body, so a small hit leaves in
-    // one send instead of two (Pingora's default buffer is one MSS and flushes the head alone).
-    proxy.add_listener(
-        ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::new(READ_BUFFER, WRITE_BUFFER)),
-    );
-    server.add_service(proxy);
+    for worker in 0..threads {
+        let mut proxy = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            app.clone(),
+            &format!("originpull worker {worker}"),
+        );
+        // A write buffer that holds a response head plus a small body, so a small hit leaves in
+        // one send instead of two (Pingora's default buffer is one MSS and flushes the head alone).
+        proxy.add_listener(
+            ListenerConfig::tcp(listen.to_string())
+                .l4_buffer(L4BufferSettings::new(READ_BUFFER, WRITE_BUFFER)),
+        );
+        server.add_service(WorkerListener::new(proxy, listen, worker));
+    }
 
     if let Some(addr) = metrics_listen {
         let mut prometheus = pingora_prometheus::prometheus_http_service();
@@ -119,6 +134,11 @@ pub enum StartError {
     },
     #[error("access_log: cannot open: {0}")]
     AccessLog(std::io::Error),
+    #[error("listen {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot read the working directory: {0}")]
     WorkingDirectory(std::io::Error),
 }

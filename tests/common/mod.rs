@@ -1767,6 +1767,29 @@ impl Originpull {
         }
     }
 
+    /// Starts a second process on this server's config with `-u`: it takes over the listening
+    /// sockets once the running process gets SIGQUIT. Its output goes to `upgrade.log` in the
+    /// temp dir.
+    pub fn spawn_upgrade(&self) -> KillOnDrop {
+        let log = File::create(self.dir.path().join("upgrade.log")).expect("create upgrade log");
+        let child = Command::new(env!("CARGO_BIN_EXE_originpull"))
+            .arg("-u")
+            .arg("-c")
+            .arg(&self.config_path)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn originpull -u");
+        KillOnDrop(child)
+    }
+
+    /// What the `-u` process of [`Originpull::spawn_upgrade`] wrote so far.
+    pub fn upgrade_log_text(&self) -> String {
+        fs::read_to_string(self.dir.path().join("upgrade.log")).unwrap_or_default()
+    }
+
     /// SIGKILL and reap. A no-op if not running.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -1852,21 +1875,61 @@ impl Drop for Originpull {
 /// Runs `originpull -t -c <file>` on `yaml`; returns (exit code, -1 if killed by a signal;
 /// stdout followed by stderr).
 pub fn validate_config(yaml: &str) -> (i32, String) {
+    run_to_exit(yaml, &["-t"], Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("originpull -t did not exit within 60 s"))
+}
+
+/// Runs `originpull <args> -c <file>` on `yaml` in a temp dir until it exits; returns (exit
+/// code, -1 if killed by a signal; stdout followed by stderr), or `None` (after killing it) if
+/// it is still running after `timeout`.
+pub fn run_to_exit(yaml: &str, args: &[&str], timeout: Duration) -> Option<(i32, String)> {
     let dir = tempfile::Builder::new()
-        .prefix("originpull-validate-")
+        .prefix("originpull-run-")
         .tempdir()
         .expect("create temp dir");
     let path = dir.path().join("originpull.yaml");
     fs::write(&path, yaml).expect("write config");
-    let output = Command::new(env!("CARGO_BIN_EXE_originpull"))
-        .arg("-t")
+    let stdout_path = dir.path().join("stdout.log");
+    let stderr_path = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_originpull"))
+        .args(args)
         .arg("-c")
         .arg(&path)
         .current_dir(dir.path())
         .stdin(Stdio::null())
-        .output()
-        .expect("run originpull -t");
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    (output.status.code().unwrap_or(-1), text)
+        .stdout(File::create(&stdout_path).expect("create stdout log"))
+        .stderr(File::create(&stderr_path).expect("create stderr log"))
+        .spawn()
+        .expect("spawn originpull");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut text = fs::read_to_string(&stdout_path).unwrap_or_default();
+    text.push_str(&fs::read_to_string(&stderr_path).unwrap_or_default());
+    status.map(|status| (status.code().unwrap_or(-1), text))
+}
+
+/// A process that is SIGKILLed and reaped when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
