@@ -2,13 +2,18 @@
 //!
 //! Small objects (up to `max_object_bytes`) that are opened are kept in memory, whole, under
 //! TinyUFO's admission and eviction (TinyLFU admission, S3-FIFO eviction), so a hot object is
-//! served without opening, reading and closing its file on every request. Entries are trusted
-//! for `revalidate` at most and then read again from the store below, and a commit through this
-//! tier drops the key's entry at once, so a new version is never hidden behind an old one.
+//! served without opening, reading and closing its file on every request, and its bytes go to
+//! the socket with one copy instead of two. Entries are trusted for `revalidate` at most; then
+//! the store below is asked again, and the bytes in memory are kept if its metadata (ETag
+//! included) is unchanged. A commit through this tier drops the key's entry at once, so a new
+//! version is never hidden behind an old one. Only one request at a time reads a given object
+//! into memory; requests meanwhile stream it from the store, so a burst of requests for a cold
+//! object does not hold one copy per request.
 
+use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -40,6 +45,8 @@ struct Shared<S> {
     /// Bumped by every commit, so an `open` that raced with one does not cache what it read.
     commits: AtomicU64,
     cache: TinyUfo<u64, Arc<HotObject>>,
+    /// Objects being read into memory right now.
+    loading: Mutex<HashSet<u64>>,
     limits: HotTierLimits,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -58,6 +65,7 @@ impl<S: BucketStore> HotTier<S> {
                 inner,
                 commits: AtomicU64::new(0),
                 cache: TinyUfo::new(capacity_units, estimated_entries),
+                loading: Mutex::default(),
                 limits,
                 hasher: Default::default(),
             }),
@@ -73,11 +81,50 @@ impl<S> Shared<S> {
         h.finish()
     }
 
-    /// A cached object for exactly this bucket and key, if still within its revalidation time.
-    fn lookup(&self, id: u64, bucket: &str, key: &ObjectKey) -> Option<Arc<HotObject>> {
+    /// The cached object for exactly this bucket and key, and whether it is still within its
+    /// revalidation time.
+    fn lookup(&self, id: u64, bucket: &str, key: &ObjectKey) -> Option<(Arc<HotObject>, bool)> {
         let hot = self.cache.get(&id)?;
         let same = hot.bucket == bucket && hot.meta.key == key.as_str();
-        (same && hot.loaded_at.elapsed() < self.limits.revalidate).then_some(hot)
+        let fresh = hot.loaded_at.elapsed() < self.limits.revalidate;
+        same.then_some((hot, fresh))
+    }
+
+    fn weight(size: u64) -> u16 {
+        (size as usize / WEIGHT_UNIT + 1).min(u16::MAX as usize) as u16
+    }
+
+    /// Caches `hot` unless a commit happened since `commits_before` (what was read may be old).
+    fn put(&self, id: u64, hot: &Arc<HotObject>, commits_before: u64) {
+        if self.commits.load(Ordering::Acquire) == commits_before {
+            self.cache.put(id, hot.clone(), Self::weight(hot.meta.size));
+        }
+    }
+}
+
+/// The right to read one object into memory; released when dropped.
+struct LoadingClaim<'a> {
+    loading: &'a Mutex<HashSet<u64>>,
+    id: u64,
+}
+
+impl<'a> LoadingClaim<'a> {
+    fn try_claim(loading: &'a Mutex<HashSet<u64>>, id: u64) -> Option<LoadingClaim<'a>> {
+        let mut set = loading
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Lazily: a claim built for a refused insert would release the other's claim on drop.
+        set.insert(id).then(|| LoadingClaim { loading, id })
+    }
+}
+
+impl Drop for LoadingClaim<'_> {
+    fn drop(&mut self) {
+        let mut set = self
+            .loading
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        set.remove(&self.id);
     }
 }
 
@@ -90,9 +137,11 @@ impl<S: BucketStore> BucketStore for HotTier<S> {
     ) -> Result<Option<Box<dyn StoredObject>>, StoreError> {
         let shared = &self.shared;
         let id = shared.id(bucket, key);
-        if let Some(hot) = shared.lookup(id, bucket, key) {
-            return Ok(Some(Box::new(MemoryObject(hot))));
-        }
+        let stale = match shared.lookup(id, bucket, key) {
+            Some((hot, true)) => return Ok(Some(Box::new(MemoryObject(hot)))),
+            Some((hot, false)) => Some(hot),
+            None => None,
+        };
         let commits_before = shared.commits.load(Ordering::Acquire);
         let Some(mut object) = shared.inner.open(bucket, key).await? else {
             shared.cache.remove(&id);
@@ -102,6 +151,20 @@ impl<S: BucketStore> BucketStore for HotTier<S> {
         if size > shared.limits.max_object_bytes as u64 {
             return Ok(Some(object));
         }
+        if let Some(stale) = stale.filter(|stale| stale.meta == *object.meta()) {
+            // Unchanged in the store: the bytes in memory are still right.
+            let renewed = Arc::new(HotObject {
+                bucket: stale.bucket.clone(),
+                meta: stale.meta.clone(),
+                body: stale.body.clone(),
+                loaded_at: Instant::now(),
+            });
+            shared.put(id, &renewed, commits_before);
+            return Ok(Some(Box::new(MemoryObject(renewed))));
+        }
+        let Some(_claim) = LoadingClaim::try_claim(&shared.loading, id) else {
+            return Ok(Some(object));
+        };
         let body = object.read_at(0, size as usize).await?;
         if body.len() as u64 != size {
             return Err(StoreError::Corrupt(format!(
@@ -115,10 +178,7 @@ impl<S: BucketStore> BucketStore for HotTier<S> {
             body,
             loaded_at: Instant::now(),
         });
-        let weight = (size as usize / WEIGHT_UNIT + 1).min(u16::MAX as usize) as u16;
-        if shared.commits.load(Ordering::Acquire) == commits_before {
-            shared.cache.put(id, hot.clone(), weight);
-        }
+        shared.put(id, &hot, commits_before);
         Ok(Some(Box::new(MemoryObject(hot))))
     }
 
@@ -233,6 +293,51 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(hot.open("b-1", &key("a")).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_object_keeps_its_bytes_in_memory_past_revalidation() {
+        let dir = tempfile::tempdir().unwrap();
+        let hot = HotTier::new(
+            DiskStore::open(dir.path()).unwrap(),
+            limits(Duration::from_millis(50)),
+        );
+        put(&hot, "a", b"one").await;
+        let mut first = hot.open("b-1", &key("a")).await.unwrap().unwrap();
+        let first_bytes = first.read_at(0, 10).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let mut again = hot.open("b-1", &key("a")).await.unwrap().unwrap();
+        let again_bytes = again.read_at(0, 10).await.unwrap();
+        assert_eq!(again_bytes, first_bytes);
+        // The same allocation: revalidation read the metadata, not the body.
+        assert_eq!(again_bytes.as_ptr(), first_bytes.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn a_version_written_behind_the_tier_shows_after_revalidation() {
+        let dir = tempfile::tempdir().unwrap();
+        let hot = HotTier::new(
+            DiskStore::open(dir.path()).unwrap(),
+            limits(Duration::from_millis(50)),
+        );
+        put(&hot, "a", b"one").await;
+        assert!(hot.open("b-1", &key("a")).await.unwrap().is_some());
+        // Another writer (another process on the same store) commits a new version.
+        let other = DiskStore::open(dir.path()).unwrap();
+        put(&other, "a", b"second").await;
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let mut o = hot.open("b-1", &key("a")).await.unwrap().unwrap();
+        assert_eq!(&o.read_at(0, 10).await.unwrap()[..], b"second");
+    }
+
+    #[test]
+    fn one_loader_per_object_at_a_time() {
+        let loading = Mutex::default();
+        let claim = LoadingClaim::try_claim(&loading, 7).unwrap();
+        assert!(LoadingClaim::try_claim(&loading, 7).is_none());
+        assert!(LoadingClaim::try_claim(&loading, 8).is_some());
+        drop(claim);
+        assert!(LoadingClaim::try_claim(&loading, 7).is_some());
     }
 
     #[tokio::test]
