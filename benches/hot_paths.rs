@@ -47,7 +47,10 @@ fn hot_paths(c: &mut Criterion) {
     let store = DiskStore::open(dir.path()).expect("store");
     runtime.block_on(async {
         let mut writer = store.create("b-1", &key).await.expect("create");
-        writer.write(&[7u8; 4096]).await.expect("write");
+        writer
+            .write(bytes::Bytes::from_static(&[7u8; 4096]))
+            .await
+            .expect("write");
         writer
             .commit(NewObject {
                 content_type: Some("image/jpeg".into()),

@@ -17,7 +17,10 @@ async fn seed(server: &Originpull, bucket: &str, key: &str, body: &[u8], content
     let store = DiskStore::open(server.data_dir()).expect("open store");
     let key = ObjectKey::from_request_path(&format!("/{key}")).expect("valid key");
     let mut writer = store.create(bucket, &key).await.expect("create");
-    writer.write(body).await.expect("write");
+    writer
+        .write(bytes::Bytes::copy_from_slice(body))
+        .await
+        .expect("write");
     writer
         .commit(NewObject {
             content_type: Some(content_type.into()),

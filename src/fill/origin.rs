@@ -178,7 +178,7 @@ async fn receive_body(
                 limit: limits.max_object_bytes,
             });
         }
-        writer.write(&chunk).await?;
+        writer.write(chunk).await?;
     }
     // Pingora reports a body cut short as an error; this guards the invariant regardless.
     if let Some(len) = declared {

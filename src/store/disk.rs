@@ -5,8 +5,9 @@
 //! holds objects being written. Because file names are hashes, no key can name a file outside its
 //! bucket, keys that are prefixes of each other (`a`, `a/b`) coexist, and long keys fit.
 //!
-//! A new object is written to `tmp/`, fsynced, renamed into place and its directory fsynced, so a
-//! reader (or a restart after `kill -9` or power loss) sees either nothing or the whole object.
+//! A new object is written to `tmp/` (hashed and written off the request thread, see
+//! [`super::write_behind`]), fsynced, renamed into place and its directory fsynced, so a reader
+//! (or a restart after `kill -9` or power loss) sees either nothing or the whole object.
 //! Start-up empties only the `tmp/` directories: it never walks the objects.
 //!
 //! Reads use plain positional reads on the calling thread, as nginx does without `aio`: hot
@@ -20,10 +21,9 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use md5::{Digest, Md5};
-use sha2::Sha256;
-use tokio::io::AsyncWriteExt;
+use sha2::{Digest, Sha256};
 
+use super::write_behind::WriteBehind;
 use super::{BucketStore, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject};
 use crate::key::ObjectKey;
 
@@ -33,8 +33,6 @@ const MAGIC: &[u8; 8] = b"OPOBJv1\n";
 const TRAILER_FIXED: usize = 16;
 /// One read usually fetches the whole trailer.
 const TRAILER_READ: usize = 4096;
-/// Buffered bytes before a write goes to the blocking pool.
-const WRITE_BUFFER: usize = 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct DiskStore {
@@ -115,13 +113,14 @@ impl BucketStore for DiskStore {
             .write(true)
             .create_new(true)
             .open(&tmp_path)
-            .await?;
+            .await?
+            .into_std()
+            .await;
         Ok(Box::new(DiskWriter {
-            file: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file),
+            body: WriteBehind::start(file, &tmp_path),
             tmp_path: Some(tmp_path),
             final_path: self.object_path(bucket, key),
             key: key.as_str().to_string(),
-            md5: Md5::new(),
             written: 0,
         }))
     }
@@ -200,21 +199,19 @@ impl StoredObject for DiskObject {
 }
 
 struct DiskWriter {
-    file: tokio::io::BufWriter<tokio::fs::File>,
+    body: WriteBehind,
     /// `None` once committed; otherwise removed on drop.
     tmp_path: Option<PathBuf>,
     final_path: PathBuf,
     key: String,
-    md5: Md5,
     written: u64,
 }
 
 #[async_trait]
 impl ObjectWriter for DiskWriter {
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
-        self.md5.update(chunk);
-        self.file.write_all(chunk).await?;
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         self.written += chunk.len() as u64;
+        self.body.push(chunk).await?;
         Ok(())
     }
 
@@ -232,7 +229,7 @@ impl ObjectWriter for DiskWriter {
             content_type: object
                 .content_type
                 .unwrap_or_else(|| "application/octet-stream".to_string()),
-            etag: hex::encode(std::mem::take(&mut self.md5).finalize()),
+            etag: hex::encode(self.body.md5().await?),
             last_modified,
             headers: object.headers,
         };
@@ -240,13 +237,12 @@ impl ObjectWriter for DiskWriter {
             .map_err(|e| StoreError::Corrupt(format!("cannot encode metadata: {e}")))?;
         let meta_len = u32::try_from(meta_json.len())
             .map_err(|_| StoreError::Corrupt("metadata too large".into()))?;
+        let mut trailer = meta_json;
         let mut fixed = [0u8; TRAILER_FIXED];
         fixed[0..4].copy_from_slice(&meta_len.to_le_bytes());
         fixed[8..].copy_from_slice(MAGIC);
-        self.file.write_all(&meta_json).await?;
-        self.file.write_all(&fixed).await?;
-        self.file.flush().await?;
-        self.file.get_ref().sync_all().await?;
+        trailer.extend_from_slice(&fixed);
+        self.body.finish(trailer).await?;
 
         let tmp_path = self.tmp_path.clone().unwrap_or_default();
         let final_path = self.final_path.clone();
@@ -294,14 +290,14 @@ mod tests {
         let store = DiskStore::open(dir.path()).unwrap();
         for k in ["a", "a/b", "a/b/c"] {
             let mut w = store.create("b-1", &key(k)).await.unwrap();
-            w.write(k.as_bytes()).await.unwrap();
+            w.write(Bytes::copy_from_slice(k.as_bytes())).await.unwrap();
             w.commit(NewObject::default()).await.unwrap();
         }
         for k in ["a", "a/b", "a/b/c"] {
             let mut obj = store.open("b-1", &key(k)).await.unwrap().unwrap();
             assert_eq!(obj.meta().size, k.len() as u64);
             assert_eq!(&obj.read_at(0, 100).await.unwrap()[..], k.as_bytes());
-            assert_eq!(obj.meta().etag, hex::encode(Md5::digest(k.as_bytes())));
+            assert_eq!(obj.meta().etag, hex::encode(md5::Md5::digest(k.as_bytes())));
         }
     }
 
@@ -310,7 +306,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(dir.path()).unwrap();
         let mut w = store.create("b-1", &key("x")).await.unwrap();
-        w.write(b"partial").await.unwrap();
+        w.write(Bytes::from_static(b"partial")).await.unwrap();
         drop(w);
         assert!(store.open("b-1", &key("x")).await.unwrap().is_none());
         assert_eq!(

@@ -221,7 +221,7 @@ struct InvalidatingWriter<S> {
 
 #[async_trait]
 impl<S: BucketStore> ObjectWriter for InvalidatingWriter<S> {
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         self.inner.write(chunk).await
     }
 
@@ -248,7 +248,7 @@ mod tests {
 
     async fn put(store: &dyn BucketStore, k: &str, body: &[u8]) {
         let mut w = store.create("b-1", &key(k)).await.unwrap();
-        w.write(body).await.unwrap();
+        w.write(Bytes::copy_from_slice(body)).await.unwrap();
         w.commit(NewObject::default()).await.unwrap();
     }
 

@@ -6,6 +6,7 @@
 
 pub mod disk;
 pub mod hot;
+mod write_behind;
 
 use std::time::SystemTime;
 
@@ -79,7 +80,7 @@ pub trait StoredObject: Send {
 /// A new object being written; dropping it without `commit` discards everything written.
 #[async_trait]
 pub trait ObjectWriter: Send {
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError>;
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError>;
     /// Bytes written so far.
     fn written(&self) -> u64;
     /// Makes the object visible, whole, under its key, replacing any earlier version.
