@@ -252,6 +252,11 @@ mod tests {
         w.commit(NewObject::default()).await.unwrap();
     }
 
+    /// A tier over a disk store in `dir`, whose entries are trusted for `revalidate`.
+    fn tier(dir: &tempfile::TempDir, revalidate: Duration) -> HotTier<DiskStore> {
+        HotTier::new(DiskStore::open(dir.path()).unwrap(), limits(revalidate))
+    }
+
     fn limits(revalidate: Duration) -> HotTierLimits {
         HotTierLimits {
             max_bytes: 1 << 20,
@@ -298,10 +303,7 @@ mod tests {
     #[tokio::test]
     async fn an_unchanged_object_keeps_its_bytes_in_memory_past_revalidation() {
         let dir = tempfile::tempdir().unwrap();
-        let hot = HotTier::new(
-            DiskStore::open(dir.path()).unwrap(),
-            limits(Duration::from_millis(50)),
-        );
+        let hot = tier(&dir, Duration::from_millis(50));
         put(&hot, "a", b"one").await;
         let mut first = hot.open("b-1", &key("a")).await.unwrap().unwrap();
         let first_bytes = first.read_at(0, 10).await.unwrap();
@@ -316,10 +318,7 @@ mod tests {
     #[tokio::test]
     async fn a_version_written_behind_the_tier_shows_after_revalidation() {
         let dir = tempfile::tempdir().unwrap();
-        let hot = HotTier::new(
-            DiskStore::open(dir.path()).unwrap(),
-            limits(Duration::from_millis(50)),
-        );
+        let hot = tier(&dir, Duration::from_millis(50));
         put(&hot, "a", b"one").await;
         assert!(hot.open("b-1", &key("a")).await.unwrap().is_some());
         // Another writer (another process on the same store) commits a new version.
@@ -343,10 +342,7 @@ mod tests {
     #[tokio::test]
     async fn large_objects_bypass_memory() {
         let dir = tempfile::tempdir().unwrap();
-        let hot = HotTier::new(
-            DiskStore::open(dir.path()).unwrap(),
-            limits(Duration::from_secs(60)),
-        );
+        let hot = tier(&dir, Duration::from_secs(60));
         let big = vec![7u8; 100 * 1024];
         put(&hot, "big", &big).await;
         let mut o = hot.open("b-1", &key("big")).await.unwrap().unwrap();
