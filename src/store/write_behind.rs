@@ -62,15 +62,18 @@ impl WriteBehind {
 
     /// Queues `chunk` for both threads, waiting while their queues are full.
     pub async fn push(&mut self, chunk: Bytes) -> io::Result<()> {
-        let hashed = match &self.to_hasher {
-            Some(to_hasher) => to_hasher.send(chunk.clone()).await.is_ok(),
-            None => false,
+        let Some(to_hasher) = &self.to_hasher else {
+            return Err(io::Error::other("the object's body was already completed"));
         };
-        if hashed && self.to_file.send(ToFile::Body(chunk)).await.is_ok() {
-            return Ok(());
+        if to_hasher.send(chunk.clone()).await.is_err() {
+            // Only a panic ends the hasher early; the file thread ends when `self` is dropped.
+            return Err(io::Error::other("the MD5 thread stopped"));
         }
-        // A thread stopped early: the file thread on a write error, which it returns.
-        Err(self.stopped_error().await)
+        if self.to_file.send(ToFile::Body(chunk)).await.is_err() {
+            // The file thread ended early: on a write error, which it returns.
+            return Err(self.stopped_error().await);
+        }
+        Ok(())
     }
 
     /// The MD5 of everything pushed.
@@ -88,6 +91,7 @@ impl WriteBehind {
         (&mut self.file).await.map_err(io::Error::other)?
     }
 
+    /// Why the file thread, which has ended, stopped before `finish`.
     async fn stopped_error(&mut self) -> io::Error {
         match (&mut self.file).await {
             Ok(Err(e)) => e,
@@ -262,6 +266,45 @@ mod tests {
             assert_eq!(&file[..len], &body[..], "len {len}");
             assert_eq!(&file[len..], b"TRAILER", "len {len}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_write_error_reaches_the_writer() {
+        // Every write to /dev/full fails with ENOSPC, as on a full disk.
+        let path = Path::new("/dev/full");
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        let mut writer = WriteBehind::start(file, path);
+        let mut failure = None;
+        for _ in 0..3 * DIRECT_BLOCK / 65_536 {
+            if let Err(e) = writer.push(Bytes::from(vec![1u8; 65_536])).await {
+                failure = Some(e);
+                break;
+            }
+        }
+        let failure = match failure {
+            Some(e) => e,
+            None => {
+                writer.md5().await.unwrap();
+                writer.finish(b"T".to_vec()).await.unwrap_err()
+            }
+        };
+        assert_eq!(failure.raw_os_error(), Some(libc::ENOSPC), "{failure}");
+    }
+
+    #[tokio::test]
+    async fn a_push_after_the_md5_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("object");
+        let mut writer = WriteBehind::start(File::create(&path).unwrap(), &path);
+        writer.push(Bytes::from_static(b"body")).await.unwrap();
+        writer.md5().await.unwrap();
+        let late = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            writer.push(Bytes::from_static(b"late")),
+        )
+        .await
+        .expect("refused at once, not waiting on a thread");
+        assert!(late.is_err());
     }
 
     #[tokio::test]
