@@ -185,46 +185,47 @@ impl BodyFile {
 }
 
 /// A [`DIRECT_BLOCK`]-sized buffer at a [`DIRECT_ALIGN`]-aligned address, as `O_DIRECT` needs.
+/// Its memory is reserved up front but only touched as it fills, so a small object's copy
+/// costs a page or two of memory, not the whole block.
 struct AlignedBlock {
+    /// Never grows past its capacity, so the data's address never moves.
     storage: Vec<u8>,
+    /// Where the block starts within `storage`.
     start: usize,
-    len: usize,
 }
 
 impl AlignedBlock {
     fn new() -> AlignedBlock {
-        let storage = vec![0u8; DIRECT_BLOCK + DIRECT_ALIGN];
-        let start = storage.as_ptr().align_offset(DIRECT_ALIGN);
-        AlignedBlock {
-            storage,
-            // `align_offset` may decline to answer; the block is then used unaligned.
-            start: if start < DIRECT_ALIGN { start } else { 0 },
-            len: 0,
-        }
+        let mut storage: Vec<u8> = Vec::with_capacity(DIRECT_BLOCK + DIRECT_ALIGN);
+        // `align_offset` may decline to answer; the block is then used unaligned.
+        let start = match storage.as_ptr().align_offset(DIRECT_ALIGN) {
+            offset if offset < DIRECT_ALIGN => offset,
+            _ => 0,
+        };
+        storage.resize(start, 0);
+        AlignedBlock { storage, start }
     }
 
     fn is_aligned(&self) -> bool {
-        (self.storage.as_ptr() as usize + self.start).is_multiple_of(DIRECT_ALIGN)
+        self.filled().as_ptr().align_offset(DIRECT_ALIGN) == 0
     }
 
     fn fill_from(&mut self, data: &[u8]) -> usize {
-        let taken = data.len().min(DIRECT_BLOCK - self.len);
-        let at = self.start + self.len;
-        self.storage[at..at + taken].copy_from_slice(&data[..taken]);
-        self.len += taken;
+        let taken = data.len().min(DIRECT_BLOCK - self.filled().len());
+        self.storage.extend_from_slice(&data[..taken]);
         taken
     }
 
     fn is_full(&self) -> bool {
-        self.len == DIRECT_BLOCK
+        self.filled().len() == DIRECT_BLOCK
     }
 
     fn filled(&self) -> &[u8] {
-        &self.storage[self.start..self.start + self.len]
+        &self.storage[self.start..]
     }
 
     fn clear(&mut self) {
-        self.len = 0;
+        self.storage.truncate(self.start);
     }
 }
 
