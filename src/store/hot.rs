@@ -254,7 +254,18 @@ mod tests {
 
     /// A tier over a disk store in `dir`, whose entries are trusted for `revalidate`.
     fn tier(dir: &tempfile::TempDir, revalidate: Duration) -> HotTier<DiskStore> {
-        HotTier::new(DiskStore::open(dir.path()).unwrap(), limits(revalidate))
+        tier_and_file(dir, revalidate, "unused").0
+    }
+
+    /// [`tier`], and the path of the file that would hold key `k` of bucket `b-1`.
+    fn tier_and_file(
+        dir: &tempfile::TempDir,
+        revalidate: Duration,
+        k: &str,
+    ) -> (HotTier<DiskStore>, std::path::PathBuf) {
+        let disk = DiskStore::open(dir.path()).unwrap();
+        let path = disk.object_path("b-1", &key(k));
+        (HotTier::new(disk, limits(revalidate)), path)
     }
 
     fn limits(revalidate: Duration) -> HotTierLimits {
@@ -268,9 +279,7 @@ mod tests {
     #[tokio::test]
     async fn serves_from_memory_and_sees_new_versions_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let disk = DiskStore::open(dir.path()).unwrap();
-        let path = disk.object_path("b-1", &key("a"));
-        let hot = HotTier::new(disk, limits(Duration::from_secs(60)));
+        let (hot, path) = tier_and_file(&dir, Duration::from_secs(60), "a");
         put(&hot, "a", b"one").await;
         for _ in 0..3 {
             let mut o = hot.open("b-1", &key("a")).await.unwrap().unwrap();
@@ -290,9 +299,7 @@ mod tests {
     #[tokio::test]
     async fn entries_expire_after_the_revalidation_time() {
         let dir = tempfile::tempdir().unwrap();
-        let disk = DiskStore::open(dir.path()).unwrap();
-        let path = disk.object_path("b-1", &key("a"));
-        let hot = HotTier::new(disk, limits(Duration::from_millis(50)));
+        let (hot, path) = tier_and_file(&dir, Duration::from_millis(50), "a");
         put(&hot, "a", b"one").await;
         assert!(hot.open("b-1", &key("a")).await.unwrap().is_some());
         std::fs::remove_file(&path).unwrap();

@@ -233,10 +233,15 @@ impl AlignedBlock {
 mod tests {
     use super::*;
 
-    async fn write_through(dir: &Path, pieces: &[Bytes], trailer: &[u8]) -> ([u8; 16], Vec<u8>) {
+    /// A writer into a new file `object` in `dir`.
+    fn new_writer(dir: &Path) -> (WriteBehind, std::path::PathBuf) {
         let path = dir.join("object");
-        let file = File::create(&path).unwrap();
-        let mut writer = WriteBehind::start(file, &path);
+        let writer = WriteBehind::start(File::create(&path).unwrap(), &path);
+        (writer, path)
+    }
+
+    async fn write_through(dir: &Path, pieces: &[Bytes], trailer: &[u8]) -> ([u8; 16], Vec<u8>) {
+        let (mut writer, path) = new_writer(dir);
         for piece in pieces {
             writer.push(piece.clone()).await.unwrap();
         }
@@ -295,8 +300,7 @@ mod tests {
     #[tokio::test]
     async fn a_push_after_the_md5_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("object");
-        let mut writer = WriteBehind::start(File::create(&path).unwrap(), &path);
+        let (mut writer, _) = new_writer(dir.path());
         writer.push(Bytes::from_static(b"body")).await.unwrap();
         writer.md5().await.unwrap();
         let late = tokio::time::timeout(
@@ -311,8 +315,7 @@ mod tests {
     #[tokio::test]
     async fn a_writer_dropped_before_finishing_stops_its_threads() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("object");
-        let mut writer = WriteBehind::start(File::create(&path).unwrap(), &path);
+        let (mut writer, _) = new_writer(dir.path());
         writer.push(Bytes::from_static(b"partial")).await.unwrap();
         let (hasher, file) = (writer.hasher.abort_handle(), writer.file.abort_handle());
         drop(writer);
