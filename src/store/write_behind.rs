@@ -42,12 +42,7 @@ pub struct WriteBehind {
 impl WriteBehind {
     /// Starts hashing and writing into `file`, which was just created at `path`.
     pub fn start(file: File, path: &Path) -> WriteBehind {
-        // The direct handle is optional: tmpfs and some filesystems refuse O_DIRECT.
-        let direct = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok();
+        let path = path.to_path_buf();
         let (to_hasher, hashed) = mpsc::channel(QUEUE_CHUNKS);
         let (to_file, written) = mpsc::channel(QUEUE_CHUNKS);
         WriteBehind {
@@ -55,6 +50,12 @@ impl WriteBehind {
             to_file,
             hasher: tokio::task::spawn_blocking(move || hash(hashed)),
             file: tokio::task::spawn_blocking(move || {
+                // The direct handle is optional: tmpfs and some filesystems refuse O_DIRECT.
+                let direct = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(&path)
+                    .ok();
                 write_file(BodyFile::new(file, direct), written)
             }),
         }
