@@ -16,6 +16,8 @@ use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::{Fds, ListenFds, ShutdownWatch};
 use pingora::services::listening::Service as ListeningService;
 use pingora::services::Service;
@@ -28,19 +30,27 @@ const ACCEPT_BACKLOG: i32 = 65535;
 pub struct WorkerListener<A> {
     inner: ListeningService<A>,
     listen: SocketAddr,
-    /// The address string the inner service's listener was configured with.
+    /// The inner service's listener address, under which it looks up the socket to adopt.
     listen_key: String,
     /// This worker's key in Pingora's fd table (what a `-u` upgrade passes on).
     fd_key: String,
 }
 
 impl<A> WorkerListener<A> {
-    /// Wraps `inner`, whose one listener must be `ListenerConfig::tcp(listen.to_string())`.
-    pub fn new(inner: ListeningService<A>, listen: SocketAddr, worker: usize) -> WorkerListener<A> {
+    /// Gives `inner` (a service without listeners) its one listener on `listen`, with `buffers`
+    /// for each accepted connection, as worker number `worker`.
+    pub fn new(
+        mut inner: ListeningService<A>,
+        listen: SocketAddr,
+        buffers: L4BufferSettings,
+        worker: usize,
+    ) -> WorkerListener<A> {
+        let listen_key = listen.to_string();
+        inner.add_listener(ListenerConfig::tcp(listen_key.clone()).l4_buffer(buffers));
         WorkerListener {
             inner,
             listen,
-            listen_key: listen.to_string(),
+            listen_key,
             fd_key: format!("{listen}#{worker}"),
         }
     }

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -102,18 +101,15 @@ pub fn build(
         access_log: Arc::new(access_log),
     };
     for worker in 0..threads {
-        let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        let proxy = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
             app.clone(),
             &format!("originpull worker {worker}"),
         );
         // A write buffer that holds a response head plus a small body, so a small hit leaves in
         // one send instead of two (Pingora's default buffer is one MSS and flushes the head alone).
-        proxy.add_listener(
-            ListenerConfig::tcp(listen.to_string())
-                .l4_buffer(L4BufferSettings::new(READ_BUFFER, WRITE_BUFFER)),
-        );
-        server.add_service(WorkerListener::new(proxy, listen, worker));
+        let buffers = L4BufferSettings::new(READ_BUFFER, WRITE_BUFFER);
+        server.add_service(WorkerListener::new(proxy, listen, buffers, worker));
     }
 
     if let Some(addr) = metrics_listen {
