@@ -5,7 +5,8 @@
 //! The request's path through the modules: [`config`] → [`route`] → [`key`] → [`serve`] (hit)
 //! or [`redirect`] (miss) → [`fill`] (background copy) → [`store`]; [`proxy`] ties them into
 //! Pingora, [`respond`] writes errors and the common headers, [`metrics`] and [`access_log`]
-//! record what happened, [`reload`] swaps configurations, [`server`] starts it all, with one [`listener`] per worker thread.
+//! record what happened, [`reload`] swaps configurations, [`server`] starts it all, with one
+//! [`listener`] per worker thread.
 
 pub mod access_log;
 pub mod config;

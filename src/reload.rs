@@ -5,8 +5,8 @@
 //! finish with the old one and no request ever sees half a change. Reloads are triggered by
 //! SIGHUP and by changes to the file, watched through its directory so that an editor's
 //! write-to-temp-then-rename is seen too. Listeners, `data_dir`, `server`, `memory_cache` and
-//! `access_log` are
-//! fixed at start: a reload that changes them warns and keeps the running values.
+//! `access_log` are fixed at start: a reload that changes them warns and keeps the running
+//! values.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1921,12 +1921,6 @@ pub fn run_to_exit(yaml: &str, args: &[&str], timeout: Duration) -> Option<(i32,
 /// A process that is SIGKILLed and reaped when dropped.
 pub struct KillOnDrop(pub Child);
 
-impl KillOnDrop {
-    pub fn id(&self) -> u32 {
-        self.0.id()
-    }
-}
-
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
