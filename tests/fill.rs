@@ -146,12 +146,7 @@ async fn head_misses_copy_nothing_and_range_misses_copy_the_whole_object() {
         Originpull::start(OriginpullConfig::new().with_bucket(BUCKET, &origin.authority()));
 
     assert_eq!(head_status(&server, "/h.bin").await, 302);
-    let ranged = server
-        .request(reqwest::Method::GET, BUCKET, "/r.bin")
-        .header("Range", "bytes=0-99")
-        .send()
-        .await
-        .unwrap();
+    let ranged = get_range(&server, BUCKET, "/r.bin", "bytes=0-99").await;
     assert_eq!(ranged.status(), 302);
     assert!(wait_stored(&server, "/r.bin").await);
     assert_eq!(get_body(&server, BUCKET, "/r.bin").await, (200, body));

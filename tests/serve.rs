@@ -198,12 +198,7 @@ async fn ranges_give_206_and_unsatisfiable_ranges_give_416() {
         ("bytes=500-5000", 500..1000),
     ];
     for (range, expected) in cases {
-        let resp = server
-            .request(reqwest::Method::GET, BUCKET, "/r.bin")
-            .header("Range", range)
-            .send()
-            .await
-            .unwrap();
+        let resp = get_range(&server, BUCKET, "/r.bin", range).await;
         assert_eq!(resp.status(), 206, "{range}");
         let content_range = format!("bytes {}-{}/1000", expected.start, expected.end - 1);
         assert_eq!(
@@ -217,12 +212,7 @@ async fn ranges_give_206_and_unsatisfiable_ranges_give_416() {
             "{range}"
         );
     }
-    let resp = server
-        .request(reqwest::Method::GET, BUCKET, "/r.bin")
-        .header("Range", "bytes=1000-")
-        .send()
-        .await
-        .unwrap();
+    let resp = get_range(&server, BUCKET, "/r.bin", "bytes=1000-").await;
     assert_eq!(resp.status(), 416);
     assert_eq!(header(&resp, "content-range"), Some("bytes */1000"));
 }
@@ -304,12 +294,7 @@ async fn prefix_keys_coexist_and_an_empty_object_is_served() {
     let resp = get(&server, BUCKET, "/empty").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "content-length"), Some("0"));
-    let ranged = server
-        .request(reqwest::Method::GET, BUCKET, "/empty")
-        .header("Range", "bytes=0-")
-        .send()
-        .await
-        .unwrap();
+    let ranged = get_range(&server, BUCKET, "/empty", "bytes=0-").await;
     assert!(ranged.bytes().await.unwrap().is_empty());
 }
 
@@ -600,12 +585,7 @@ async fn the_memory_tier_serves_hot_objects_and_rereads_the_store_after_revalida
     let store = DiskStore::open(server.data_dir()).unwrap();
     let key = ObjectKey::from_request_path("/hot.txt").unwrap();
     std::fs::remove_file(store.object_path(BUCKET, &key)).unwrap();
-    let ranged = server
-        .request(reqwest::Method::GET, BUCKET, "/hot.txt")
-        .header("Range", "bytes=4-")
-        .send()
-        .await
-        .unwrap();
+    let ranged = get_range(&server, BUCKET, "/hot.txt", "bytes=4-").await;
     assert_eq!(
         ranged.status(),
         206,

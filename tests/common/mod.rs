@@ -1278,6 +1278,21 @@ pub async fn get(server: &Originpull, bucket: &str, path: &str) -> reqwest::Resp
         .unwrap_or_else(|e| panic!("GET {path} for bucket {bucket} failed: {e}"))
 }
 
+/// Like [`get`], with a `Range` header.
+pub async fn get_range(
+    server: &Originpull,
+    bucket: &str,
+    path: &str,
+    range: &str,
+) -> reqwest::Response {
+    server
+        .request(reqwest::Method::GET, bucket, path)
+        .header("Range", range)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} (Range: {range}) for bucket {bucket} failed: {e}"))
+}
+
 /// Like [`get`], returning the status and the full body.
 pub async fn get_body(server: &Originpull, bucket: &str, path: &str) -> (u16, Vec<u8>) {
     let response = get(server, bucket, path).await;
