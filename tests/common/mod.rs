@@ -1418,6 +1418,9 @@ pub struct OriginpullConfig {
     pub server_extra_yaml: String,
     /// Appended verbatim at top level, e.g. a `fill:` block.
     pub extra_yaml: String,
+    /// Whole bucket entries in YAML (a mapping each, written unindented), for settings the
+    /// tuple form cannot express (several origins, rules, CORS...).
+    pub bucket_yaml: Vec<String>,
 }
 
 impl Default for OriginpullConfig {
@@ -1429,6 +1432,7 @@ impl Default for OriginpullConfig {
             threads: 2,
             server_extra_yaml: String::new(),
             extra_yaml: String::new(),
+            bucket_yaml: Vec::new(),
         }
     }
 }
@@ -1455,6 +1459,13 @@ impl OriginpullConfig {
     pub fn with_bucket_spec(mut self, name: &str, enabled: bool, origin: Option<&str>) -> Self {
         self.buckets
             .push((name.to_string(), enabled, origin.map(str::to_string)));
+        self
+    }
+
+    /// Adds a bucket written as a YAML mapping, unindented, e.g.
+    /// `"name: example-1250000000\norigin_pull:\n  enabled: true\n  origins: [...]"`.
+    pub fn with_bucket_yaml(mut self, yaml: &str) -> Self {
+        self.bucket_yaml.push(yaml.to_string());
         self
     }
 
@@ -1532,7 +1543,7 @@ impl OriginpullConfig {
         for line in self.server_extra_yaml.lines() {
             yaml.push_str(&format!("  {line}\n"));
         }
-        if self.buckets.is_empty() {
+        if self.buckets.is_empty() && self.bucket_yaml.is_empty() {
             yaml.push_str("buckets: []\n");
         } else {
             yaml.push_str("buckets:\n");
@@ -1543,6 +1554,12 @@ impl OriginpullConfig {
             yaml.push_str(&format!("      enabled: {enabled}\n"));
             if let Some(origin) = origin {
                 yaml.push_str(&format!("      origin: {}\n", yaml_string(origin)));
+            }
+        }
+        for bucket in &self.bucket_yaml {
+            for (i, line) in bucket.lines().enumerate() {
+                let lead = if i == 0 { "  - " } else { "    " };
+                yaml.push_str(&format!("{lead}{line}\n"));
             }
         }
         yaml.push_str(&self.extra_yaml);
