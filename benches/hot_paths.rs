@@ -23,7 +23,7 @@ fn config() -> Config {
 }
 
 fn hot_paths(c: &mut Criterion) {
-    let routes = Routes::new(&config());
+    let routes = Routes::new(&config()).expect("routes");
     c.bench_function("route/host_to_bucket", |b| {
         b.iter(|| routes.bucket_for_host(black_box(b"bucket500-1250000000.file.myqcloud.com:8080")))
     });
@@ -37,7 +37,13 @@ fn hot_paths(c: &mut Criterion) {
     let origin = parse_origin("abc.example.com:8080").expect("valid origin");
     let key = ObjectKey::from_request_path("/images/2017/07/1.jpg").expect("valid key");
     c.bench_function("redirect/location", |b| {
-        b.iter(|| location(black_box(&origin), black_box(&key), Some("v=1")))
+        b.iter(|| {
+            location(
+                black_box(&origin),
+                &black_box(&key).origin_path(),
+                Some("v=1"),
+            )
+        })
     });
 
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -26,6 +26,8 @@ pub struct AccessRecord<'a> {
     pub bucket: &'a str,
     pub method: &'a str,
     pub key: &'a str,
+    /// `scheme://authority` of the origin a redirect went to, or `-`.
+    pub origin: &'a str,
     pub status: u16,
     pub result: &'a str,
     pub bytes: u64,
@@ -73,7 +75,7 @@ pub fn format_line(r: &AccessRecord<'_>) -> String {
     // Writing to a String cannot fail.
     let _ = write!(
         line,
-        "time={} client={} host={} bucket={} method={} key={} status={} result={} bytes={} duration_ms={:.3} request_id={}",
+        "time={} client={} host={} bucket={} method={} key={} status={} result={} origin={} bytes={} duration_ms={:.3} request_id={}",
         humantime::format_rfc3339_millis(r.time),
         client,
         quoted(r.host),
@@ -82,6 +84,7 @@ pub fn format_line(r: &AccessRecord<'_>) -> String {
         quoted(r.key),
         r.status,
         r.result,
+        r.origin,
         r.bytes,
         r.duration.as_secs_f64() * 1000.0,
         r.request_id,
@@ -121,6 +124,7 @@ mod tests {
             bucket: "b-1",
             method: "GET",
             key: "a\nb",
+            origin: "https://abc.example.com",
             status: 302,
             result: "redirect",
             bytes: 0,
@@ -129,7 +133,7 @@ mod tests {
         });
         assert_eq!(
             line,
-            "time=1970-01-01T00:00:00.000Z client=127.0.0.1:5000 host=\"h\\\"x\" bucket=\"b-1\" method=\"GET\" key=\"a\\u{a}b\" status=302 result=redirect bytes=0 duration_ms=1.500 request_id=r1\n"
+            "time=1970-01-01T00:00:00.000Z client=127.0.0.1:5000 host=\"h\\\"x\" bucket=\"b-1\" method=\"GET\" key=\"a\\u{a}b\" status=302 result=redirect origin=https://abc.example.com bytes=0 duration_ms=1.500 request_id=r1\n"
         );
     }
 }

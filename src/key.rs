@@ -49,37 +49,92 @@ const PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC
 /// `%` so that the client's own escapes pass through unchanged.
 const QUERY_KEEP: &AsciiSet = &PATH_KEEP.remove(b'?').remove(b'%');
 
+/// What a request path names: an object, or a folder (`/`, or a path ending in `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestTarget {
+    /// `folder` is set when the key is a folder's index document: the folder as requested
+    /// (decoded, no leading `/`, e.g. `docs/`), which is what the origin is asked for.
+    Object {
+        key: ObjectKey,
+        folder: Option<String>,
+    },
+    /// A folder without an index document: redirected to the origin, never copied.
+    Folder { path: String },
+}
+
+impl RequestTarget {
+    /// Parses a request path; with `index_document`, `/` and `/docs/` name `index.html` and
+    /// `docs/index.html` (COS's static-website index document).
+    pub fn parse(path: &str, index_document: Option<&str>) -> Result<RequestTarget, KeyError> {
+        let decoded = decode_path(path)?;
+        if !decoded.is_empty() && !decoded.ends_with('/') {
+            return Ok(RequestTarget::Object {
+                key: ObjectKey(decoded),
+                folder: None,
+            });
+        }
+        match index_document {
+            Some(index) => {
+                let key = format!("{decoded}{index}");
+                if key.len() > MAX_KEY_BYTES {
+                    return Err(KeyError::TooLong);
+                }
+                Ok(RequestTarget::Object {
+                    key: ObjectKey(key),
+                    folder: Some(decoded),
+                })
+            }
+            None => Ok(RequestTarget::Folder { path: decoded }),
+        }
+    }
+}
+
+/// The path without its leading `/`, percent-decoded and checked; may be empty (`/`).
+fn decode_path(path: &str) -> Result<String, KeyError> {
+    let Some(encoded) = path.strip_prefix('/') else {
+        return Err(KeyError::Invalid("the path must start with /"));
+    };
+    if !percent_escapes_are_complete(encoded.as_bytes()) {
+        return Err(KeyError::Invalid("the path has a malformed percent escape"));
+    }
+    let decoded: Vec<u8> = percent_decode(encoded.as_bytes()).collect();
+    if decoded.len() > MAX_KEY_BYTES {
+        return Err(KeyError::TooLong);
+    }
+    let Ok(key) = String::from_utf8(decoded) else {
+        return Err(KeyError::Invalid("the object key is not valid UTF-8"));
+    };
+    if key.chars().any(char::is_control) {
+        return Err(KeyError::Invalid(
+            "the object key contains NUL or control characters",
+        ));
+    }
+    if key
+        .split(['/', '\\'])
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Err(KeyError::Invalid(
+            "the object key contains a . or .. path segment",
+        ));
+    }
+    Ok(key)
+}
+
+/// The URL path that names decoded `source` (a key or a folder, no leading `/`) at an origin:
+/// `/` plus `source` with every byte outside the unreserved and path-safe set percent-encoded.
+pub fn encode_origin_path(source: &str) -> String {
+    let mut path = String::with_capacity(source.len() + 1);
+    path.push('/');
+    path.extend(percent_encode(source.as_bytes(), PATH_KEEP));
+    path
+}
+
 impl ObjectKey {
     /// Parses the path part of a request target (no query), e.g. `/photos/1.jpg`.
     pub fn from_request_path(path: &str) -> Result<ObjectKey, KeyError> {
-        let Some(encoded) = path.strip_prefix('/') else {
-            return Err(KeyError::Invalid("the path must start with /"));
-        };
-        if encoded.is_empty() {
+        let key = decode_path(path)?;
+        if key.is_empty() {
             return Err(KeyError::Invalid("the object key is empty"));
-        }
-        if !percent_escapes_are_complete(encoded.as_bytes()) {
-            return Err(KeyError::Invalid("the path has a malformed percent escape"));
-        }
-        let decoded: Vec<u8> = percent_decode(encoded.as_bytes()).collect();
-        if decoded.len() > MAX_KEY_BYTES {
-            return Err(KeyError::TooLong);
-        }
-        let Ok(key) = String::from_utf8(decoded) else {
-            return Err(KeyError::Invalid("the object key is not valid UTF-8"));
-        };
-        if key.chars().any(char::is_control) {
-            return Err(KeyError::Invalid(
-                "the object key contains NUL or control characters",
-            ));
-        }
-        if key
-            .split(['/', '\\'])
-            .any(|segment| segment == "." || segment == "..")
-        {
-            return Err(KeyError::Invalid(
-                "the object key contains a . or .. path segment",
-            ));
         }
         Ok(ObjectKey(key))
     }
@@ -93,10 +148,7 @@ impl ObjectKey {
     /// so the client is sent to the object the bucket will store (the redirect also carries the
     /// request's query string, which the copy leaves out: it is not part of the key).
     pub fn origin_path(&self) -> String {
-        let mut path = String::with_capacity(self.0.len() + 1);
-        path.push('/');
-        path.extend(percent_encode(self.0.as_bytes(), PATH_KEEP));
-        path
+        encode_origin_path(&self.0)
     }
 }
 
@@ -180,6 +232,46 @@ mod tests {
         let key = ObjectKey::from_request_path("/a%3Fb%23c%25d%5Ce").unwrap();
         assert_eq!(key.as_str(), "a?b#c%d\\e");
         assert_eq!(key.origin_path(), "/a%3Fb%23c%25d%5Ce");
+    }
+
+    #[test]
+    fn folders_name_their_index_document_or_stay_folders() {
+        let parse = RequestTarget::parse;
+        assert_eq!(
+            parse("/", Some("index.html")),
+            Ok(RequestTarget::Object {
+                key: ObjectKey("index.html".into()),
+                folder: Some(String::new())
+            })
+        );
+        assert_eq!(
+            parse("/docs%20x/", Some("index.html")),
+            Ok(RequestTarget::Object {
+                key: ObjectKey("docs x/index.html".into()),
+                folder: Some("docs x/".into())
+            })
+        );
+        assert_eq!(
+            parse("/docs/", None),
+            Ok(RequestTarget::Folder {
+                path: "docs/".into()
+            })
+        );
+        assert_eq!(
+            parse("/", None),
+            Ok(RequestTarget::Folder {
+                path: String::new()
+            })
+        );
+        assert!(parse("/a/../", Some("index.html")).is_err());
+        assert!(parse("/a%00/", None).is_err());
+        assert_eq!(
+            parse("/a.jpg", Some("index.html")),
+            Ok(RequestTarget::Object {
+                key: ObjectKey("a.jpg".into()),
+                folder: None
+            })
+        );
     }
 
     #[test]

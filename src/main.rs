@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
-use originpull::config::Config;
+use originpull::config::{Config, ConfigErrors};
+use originpull::reload::LiveConfig;
 use originpull::server::{self, ProcessFlags};
 
 /// A request allocates many small, short-lived buffers across threads; mimalloc's per-thread
@@ -80,19 +81,17 @@ fn main() -> ExitCode {
 
     let config = match Config::load(&cli.conf) {
         Ok(config) => config,
-        Err(errors) => {
-            eprintln!(
-                "originpull: configuration file {} has {} error(s):",
-                cli.conf.display(),
-                errors.0.len()
-            );
-            for e in &errors.0 {
-                eprintln!("  {e}");
-            }
-            return ExitCode::from(1);
-        }
+        Err(errors) => return config_errors(&cli.conf, &errors),
     };
     if cli.test {
+        // Also what only start-up reads: the files the configuration names (a `tls.ca_file`).
+        let mut resolved = config.clone();
+        if let Ok(cwd) = std::env::current_dir() {
+            resolved.resolve_relative_paths(&cwd);
+        }
+        if let Err(errors) = LiveConfig::new(resolved) {
+            return config_errors(&cli.conf, &errors);
+        }
         println!(
             "originpull: configuration file {} is valid",
             cli.conf.display()
@@ -106,6 +105,18 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn config_errors(path: &std::path::Path, errors: &ConfigErrors) -> ExitCode {
+    eprintln!(
+        "originpull: configuration file {} has {} error(s):",
+        path.display(),
+        errors.0.len()
+    );
+    for e in &errors.0 {
+        eprintln!("  {e}");
+    }
+    ExitCode::from(1)
 }
 
 fn run_demo(

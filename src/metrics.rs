@@ -7,8 +7,9 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge, Gauge,
-    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec,
 };
 
 /// How a request was answered: the `result` label of `originpull_requests_total`.
@@ -61,10 +62,14 @@ pub enum FillOutcome {
     Dropped,
     NegativeCached,
     StoreError,
+    /// The origin's answer came from an originpull (its request-id header): a pull loop.
+    Loop,
+    /// The origin redirected to a host that is not one of the bucket's origins.
+    RedirectRefused,
 }
 
 impl FillOutcome {
-    pub const ALL: [FillOutcome; 8] = [
+    pub const ALL: [FillOutcome; 10] = [
         FillOutcome::Stored,
         FillOutcome::OriginStatus,
         FillOutcome::OriginError,
@@ -73,6 +78,8 @@ impl FillOutcome {
         FillOutcome::Dropped,
         FillOutcome::NegativeCached,
         FillOutcome::StoreError,
+        FillOutcome::Loop,
+        FillOutcome::RedirectRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +92,8 @@ impl FillOutcome {
             FillOutcome::Dropped => "dropped",
             FillOutcome::NegativeCached => "negative_cached",
             FillOutcome::StoreError => "store_error",
+            FillOutcome::Loop => "loop",
+            FillOutcome::RedirectRefused => "redirect_refused",
         }
     }
 }
@@ -99,6 +108,8 @@ pub struct Metrics {
     pub fill_queue_depth: IntGauge,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_successful: Gauge,
+    pub origin_up: IntGaugeVec,
+    pub origin_fills: IntCounterVec,
 }
 
 // The macros only fail on a duplicate or malformed name, which is a bug caught by any test run.
@@ -157,6 +168,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "1 if the last configuration reload succeeded, 0 if it failed."
         )
         .expect("register originpull_config_last_reload_successful"),
+        origin_up: register_int_gauge_vec!(
+            "originpull_origin_up",
+            "1 while copies and redirects use the origin, 0 while it is marked down.",
+            &["bucket", "origin"]
+        )
+        .expect("register originpull_origin_up"),
+        origin_fills: register_int_counter_vec!(
+            "originpull_origin_fills_total",
+            "Copies by the origin that answered them (or the last one tried) and how they ended.",
+            &["bucket", "origin", "outcome"]
+        )
+        .expect("register originpull_origin_fills_total"),
     };
     m.config_last_reload_successful.set(1.0);
     m

@@ -13,10 +13,11 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::fill::Filler;
-use crate::key::{KeyError, ObjectKey, MAX_KEY_BYTES};
+use crate::fill::{CopySource, Filler};
+use crate::key::{KeyError, RequestTarget, MAX_KEY_BYTES};
 use crate::metrics::{BucketMetrics, RequestResult};
-use crate::redirect::write_redirect;
+use crate::origin_choice::Origin;
+use crate::redirect::{location, write_redirect};
 use crate::reload::ConfigHandle;
 use crate::respond::{write_error, ErrorCode};
 use crate::route::Bucket;
@@ -39,6 +40,8 @@ pub struct RequestCtx {
     /// `None` when the host matched no bucket.
     bucket: Option<Arc<Bucket>>,
     key: String,
+    /// The origin a redirect pointed at.
+    origin: Option<Arc<Origin>>,
     result: RequestResult,
     body_bytes: u64,
 }
@@ -53,6 +56,7 @@ impl ProxyHttp for OriginPull {
             request_id: format!("{:016x}", rand::random::<u64>()),
             bucket: None,
             key: String::new(),
+            origin: None,
             result: RequestResult::Error,
             body_bytes: 0,
         }
@@ -133,6 +137,7 @@ impl ProxyHttp for OriginPull {
             bucket: ctx.bucket.as_ref().map_or("", |b| b.config.name.as_str()),
             method: req.method.as_str(),
             key: &ctx.key,
+            origin: ctx.origin.as_ref().map_or("-", |o| o.label.as_str()),
             status,
             result: ctx.result.as_str(),
             bytes: ctx.body_bytes,
@@ -171,24 +176,29 @@ impl OriginPull {
             return Ok((RequestResult::MethodNotAllowed, n));
         }
 
-        let key = match ObjectKey::from_request_path(session.req_header().uri.path()) {
-            Ok(key) => key,
-            Err(e) => {
-                let (code, detail) = match e {
-                    KeyError::Invalid(why) => (ErrorCode::InvalidUri, why.to_string()),
-                    KeyError::TooLong => (
-                        ErrorCode::KeyTooLong,
-                        format!("Keys are at most {MAX_KEY_BYTES} bytes."),
-                    ),
-                };
-                let n = write_error(session, code, Some(&detail), &rid, &[]).await?;
-                return Ok((RequestResult::BadRequest, n));
-            }
-        };
+        let index_document = bucket.config.index_document.as_deref();
+        let (key, folder) =
+            match RequestTarget::parse(session.req_header().uri.path(), index_document) {
+                Ok(RequestTarget::Object { key, folder }) => (key, folder),
+                Ok(RequestTarget::Folder { path }) => {
+                    ctx.key = path.clone();
+                    return self.redirect_folder(session, ctx, &bucket, &path).await;
+                }
+                Err(e) => {
+                    let (code, detail) = match e {
+                        KeyError::Invalid(why) => (ErrorCode::InvalidUri, why.to_string()),
+                        KeyError::TooLong => (
+                            ErrorCode::KeyTooLong,
+                            format!("Keys are at most {MAX_KEY_BYTES} bytes."),
+                        ),
+                    };
+                    let n = write_error(session, code, Some(&detail), &rid, &[]).await?;
+                    return Ok((RequestResult::BadRequest, n));
+                }
+            };
         ctx.key = key.as_str().to_string();
 
-        let known_missing =
-            bucket.config.origin.is_some() && self.filler.known_missing(&bucket, &key);
+        let known_missing = bucket.pull.is_some() && self.filler.known_missing(&bucket, &key);
         if !known_missing {
             match self.store.open(name, &key).await {
                 Ok(Some(object)) => {
@@ -210,16 +220,63 @@ impl OriginPull {
             }
         }
 
-        let Some(origin) = &bucket.config.origin else {
+        let policy = bucket
+            .pull
+            .as_ref()
+            .map(|pull| pull.policy_for(key.as_str()));
+        let Some(policy) = policy.filter(|p| p.enabled) else {
             let n = write_error(session, ErrorCode::NoSuchKey, None, &rid, &[]).await?;
             return Ok((RequestResult::NotFound, n));
         };
+        let Some(origin) = policy.origins.first_choice(key.as_str()) else {
+            let n = write_error(session, ErrorCode::NoSuchKey, None, &rid, &[]).await?;
+            return Ok((RequestResult::NotFound, n));
+        };
+        let query = session.req_header().uri.query();
+        let target = location(
+            origin.addr(),
+            &policy.origin_path(folder.as_deref().unwrap_or(key.as_str())),
+            query,
+        );
+        ctx.origin = Some(origin.clone());
         // HEAD asks about the object without wanting it: it is redirected but not copied.
         if session.req_header().method == Method::GET {
+            let source = CopySource {
+                folder,
+                query: query.map(str::to_string),
+            };
             self.filler
-                .start_copy_after_redirect(&bucket, origin, &key, &live.config.fill);
+                .start_copy_after_redirect(&bucket, &key, source, &live.config.fill);
         }
-        let n = write_redirect(session, origin, &key, &rid).await?;
+        let n = write_redirect(session, policy.redirect_code, target, &rid).await?;
+        Ok((RequestResult::Redirect, n))
+    }
+
+    /// A folder without an index document (`/`, `/docs/`): redirected to the same path at the
+    /// origin and never copied, so an origin's directory listing never becomes an object.
+    async fn redirect_folder(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        bucket: &Arc<Bucket>,
+        path: &str,
+    ) -> Result<(RequestResult, u64)> {
+        let rid = ctx.request_id.clone();
+        let policy = bucket.pull.as_ref().map(|pull| pull.policy_for(path));
+        let origin = policy
+            .filter(|p| p.enabled)
+            .and_then(|p| Some((p, p.origins.first_choice(path)?)));
+        let Some((policy, origin)) = origin else {
+            let n = write_error(session, ErrorCode::NoSuchKey, None, &rid, &[]).await?;
+            return Ok((RequestResult::NotFound, n));
+        };
+        let target = location(
+            origin.addr(),
+            &policy.origin_path(path),
+            session.req_header().uri.query(),
+        );
+        ctx.origin = Some(origin.clone());
+        let n = write_redirect(session, policy.redirect_code, target, &rid).await?;
         Ok((RequestResult::Redirect, n))
     }
 }

@@ -1,8 +1,10 @@
-//! The answer to a miss with origin-pull on: `302 Found` to the same object at the origin.
+//! The answer to a miss with origin-pull on: a redirect (302 unless `redirect_code` says
+//! otherwise) to the same object at the origin chosen for the key.
 //!
-//! `Location` is `http://` + the origin exactly as configured (validated to `host[:port]`) + the
-//! key's origin path + `?query` when the request had one. The path and query come out of one
-//! encoder each ([`crate::key`]), so no CR, LF or byte the request did not carry can appear.
+//! `Location` is the origin's `scheme://authority` (validated `host[:port]`, the port only when
+//! not the scheme's default) + the path asked of the origin (encoded by [`crate::key`]) +
+//! `?query` when the request had one. Nothing else reaches it, so no CR, LF or byte the
+//! configuration and request did not carry can appear.
 
 use bytes::Bytes;
 use http::{header, StatusCode};
@@ -10,16 +12,18 @@ use pingora::proxy::Session;
 use pingora::Result;
 
 use crate::config::OriginAddr;
-use crate::key::{safe_query, ObjectKey};
+use crate::key::safe_query;
 use crate::respond::{response_header, write_complete};
 
-/// The redirect target for `key` at `origin`.
-pub fn location(origin: &OriginAddr, key: &ObjectKey, query: Option<&str>) -> String {
-    let path = key.origin_path();
-    let mut location = String::with_capacity(7 + origin.authority.len() + path.len() + 16);
-    location.push_str("http://");
+/// The redirect target for `origin_path` (already encoded, with its leading `/`) at `origin`.
+pub fn location(origin: &OriginAddr, origin_path: &str, query: Option<&str>) -> String {
+    let scheme = origin.protocol.as_str();
+    let mut location =
+        String::with_capacity(scheme.len() + 3 + origin.authority.len() + origin_path.len() + 16);
+    location.push_str(scheme);
+    location.push_str("://");
     location.push_str(&origin.authority);
-    location.push_str(&path);
+    location.push_str(origin_path);
     if let Some(query) = query.filter(|q| !q.is_empty()) {
         location.push('?');
         location.push_str(&safe_query(query));
@@ -27,17 +31,17 @@ pub fn location(origin: &OriginAddr, key: &ObjectKey, query: Option<&str>) -> St
     location
 }
 
-/// Writes the 302. `no-store` keeps CDNs and browsers from caching the redirect, which would
-/// keep sending clients to the origin after the copy has landed in the bucket.
+/// Writes the redirect. `no-store` keeps CDNs and browsers from caching it, which would keep
+/// sending clients to the origin after the copy has landed in the bucket.
 pub async fn write_redirect(
     session: &mut Session,
-    origin: &OriginAddr,
-    key: &ObjectKey,
+    status: u16,
+    location: String,
     request_id: &str,
 ) -> Result<u64> {
-    let target = location(origin, key, session.req_header().uri.query());
-    let mut resp = response_header(StatusCode::FOUND, request_id)?;
-    resp.insert_header(header::LOCATION, target)?;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+    let mut resp = response_header(status, request_id)?;
+    resp.insert_header(header::LOCATION, location)?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
     write_complete(session, resp, Bytes::new()).await
 }
@@ -45,34 +49,62 @@ pub async fn write_redirect(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_origin;
+    use crate::config::{parse_origin, parse_origin_with, Protocol};
+    use crate::key::ObjectKey;
+
+    fn path(p: &str) -> String {
+        ObjectKey::from_request_path(p).unwrap().origin_path()
+    }
 
     #[test]
     fn seed_example_is_exact() {
         let origin = parse_origin("abc.example.com").unwrap();
-        let key = ObjectKey::from_request_path("/1.jpg").unwrap();
         assert_eq!(
-            location(&origin, &key, None),
+            location(&origin, &path("/1.jpg"), None),
             "http://abc.example.com/1.jpg"
         );
         assert_eq!(
-            location(&origin, &key, Some("v=2")),
+            location(&origin, &path("/1.jpg"), Some("v=2")),
             "http://abc.example.com/1.jpg?v=2"
         );
     }
 
     #[test]
-    fn port_and_ipv6_origins_are_kept_as_configured() {
-        let key = ObjectKey::from_request_path("/a%20b").unwrap();
+    fn https_origins_use_their_scheme_and_drop_the_default_port() {
+        let origin = parse_origin_with("abc.example.com:443", Protocol::Https).unwrap();
+        assert_eq!(
+            location(&origin, &path("/1.jpg"), None),
+            "https://abc.example.com/1.jpg"
+        );
+        let origin = parse_origin_with("abc.example.com:8443", Protocol::Https).unwrap();
+        assert_eq!(
+            location(&origin, &path("/1.jpg"), None),
+            "https://abc.example.com:8443/1.jpg"
+        );
+        let origin = parse_origin("abc.example.com:80").unwrap();
+        assert_eq!(
+            location(&origin, &path("/1.jpg"), None),
+            "http://abc.example.com/1.jpg"
+        );
+    }
+
+    #[test]
+    fn port_and_ipv6_origins_are_kept() {
         let origin = parse_origin("[::1]:8080").unwrap();
-        assert_eq!(location(&origin, &key, Some("")), "http://[::1]:8080/a%20b");
+        assert_eq!(
+            location(&origin, &path("/a%20b"), Some("")),
+            "http://[::1]:8080/a%20b"
+        );
     }
 
     #[test]
     fn no_header_injection_through_path_or_query() {
         let origin = parse_origin("abc.example.com:8080").unwrap();
-        let key = ObjectKey::from_request_path("/x%E2%80%A8y%3F").unwrap();
-        let loc = location(&origin, &key, Some("q=\r\nLocation: http://evil"));
+        let loc = location(
+            &origin,
+            &path("/x%E2%80%A8y%3F"),
+            Some("q=\r\nLocation: http://evil"),
+        );
         assert!(
             !loc.bytes()
                 .any(|b| b.is_ascii_control() || b == b' ' || !b.is_ascii()),

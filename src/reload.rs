@@ -15,7 +15,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors};
 use crate::metrics::METRICS;
 use crate::route::Routes;
 
@@ -29,11 +29,12 @@ pub struct LiveConfig {
 }
 
 impl LiveConfig {
-    pub fn new(config: Config) -> LiveConfig {
-        LiveConfig {
-            routes: Routes::new(&config),
+    /// Builds the generation; fails when a file the configuration names cannot be used.
+    pub fn new(config: Config) -> Result<LiveConfig, ConfigErrors> {
+        Ok(LiveConfig {
+            routes: Routes::new(&config)?,
             config,
-        }
+        })
     }
 }
 
@@ -47,10 +48,11 @@ pub struct ConfigHandle {
 }
 
 impl ConfigHandle {
-    /// `config` must already have its relative paths resolved against `base_dir`.
-    pub fn new(config: Config, path: &Path, base_dir: &Path) -> ConfigHandle {
+    /// `live` must have been built from a configuration whose relative paths were resolved
+    /// against `base_dir`.
+    pub fn new(live: LiveConfig, path: &Path, base_dir: &Path) -> ConfigHandle {
         ConfigHandle {
-            live: Arc::new(ArcSwap::from_pointee(LiveConfig::new(config))),
+            live: Arc::new(ArcSwap::from_pointee(live)),
             path: Arc::new(base_dir.join(path)),
             base_dir: Arc::new(base_dir.to_path_buf()),
         }
@@ -63,7 +65,14 @@ impl ConfigHandle {
     /// Re-reads the file; on any error the running configuration stays and the error is logged
     /// and counted.
     pub fn reload(&self) -> bool {
-        match Config::load(&self.path) {
+        let built = Config::load(&self.path).and_then(|mut new| {
+            new.resolve_relative_paths(&self.base_dir);
+            let running = self.current();
+            let restart_only = new.keep_restart_only_settings(&running.config);
+            let changed = new != running.config;
+            Ok((LiveConfig::new(new)?, restart_only, changed))
+        });
+        match built {
             Err(errors) => {
                 for e in &errors.0 {
                     log::error!("config reload rejected, keeping the running configuration: {e}");
@@ -72,16 +81,13 @@ impl ConfigHandle {
                 METRICS.config_last_reload_successful.set(0.0);
                 false
             }
-            Ok(mut new) => {
-                new.resolve_relative_paths(&self.base_dir);
-                let running = self.current();
-                for field in new.keep_restart_only_settings(&running.config) {
+            Ok((live, restart_only, changed)) => {
+                for field in restart_only {
                     log::warn!(
                         "config reload: `{field}` changed; it takes effect only after a restart"
                     );
                 }
-                let changed = new != running.config;
-                self.live.store(Arc::new(LiveConfig::new(new)));
+                self.live.store(Arc::new(live));
                 METRICS.config_reloads.with_label_values(&["ok"]).inc();
                 METRICS.config_last_reload_successful.set(1.0);
                 log::info!(

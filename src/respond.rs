@@ -102,12 +102,16 @@ fn xml_escape(text: &str) -> String {
     out
 }
 
+/// Carries each response's request id; a copy that sees it in an origin's answer has reached
+/// an originpull (a loop).
+pub const REQUEST_ID_HEADER: &str = "x-originpull-request-id";
+
 /// A response header with the headers every originpull response carries.
 pub fn response_header(status: StatusCode, request_id: &str) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(status, Some(8))?;
     resp.insert_header(header::SERVER, "originpull")?;
     resp.insert_header(header::DATE, get_cached_date())?;
-    resp.insert_header("x-originpull-request-id", request_id)?;
+    resp.insert_header(REQUEST_ID_HEADER, request_id)?;
     Ok(resp)
 }
 

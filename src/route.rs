@@ -6,12 +6,15 @@ use std::sync::Arc;
 
 use pingora::http::RequestHeader;
 
-use crate::config::{BucketConfig, Config};
+use crate::config::{BucketConfig, Config, ConfigErrors};
 use crate::metrics::BucketMetrics;
+use crate::origin_choice::BucketPull;
 
-/// A bucket as requests see it: its settings and its metric series.
+/// A bucket as requests see it: its settings, where misses are pulled from, its metric series.
 pub struct Bucket {
     pub config: BucketConfig,
+    /// `None` when the bucket never pulls: every miss is `404 NoSuchKey`.
+    pub pull: Option<BucketPull>,
     pub metrics: BucketMetrics,
 }
 
@@ -24,21 +27,35 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub fn new(config: &Config) -> Routes {
-        Routes {
-            dotted_suffix: format!(".{}", config.domain_suffix),
-            buckets: config
-                .buckets
-                .iter()
-                .map(|b| {
-                    let bucket = Bucket {
-                        config: b.clone(),
-                        metrics: BucketMetrics::new(&b.name),
-                    };
-                    (b.name.clone(), Arc::new(bucket))
-                })
-                .collect(),
+    /// Fails when a bucket's files (a `tls.ca_file`) cannot be read: the configuration is then
+    /// refused as a whole, like a validation error.
+    pub fn new(config: &Config) -> Result<Routes, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut buckets = HashMap::new();
+        for b in &config.buckets {
+            let pull = BucketPull::new(b).unwrap_or_else(|e| {
+                errors.push(e);
+                None
+            });
+            let bucket = Bucket {
+                config: b.clone(),
+                pull,
+                metrics: BucketMetrics::new(&b.name),
+            };
+            buckets.insert(b.name.clone(), Arc::new(bucket));
         }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Routes {
+            dotted_suffix: format!(".{}", config.domain_suffix),
+            buckets,
+        })
+    }
+
+    /// Every bucket of the generation.
+    pub fn buckets(&self) -> impl Iterator<Item = &Arc<Bucket>> {
+        self.buckets.values()
     }
 
     /// The bucket the request addresses, if any.
@@ -91,7 +108,7 @@ mod tests {
             "listen: 127.0.0.1:1\ndata_dir: d\ndomain_suffix: File.MyQcloud.com\nbuckets:\n  - name: example-1250000000\n",
         )
         .unwrap();
-        Routes::new(&config)
+        Routes::new(&config).unwrap()
     }
 
     #[test]

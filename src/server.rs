@@ -13,8 +13,9 @@ use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::fill::Filler;
 use crate::listener::{check_address_free, WorkerListener};
+use crate::origin_choice::probe::OriginProbes;
 use crate::proxy::OriginPull;
-use crate::reload::{ConfigHandle, ReloadWatcher};
+use crate::reload::{ConfigHandle, LiveConfig, ReloadWatcher};
 use crate::store::{BucketStore, DiskStore, HotTier, HotTierLimits};
 
 /// Per-connection socket buffers of the data plane (Pingora's default read size).
@@ -88,10 +89,15 @@ pub fn build(
     let listen = config.listen;
     let threads = config.server.threads;
     let metrics_listen = config.metrics_listen;
-    let handle = ConfigHandle::new(config, config_path, &base_dir);
+    let live = LiveConfig::new(config).map_err(StartError::Config)?;
+    let handle = ConfigHandle::new(live, config_path, &base_dir);
     server.add_service(pingora::services::background::background_service(
         "config reload",
         ReloadWatcher(handle.clone()),
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "origin probes",
+        OriginProbes(handle.clone()),
     ));
 
     let app = OriginPull {
@@ -135,6 +141,8 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("configuration: {0}")]
+    Config(crate::config::ConfigErrors),
     #[error("cannot read the working directory: {0}")]
     WorkingDirectory(std::io::Error),
 }

@@ -1,25 +1,32 @@
-//! `buckets:`: each bucket's name and its origin-pull settings.
+//! `buckets:`: each bucket's name, its origin-pull settings (see [`super::origin_pull`]) and its
+//! static-website settings.
 
 use std::collections::HashSet;
 
 use serde_yaml::Value;
 
 use super::errors::Errors;
-use super::origins::{parse_origin, OriginAddr, HINT};
+use super::origin_pull::{parse_origin_pull, LoopGuard, OriginPullConfig};
 use super::section::Section;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketConfig {
     /// `<BucketName>-<APPID>`; also the first DNS label of the bucket's host.
     pub name: String,
-    /// `None` when origin-pull is disabled.
-    pub origin: Option<OriginAddr>,
+    /// `None` when the bucket has no `origin_pull` section.
+    pub origin_pull: Option<OriginPullConfig>,
+    /// `website.index_document`: `/` and paths ending in `/` name this object in the folder.
+    pub index_document: Option<String>,
 }
 
-const BUCKET_KEYS: &[&str] = &["name", "origin_pull"];
-const ORIGIN_PULL_KEYS: &[&str] = &["enabled", "origin"];
+const BUCKET_KEYS: &[&str] = &["name", "origin_pull", "website"];
+const WEBSITE_KEYS: &[&str] = &["index_document"];
 
-pub(crate) fn parse_buckets(top: &Section<'_>, errors: &mut Errors) -> Vec<BucketConfig> {
+pub(crate) fn parse_buckets(
+    top: &Section<'_>,
+    guard: &LoopGuard<'_>,
+    errors: &mut Errors,
+) -> Vec<BucketConfig> {
     let Some(value) = top.get("buckets") else {
         return Vec::new();
     };
@@ -58,52 +65,38 @@ pub(crate) fn parse_buckets(top: &Section<'_>, errors: &mut Errors) -> Vec<Bucke
                 "duplicate bucket name; each bucket may appear once",
             );
         }
-        let origin = parse_origin_pull(&bucket, errors);
-        buckets.push(BucketConfig { name, origin });
+        let origin_pull = parse_origin_pull(&bucket, guard, errors);
+        let index_document = parse_website(&bucket, errors);
+        buckets.push(BucketConfig {
+            name,
+            origin_pull,
+            index_document,
+        });
     }
     buckets
 }
 
-fn parse_origin_pull(bucket: &Section<'_>, errors: &mut Errors) -> Option<OriginAddr> {
-    let origin_pull = bucket.nested("origin_pull", ORIGIN_PULL_KEYS, "origin_pull.", errors)?;
-    let enabled = origin_pull
-        .typed::<bool>("enabled", errors)
-        .unwrap_or(false);
-    let origin = origin_pull.typed::<String>("origin", errors);
-    if !enabled {
-        // A disabled bucket may keep an origin for later, but it must still be valid.
-        if let Some(text) = origin.filter(|o| !o.is_empty()) {
-            if let Err(why) = parse_origin(&text) {
-                errors.push(&origin_pull.scope, "origin_pull.origin", why);
-            }
-        }
+fn parse_website(bucket: &Section<'_>, errors: &mut Errors) -> Option<String> {
+    let website = bucket.nested("website", WEBSITE_KEYS, "website.", errors)?;
+    let name = website.typed::<String>("index_document", errors)?;
+    let valid = !name.is_empty()
+        && name.len() <= 255
+        && !name.contains('/')
+        && name != "."
+        && name != ".."
+        && !name.chars().any(char::is_control);
+    if !valid {
+        errors.push(
+            &website.scope,
+            "website.index_document",
+            format!(
+                "`{}` must be a file name such as index.html (no `/`, not empty)",
+                name.escape_debug()
+            ),
+        );
         return None;
     }
-    match origin {
-        None => {
-            errors.push(
-                &origin_pull.scope,
-                "origin_pull.origin",
-                format!("is required when origin_pull.enabled is true; {HINT}"),
-            );
-            None
-        }
-        Some(text) if text.trim().is_empty() => {
-            errors.push(
-                &origin_pull.scope,
-                "origin_pull.origin",
-                format!("must not be empty when origin_pull.enabled is true; {HINT}"),
-            );
-            None
-        }
-        Some(text) => match parse_origin(&text) {
-            Ok(addr) => Some(addr),
-            Err(why) => {
-                errors.push(&origin_pull.scope, "origin_pull.origin", why);
-                None
-            }
-        },
-    }
+    Some(name)
 }
 
 /// Bucket names are one DNS label: lower-case letters, digits and hyphens.

@@ -12,6 +12,12 @@ pub struct FillSettings {
     pub read_timeout_ms: u64,
     pub max_object_bytes: u64,
     pub negative_ttl_secs: u64,
+    /// Consecutive failed copies (unreachable, TLS, timeout, 5xx) that mark an origin down.
+    pub origin_down_after_failures: u32,
+    /// How long a down origin is skipped before it is tried again.
+    pub origin_cool_off_secs: u64,
+    /// Interval of the TCP connect probe of each origin in use; 0 turns probes off.
+    pub origin_probe_interval_ms: u64,
 }
 
 impl Default for FillSettings {
@@ -23,6 +29,9 @@ impl Default for FillSettings {
             read_timeout_ms: 15_000,
             max_object_bytes: 5 * 1024 * 1024 * 1024,
             negative_ttl_secs: 30,
+            origin_down_after_failures: 3,
+            origin_cool_off_secs: 10,
+            origin_probe_interval_ms: 1_000,
         }
     }
 }
@@ -34,6 +43,9 @@ const FILL_KEYS: &[&str] = &[
     "read_timeout_ms",
     "max_object_bytes",
     "negative_ttl_secs",
+    "origin_down_after_failures",
+    "origin_cool_off_secs",
+    "origin_probe_interval_ms",
 ];
 
 pub(crate) fn parse_fill(top: &Section<'_>, errors: &mut Errors) -> FillSettings {
@@ -52,8 +64,35 @@ pub(crate) fn parse_fill(top: &Section<'_>, errors: &mut Errors) -> FillSettings
         negative_ttl_secs: fill
             .at_most("negative_ttl_secs", MAX_NEGATIVE_TTL_SECS, errors)
             .unwrap_or(d.negative_ttl_secs),
+        origin_down_after_failures: fill
+            .positive(
+                "origin_down_after_failures",
+                d.origin_down_after_failures.into(),
+                errors,
+            )
+            .min(u32::MAX.into()) as u32,
+        origin_cool_off_secs: fill
+            .at_most("origin_cool_off_secs", MAX_COOL_OFF_SECS, errors)
+            .unwrap_or(d.origin_cool_off_secs),
+        origin_probe_interval_ms: fill
+            .typed::<u64>("origin_probe_interval_ms", errors)
+            .map_or(d.origin_probe_interval_ms, |ms| {
+                if ms > 0 && ms < MIN_PROBE_INTERVAL_MS {
+                    errors.push(
+                        &fill.scope,
+                        "fill.origin_probe_interval_ms",
+                        format!("must be 0 (off) or at least {MIN_PROBE_INTERVAL_MS}"),
+                    );
+                }
+                ms
+            }),
     }
 }
 
 /// A week: longer would keep failed keys from ever being retried in practice.
 const MAX_NEGATIVE_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// An hour: a longer cool-off would hide an origin that came back.
+const MAX_COOL_OFF_SECS: u64 = 3600;
+/// Probing more often than this would be a load on the origin, not a health check.
+const MIN_PROBE_INTERVAL_MS: u64 = 100;

@@ -10,6 +10,7 @@ mod buckets;
 mod errors;
 mod fill;
 mod memory_cache;
+mod origin_pull;
 mod origins;
 mod section;
 mod server;
@@ -23,13 +24,18 @@ pub use buckets::{validate_bucket_name, BucketConfig};
 pub use errors::{ConfigError, ConfigErrors};
 pub use fill::FillSettings;
 pub use memory_cache::MemoryCacheSettings;
-pub use origins::{is_valid_hostname, parse_origin, OriginAddr, OriginHost};
+pub use origin_pull::{OriginPullConfig, PullRule};
+pub use origins::{
+    is_valid_hostname, parse_origin, parse_origin_with, OriginAddr, OriginConfig, OriginHost,
+    Protocol,
+};
 pub use server::ServerSettings;
 
 use buckets::parse_buckets;
 use errors::Errors;
 use fill::parse_fill;
 use memory_cache::parse_memory_cache;
+use origin_pull::LoopGuard;
 use section::Section;
 use server::parse_server;
 
@@ -138,7 +144,11 @@ impl Config {
         let server = parse_server(&top, &mut errors);
         let fill = parse_fill(&top, &mut errors);
         let memory_cache = parse_memory_cache(&top, &mut errors);
-        let buckets = parse_buckets(&top, &mut errors);
+        let guard = LoopGuard {
+            domain_suffix: domain_suffix.as_deref(),
+            listen,
+        };
+        let buckets = parse_buckets(&top, &guard, &mut errors);
 
         if !errors.0.is_empty() {
             return Err(ConfigErrors(errors.0));
@@ -168,6 +178,15 @@ impl Config {
     /// at start), so they keep meaning the same place when the working directory changes.
     pub fn resolve_relative_paths(&mut self, base: &Path) {
         self.data_dir = base.join(&self.data_dir);
+        for pull in self
+            .buckets
+            .iter_mut()
+            .filter_map(|b| b.origin_pull.as_mut())
+        {
+            if let Some(ca_file) = &mut pull.ca_file {
+                *ca_file = base.join(&*ca_file);
+            }
+        }
         if let AccessLogTarget::File(path) = &mut self.access_log {
             *path = base.join(&*path);
         }
@@ -304,7 +323,8 @@ mod tests {
             "  - name: example-1250000000\n    origin_pull: {enabled: false}\n",
         ))
         .unwrap();
-        assert_eq!(config.buckets[0].origin, None);
+        let pull = config.buckets[0].origin_pull.as_ref().unwrap();
+        assert!(!pull.enabled && pull.origins.is_empty());
         assert_eq!(config.fill, FillSettings::default());
         assert_eq!(config.access_log, AccessLogTarget::Stderr);
     }

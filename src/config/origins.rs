@@ -1,18 +1,172 @@
-//! Origin addresses: `host[:port]` with a domain, an IPv4 address or a bracketed IPv6 address,
-//! and the host-name rules they (and `domain_suffix`) follow.
+//! Origins: the `origins:` list of a bucket or rule (address, protocol, weight, backup), origin
+//! addresses (`host[:port]` with a domain, an IPv4 address or a bracketed IPv6 address), and the
+//! host-name rules they (and `domain_suffix`) follow.
 
+use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// An origin server address as the user wrote it: `host[:port]`, no scheme, no path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use super::errors::Errors;
+use super::section::Section;
+
+/// The scheme copies and redirects use towards an origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http,
+    Https,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
+        match self {
+            Protocol::Http => 80,
+            Protocol::Https => 443,
+        }
+    }
+}
+
+/// An origin server address: `host[:port]` and the protocol spoken to it; no path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OriginAddr {
-    /// Exactly as configured; this is what the 302 `Location` and the copy's `Host` carry.
+    pub protocol: Protocol,
+    /// `host` or `host:port`, the port only when it is not the protocol's default; what the
+    /// 302 `Location` and the copy's `Host` carry.
     pub authority: String,
     pub host: OriginHost,
     pub port: u16,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl OriginAddr {
+    /// `scheme://authority`: how logs and metrics name the origin.
+    pub fn url_base(&self) -> String {
+        format!("{}://{}", self.protocol.as_str(), self.authority)
+    }
+
+    /// The host as TLS names it (SNI, certificate check): the domain or the IP address.
+    pub fn host_text(&self) -> String {
+        match &self.host {
+            OriginHost::Domain(name) => name.clone(),
+            OriginHost::Ipv4(ip) => ip.to_string(),
+            OriginHost::Ipv6(ip) => ip.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for OriginAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.protocol.as_str(), self.authority)
+    }
+}
+
+/// One entry of `origins:`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OriginConfig {
+    pub addr: OriginAddr,
+    /// Share among the primaries; at least 1.
+    pub weight: u32,
+    /// Used only while every primary is down.
+    pub backup: bool,
+}
+
+const ORIGIN_KEYS: &[&str] = &["address", "protocol", "weight", "backup"];
+
+/// The largest `weight`: the weighted table holds one slot per unit of weight.
+const MAX_WEIGHT: u64 = 100;
+
+/// Reads an `origins:` list at `field` (e.g. `origin_pull.origins`, `origin_pull.rules[1].origins`).
+/// An empty or absent list gives an empty vector; the caller decides whether that is allowed.
+pub(crate) fn parse_origins(
+    section: &Section<'_>,
+    key: &str,
+    errors: &mut Errors,
+) -> Option<Vec<OriginConfig>> {
+    let value = section.get(key)?;
+    let field = section.field(key);
+    let Some(items) = value.as_sequence() else {
+        errors.push(
+            &section.scope,
+            &field,
+            "expected a list of origins, e.g. [{address: abc.example.com, protocol: https}]",
+        );
+        return Some(Vec::new());
+    };
+    let mut origins = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let prefix = format!("{field}[{index}].");
+        let Some(map) = item.as_mapping() else {
+            errors.push(
+                &section.scope,
+                &format!("{field}[{index}]"),
+                "expected a mapping with `address` (and optionally protocol, weight, backup)",
+            );
+            continue;
+        };
+        let origin = Section::new(section.scope.clone(), &prefix, map, ORIGIN_KEYS, errors);
+        let protocol = match origin.typed::<String>("protocol", errors).as_deref() {
+            None | Some("http") => Protocol::Http,
+            Some("https") => Protocol::Https,
+            Some(other) => {
+                errors.push(
+                    &origin.scope,
+                    &origin.field("protocol"),
+                    format!("`{other}` is not a protocol; use http or https"),
+                );
+                Protocol::Http
+            }
+        };
+        let weight = match origin.typed::<u64>("weight", errors) {
+            None => 1,
+            Some(w) if (1..=MAX_WEIGHT).contains(&w) => w as u32,
+            Some(w) => {
+                errors.push(
+                    &origin.scope,
+                    &origin.field("weight"),
+                    format!("{w} is out of range; a weight is 1 to {MAX_WEIGHT}"),
+                );
+                1
+            }
+        };
+        let backup = origin.typed::<bool>("backup", errors).unwrap_or(false);
+        let addr = match origin.typed::<String>("address", errors) {
+            None => {
+                errors.push(
+                    &origin.scope,
+                    &origin.field("address"),
+                    format!("is required; {HINT}"),
+                );
+                continue;
+            }
+            Some(text) => match parse_origin_with(&text, protocol) {
+                Ok(addr) => addr,
+                Err(why) => {
+                    errors.push(&origin.scope, &origin.field("address"), why);
+                    continue;
+                }
+            },
+        };
+        origins.push(OriginConfig {
+            addr,
+            weight,
+            backup,
+        });
+    }
+    if !origins.is_empty() && origins.iter().all(|o| o.backup) {
+        errors.push(
+            &section.scope,
+            &field,
+            "every origin is a backup; at least one must be a primary (backup: false)",
+        );
+    }
+    Some(origins)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum OriginHost {
     Domain(String),
     Ipv4(Ipv4Addr),
@@ -22,12 +176,18 @@ pub enum OriginHost {
 /// How to write an origin, appended to every origin error.
 pub(crate) const HINT: &str = "enter only host[:port], e.g. abc.example.com, abc.example.com:8080, 10.10.10.10:8080 or [::1]:8080";
 
-/// Parses an origin server address: `host[:port]` with a domain, an IPv4 address or a bracketed
-/// IPv6 address. The error text tells the user what to enter instead.
+/// Parses a plain-HTTP origin address (the `origin:` shorthand); see [`parse_origin_with`].
 pub fn parse_origin(text: &str) -> Result<OriginAddr, String> {
+    parse_origin_with(text, Protocol::Http)
+}
+
+/// Parses an origin server address: `host[:port]` with a domain, an IPv4 address or a bracketed
+/// IPv6 address; the port defaults to the protocol's. The error text tells the user what to
+/// enter instead.
+pub fn parse_origin_with(text: &str, protocol: Protocol) -> Result<OriginAddr, String> {
     if text.contains("://") {
         return Err(format!(
-            "`{text}` has a scheme; origin-pull always uses http, {HINT}"
+            "`{text}` has a scheme; give the scheme as `protocol: http|https` and {HINT}"
         ));
     }
     if text.chars().any(char::is_whitespace) {
@@ -74,7 +234,7 @@ pub fn parse_origin(text: &str) -> Result<OriginAddr, String> {
     };
 
     let port = match port_text {
-        None => 80,
+        None => protocol.default_port(),
         Some(p) => {
             parse_port(p).map_err(|why| format!("`{text}` has a bad port: {why}; {HINT}"))?
         }
@@ -95,8 +255,19 @@ pub fn parse_origin(text: &str) -> Result<OriginAddr, String> {
         return Err(format!("`{host_text}` is not a valid host name; {HINT}"));
     };
 
+    let host_part = match &host {
+        OriginHost::Domain(name) => name.clone(),
+        OriginHost::Ipv4(ip) => ip.to_string(),
+        OriginHost::Ipv6(ip) => format!("[{ip}]"),
+    };
+    let authority = if port == protocol.default_port() {
+        host_part
+    } else {
+        format!("{host_part}:{port}")
+    };
     Ok(OriginAddr {
-        authority: text.to_string(),
+        protocol,
+        authority,
         host,
         port,
     })

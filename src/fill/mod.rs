@@ -11,7 +11,7 @@
 //! not cancel one. On shutdown, copies still running when Pingora stops its runtimes are dropped,
 //! and their unfinished temporary files with them.
 
-pub mod origin;
+pub mod copy;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use pingora::connectors::http::Connector;
 
-use crate::config::{FillSettings, OriginAddr};
-use crate::key::ObjectKey;
+use crate::config::FillSettings;
+use crate::key::{safe_query, ObjectKey};
 use crate::metrics::{FillOutcome, METRICS};
 use crate::route::Bucket;
 use crate::store::BucketStore;
-use origin::{copy_object, CopyError};
+use copy::{copy_object, CopyError, CopyRequest};
 
 /// What happened to a copy request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,9 +74,18 @@ impl std::hash::Hash for CopyKey {
     }
 }
 
+/// What the origin is asked for, beyond the key: set when the request named the key through
+/// a folder (index document), and the request's query string.
+#[derive(Clone, Default)]
+pub struct CopySource {
+    /// The folder as requested (`docs/`), asked of the origin instead of the key.
+    pub folder: Option<String>,
+    pub query: Option<String>,
+}
+
 struct CopyJob {
     id: CopyKey,
-    origin: OriginAddr,
+    source: CopySource,
     limits: FillSettings,
 }
 
@@ -152,8 +161,8 @@ impl Filler {
     pub fn start_copy_after_redirect(
         &self,
         bucket: &Arc<Bucket>,
-        origin: &OriginAddr,
         key: &ObjectKey,
+        source: CopySource,
         limits: &FillSettings,
     ) -> CopyDecision {
         let id = CopyKey::new(bucket, key);
@@ -169,7 +178,7 @@ impl Filler {
                 schedule.in_flight.insert(id.clone());
                 schedule.waiting.push_back(CopyJob {
                     id: id.clone(),
-                    origin: origin.clone(),
+                    source: source.clone(),
                     limits: limits.clone(),
                 });
                 METRICS.fill_queue_depth.set(schedule.waiting.len() as i64);
@@ -181,7 +190,7 @@ impl Filler {
         match decision {
             CopyDecision::Started => self.spawn(CopyJob {
                 id,
-                origin: origin.clone(),
+                source,
                 limits: limits.clone(),
             }),
             CopyDecision::Queued => {}
@@ -236,28 +245,52 @@ impl Filler {
         if let Ok(Some(_)) = self.shared.store.open(bucket, &job.id.key).await {
             return false;
         }
+        // The policy comes from the generation the miss was routed with; origins and their
+        // order are chosen now, with health as it is when the copy runs.
+        let Some(pull) = &job.id.bucket.pull else {
+            return false;
+        };
+        let key = &job.id.key;
+        let policy = pull.policy_for(key.as_str());
+        let mut path_and_query =
+            policy.origin_path(job.source.folder.as_deref().unwrap_or(key.as_str()));
+        if let Some(query) = job
+            .source
+            .query
+            .as_deref()
+            .filter(|_| pull.pass_query_string)
+        {
+            path_and_query.push('?');
+            path_and_query.push_str(&safe_query(query));
+        }
+        let request = CopyRequest {
+            pull,
+            policy,
+            key,
+            path_and_query,
+        };
         let _in_flight = InFlight::enter();
         let started = Instant::now();
         let metrics = &job.id.bucket.metrics;
-        let result = copy_object(
+        let (result, origin) = copy_object(
             &self.shared.connector,
             self.shared.store.as_ref(),
             bucket,
-            &job.origin,
-            &job.id.key,
+            &request,
             &job.limits,
         )
         .await;
         metrics
             .fill_duration
             .observe(started.elapsed().as_secs_f64());
+        let origin_label = origin.as_ref().map_or("-", |o| o.label.as_str());
         let outcome = match &result {
             Ok(meta) => {
                 metrics.fill_bytes.inc_by(meta.size);
                 log::info!(
-                    "copied {:?} from {} into {bucket}: {} bytes in {:?}",
-                    job.id.key.as_str(),
-                    job.origin.authority,
+                    "copied {:?} from {origin_label}{} into {bucket}: {} bytes in {:?}",
+                    key.as_str(),
+                    request.path_and_query,
                     meta.size,
                     started.elapsed()
                 );
@@ -265,20 +298,33 @@ impl Filler {
             }
             Err(e) => {
                 log::warn!(
-                    "copy of {:?} from {} into {bucket} failed: {e}",
-                    job.id.key.as_str(),
-                    job.origin.authority
+                    "copy of {:?} from {origin_label}{} into {bucket} failed: {e}",
+                    key.as_str(),
+                    request.path_and_query,
                 );
                 match e {
                     CopyError::OriginStatus(_) => FillOutcome::OriginStatus,
-                    CopyError::Timeout(_) => FillOutcome::Timeout,
+                    CopyError::Timeout(_)
+                    | CopyError::Unreachable {
+                        timed_out: true, ..
+                    } => FillOutcome::Timeout,
                     CopyError::TooLarge { .. } => FillOutcome::TooLarge,
-                    CopyError::Origin(_) => FillOutcome::OriginError,
+                    CopyError::Origin(_) | CopyError::Unreachable { .. } => {
+                        FillOutcome::OriginError
+                    }
                     CopyError::Store(_) => FillOutcome::StoreError,
+                    CopyError::Loop => FillOutcome::Loop,
+                    CopyError::RedirectRefused(_) => FillOutcome::RedirectRefused,
                 }
             }
         };
         metrics.count_fill(outcome);
+        if let Some(origin) = &origin {
+            METRICS
+                .origin_fills
+                .with_label_values(&[bucket, origin.label.as_str(), outcome.as_str()])
+                .inc();
+        }
         result.is_err()
     }
 

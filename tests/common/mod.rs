@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -324,6 +324,8 @@ struct OriginShared {
     gate_waiting: Mutex<HashMap<String, usize>>,
     open_connections: AtomicUsize,
     accepted_connections: AtomicUsize,
+    /// TLS handshakes that failed (e.g. the client did not trust our certificate).
+    tls_handshake_failures: AtomicUsize,
 }
 
 /// A real HTTP/1.1 origin on 127.0.0.1:0 with scripted per-path behaviour. See the module docs.
@@ -341,8 +343,29 @@ pub struct TestOrigin {
 impl TestOrigin {
     /// Binds 127.0.0.1:0 and starts serving. Every path answers 404 until routed.
     pub fn start() -> TestOrigin {
+        TestOrigin::start_with(None, 0)
+    }
+
+    /// Like [`TestOrigin::start`], speaking HTTPS with `cert`'s certificate and key.
+    pub fn start_tls(cert: &TestCert) -> TestOrigin {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert_der.clone()], cert.key_der())
+            .expect("test certificate");
+        TestOrigin::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))), 0)
+    }
+
+    /// Like [`TestOrigin::start`] on a given port (to bring back an origin that was down).
+    pub fn start_at(port: u16) -> TestOrigin {
+        TestOrigin::start_with(None, port)
+    }
+
+    fn start_with(tls: Option<tokio_rustls::TlsAcceptor>, port: u16) -> TestOrigin {
         // Bind on the caller's thread so the address is known before `start` returns.
-        let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind test origin");
+        let listener = StdTcpListener::bind(("127.0.0.1", port)).expect("bind test origin");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("origin local addr");
 
@@ -354,6 +377,7 @@ impl TestOrigin {
             gate_waiting: Mutex::new(HashMap::new()),
             open_connections: AtomicUsize::new(0),
             accepted_connections: AtomicUsize::new(0),
+            tls_handshake_failures: AtomicUsize::new(0),
         });
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let thread_shared = shared.clone();
@@ -367,7 +391,7 @@ impl TestOrigin {
                 runtime.block_on(async move {
                     let listener = TcpListener::from_std(listener).expect("tokio listener");
                     tokio::select! {
-                        _ = accept_loop(listener, thread_shared) => {}
+                        _ = accept_loop(listener, thread_shared, tls) => {}
                         _ = shutdown_rx => {}
                     }
                 });
@@ -475,6 +499,65 @@ impl TestOrigin {
     pub fn accepted_connections(&self) -> usize {
         self.shared.accepted_connections.load(Ordering::SeqCst)
     }
+
+    pub fn tls_handshake_failures(&self) -> usize {
+        self.shared.tls_handshake_failures.load(Ordering::SeqCst)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test certificates
+// ---------------------------------------------------------------------------------------------
+
+/// A test CA and a server certificate it signed for `127.0.0.1` and `localhost`, made with
+/// rcgen when the test runs.
+pub struct TestCert {
+    /// The CA certificate, PEM: what a bucket's `tls.ca_file` holds.
+    pub ca_pem: String,
+    pub cert_der: rustls::pki_types::CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+impl TestCert {
+    pub fn new() -> TestCert {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "originpull test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let server_key = KeyPair::generate().expect("server key");
+        let server_params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .expect("server params");
+        let server = server_params
+            .signed_by(&server_key, &ca, &ca_key)
+            .expect("server certificate");
+        TestCert {
+            ca_pem: ca.pem(),
+            cert_der: server.der().clone(),
+            key_der: server_key.serialize_der(),
+        }
+    }
+
+    fn key_der(&self) -> rustls::pki_types::PrivateKeyDer<'static> {
+        rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into())
+    }
+
+    /// Writes the CA's PEM into `dir` and returns the file's path.
+    pub fn write_ca(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        fs::write(&path, &self.ca_pem).expect("write CA file");
+        path
+    }
+}
+
+impl Default for TestCert {
+    fn default() -> Self {
+        TestCert::new()
+    }
 }
 
 impl Drop for TestOrigin {
@@ -488,13 +571,34 @@ impl Drop for TestOrigin {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<OriginShared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<OriginShared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
                 shared.accepted_connections.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_connection(stream, shared.clone()));
+                let shared = shared.clone();
+                match &tls {
+                    None => {
+                        tokio::spawn(serve_connection(Box::new(stream), shared));
+                    }
+                    Some(acceptor) => {
+                        let accept = acceptor.accept(stream);
+                        tokio::spawn(async move {
+                            // A client that refuses our certificate ends the handshake here.
+                            match accept.await {
+                                Ok(tls) => serve_connection(Box::new(tls), shared).await,
+                                Err(_) => {
+                                    shared.tls_handshake_failures.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                        });
+                    }
+                }
             }
             // Transient accept errors (e.g. EMFILE) must not kill the origin.
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -559,9 +663,27 @@ enum AfterResponse {
     Hold,
 }
 
-type Conn = BufReader<TcpStream>;
+/// A connection to the origin: plain TCP or TLS over it.
+pub trait OriginStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Makes the next close send RST instead of FIN.
+    fn set_zero_linger(&self) -> io::Result<()>;
+}
 
-async fn serve_connection(stream: TcpStream, shared: Arc<OriginShared>) {
+impl OriginStream for TcpStream {
+    fn set_zero_linger(&self) -> io::Result<()> {
+        TcpStream::set_zero_linger(self)
+    }
+}
+
+impl OriginStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn set_zero_linger(&self) -> io::Result<()> {
+        self.get_ref().0.set_zero_linger()
+    }
+}
+
+type Conn = BufReader<Box<dyn OriginStream>>;
+
+async fn serve_connection(stream: Box<dyn OriginStream>, shared: Arc<OriginShared>) {
     let _guard = ConnectionGuard::new(&shared);
     let mut conn: Conn = BufReader::new(stream);
     loop {
@@ -1614,13 +1736,19 @@ impl Originpull {
     /// Panics (with the server's stderr) if it exits first or is not ready in 20 s.
     /// Blocking: fine to call from `#[tokio::test]` (the origin runs on its own thread).
     pub fn start(config: OriginpullConfig) -> Originpull {
+        Originpull::start_at(config, free_port())
+    }
+
+    /// Like [`Originpull::start`], listening on `port` (e.g. one another server already names
+    /// as its origin).
+    pub fn start_at(config: OriginpullConfig, port: u16) -> Originpull {
         let dir = tempfile::Builder::new()
             .prefix("originpull-test-")
             .tempdir()
             .expect("create temp dir");
         let data_dir = dir.path().join("data");
         fs::create_dir_all(&data_dir).expect("create data dir");
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let metrics_listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut server = Originpull {
             config_path: dir.path().join("originpull.yaml"),

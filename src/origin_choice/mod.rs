@@ -1,0 +1,182 @@
+//! The one place that decides where a key is pulled from: which rule applies to the key, whether
+//! origin-pull is on for it, which origin (by weight and health), the path asked of the origin
+//! (`replace_prefix`, index documents), the redirect status and the hops a copy may follow.
+//! Redirects ([`crate::redirect`]) and copies ([`crate::fill`]) both ask here; neither decides on
+//! its own.
+//!
+//! A [`BucketPull`] is built per bucket for each configuration generation; origin health lives
+//! longer ([`health`]) so a reload does not forget that an origin is down. Copies report their
+//! failures there, and [`probe`] checks that origins still accept connections.
+
+pub mod health;
+pub mod probe;
+pub mod set;
+pub mod tls;
+
+use std::sync::Arc;
+
+use pingora::protocols::tls::CaType;
+
+use crate::config::{BucketConfig, ConfigError, OriginAddr, OriginConfig, OriginPullConfig};
+use crate::key::encode_origin_path;
+use health::{health_of, OriginHealth};
+use set::OriginSet;
+
+/// One configured origin with its shared health.
+pub struct Origin {
+    pub config: OriginConfig,
+    pub health: Arc<OriginHealth>,
+    /// `scheme://authority`, as logs, metrics and the access log name the origin.
+    pub label: String,
+}
+
+impl Origin {
+    pub fn addr(&self) -> &OriginAddr {
+        &self.config.addr
+    }
+}
+
+/// What applies to the keys of one rule (or to the bucket's other keys).
+pub struct PullPolicy {
+    /// `false`: a miss is `404 NoSuchKey`.
+    pub enabled: bool,
+    pub origins: Arc<OriginSet>,
+    /// `(prefix, replacement)` for the path asked of the origin.
+    replace_prefix: Option<(String, String)>,
+    pub redirect_code: u16,
+    pub follow_redirects: u32,
+}
+
+impl PullPolicy {
+    /// The decoded path (without its leading `/`) asked of the origin for `source`, the key or,
+    /// for an index document, the folder as requested.
+    pub fn origin_path(&self, source: &str) -> String {
+        match &self.replace_prefix {
+            Some((prefix, replacement)) if source.starts_with(prefix.as_str()) => {
+                let rewritten = format!("{replacement}{}", &source[prefix.len()..]);
+                encode_origin_path(&rewritten)
+            }
+            _ => encode_origin_path(source),
+        }
+    }
+}
+
+/// A bucket's origin-pull settings, compiled for requests and copies.
+pub struct BucketPull {
+    bucket_policy: PullPolicy,
+    rules: Vec<(crate::config::PullRule, PullPolicy)>,
+    /// Every configured origin host of the bucket: where a copy may follow a redirect.
+    redirect_hosts: Vec<String>,
+    /// `Some` when the bucket has a `ca_file`: system roots plus the file's.
+    pub tls_roots: Option<Arc<CaType>>,
+    pub pass_query_string: bool,
+    pub origin_headers: Vec<(String, String)>,
+}
+
+impl BucketPull {
+    /// `None` when the bucket never pulls (no `origin_pull`, or off with no rule turning it on).
+    pub fn new(bucket: &BucketConfig) -> Result<Option<BucketPull>, ConfigError> {
+        let Some(pull) = &bucket.origin_pull else {
+            return Ok(None);
+        };
+        if !pull.enabled && !pull.rules.iter().any(|r| r.enabled == Some(true)) {
+            return Ok(None);
+        }
+        let tls_roots = match &pull.ca_file {
+            None => None,
+            Some(path) => {
+                let extra = tls::read_ca_file(path).map_err(|message| ConfigError {
+                    scope: format!("bucket \"{}\"", bucket.name),
+                    field: "origin_pull.tls.ca_file".into(),
+                    message,
+                })?;
+                Some(tls::roots_with(&extra))
+            }
+        };
+        let name = &bucket.name;
+        let bucket_set = Arc::new(origin_set(name, &pull.origins));
+        let bucket_policy = PullPolicy {
+            enabled: pull.enabled,
+            origins: bucket_set.clone(),
+            replace_prefix: None,
+            redirect_code: pull.redirect_code,
+            follow_redirects: pull.follow_redirects,
+        };
+        let rules = pull
+            .rules
+            .iter()
+            .map(|rule| {
+                let origins = match &rule.origins {
+                    Some(list) => Arc::new(origin_set(name, list)),
+                    None => bucket_set.clone(),
+                };
+                let policy = PullPolicy {
+                    enabled: rule.enabled.unwrap_or(pull.enabled),
+                    origins,
+                    replace_prefix: rule.prefix.clone().zip(rule.replace_prefix.clone()),
+                    redirect_code: rule.redirect_code.unwrap_or(pull.redirect_code),
+                    follow_redirects: rule.follow_redirects.unwrap_or(pull.follow_redirects),
+                };
+                (rule.clone(), policy)
+            })
+            .collect();
+        Ok(Some(BucketPull {
+            bucket_policy,
+            rules,
+            redirect_hosts: all_hosts(pull),
+            tls_roots,
+            pass_query_string: pull.pass_query_string,
+            origin_headers: pull.origin_headers.clone(),
+        }))
+    }
+
+    /// The policy for `key`: the first rule that matches it, else the bucket's.
+    pub fn policy_for(&self, key: &str) -> &PullPolicy {
+        self.rules
+            .iter()
+            .find(|(rule, _)| rule.matches(key))
+            .map_or(&self.bucket_policy, |(_, policy)| policy)
+    }
+
+    /// Every origin of the bucket and its rules (an origin listed twice appears twice).
+    pub fn origins(&self) -> impl Iterator<Item = &Arc<Origin>> {
+        self.bucket_policy
+            .origins
+            .all()
+            .chain(self.rules.iter().flat_map(|(_, p)| p.origins.all()))
+    }
+
+    /// Whether a copy may follow a redirect to `host` (lower-case, without port): the host of
+    /// a configured origin of this bucket. The origin must never lead the edge elsewhere.
+    pub fn may_follow_to(&self, host: &str) -> bool {
+        self.redirect_hosts.iter().any(|h| h == host)
+    }
+}
+
+fn origin_set(bucket: &str, origins: &[OriginConfig]) -> OriginSet {
+    OriginSet::new(
+        origins
+            .iter()
+            .map(|config| {
+                let label = config.addr.url_base();
+                Arc::new(Origin {
+                    health: health_of(bucket, &label),
+                    config: config.clone(),
+                    label,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn all_hosts(pull: &OriginPullConfig) -> Vec<String> {
+    let mut hosts: Vec<String> = pull
+        .origins
+        .iter()
+        .chain(pull.rules.iter().flat_map(|r| r.origins.iter().flatten()))
+        .map(|o| o.addr.host_text())
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
