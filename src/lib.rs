@@ -3,7 +3,7 @@
 //! copied from the origin into the bucket in the background, so the next request is a hit.
 //!
 //! The request's path through the modules: [`config`] → [`route`] → [`key`] → [`serve`] (hit)
-//! or [`redirect`] (miss) → [`fill`] (background copy) → [`store`]; [`origin_choice`] decides,
+//! or [`redirect`] (miss) / [`mirror`] (miss in mirror mode) → [`fill`] (copy) → [`store`]; [`origin_choice`] decides,
 //! for redirects and copies alike, which origin and path a key is pulled from; [`proxy`] ties them into
 //! Pingora, [`respond`] writes errors and the common headers, [`metrics`] and [`access_log`]
 //! record what happened, [`reload`] swaps configurations, [`server`] starts it all, with one
@@ -16,6 +16,7 @@ pub mod fill;
 pub mod key;
 pub mod listener;
 pub mod metrics;
+pub mod mirror;
 pub mod origin_choice;
 pub mod proxy;
 pub mod redirect;

@@ -23,10 +23,12 @@ pub enum RequestResult {
     BadRequest,
     MethodNotAllowed,
     Error,
+    /// A miss answered in mirror mode: from the origin while it is copied, or after its copy.
+    Mirror,
 }
 
 impl RequestResult {
-    pub const ALL: [RequestResult; 8] = [
+    pub const ALL: [RequestResult; 9] = [
         RequestResult::Hit,
         RequestResult::NotModified,
         RequestResult::Redirect,
@@ -35,6 +37,7 @@ impl RequestResult {
         RequestResult::BadRequest,
         RequestResult::MethodNotAllowed,
         RequestResult::Error,
+        RequestResult::Mirror,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl RequestResult {
             RequestResult::BadRequest => "bad_request",
             RequestResult::MethodNotAllowed => "method_not_allowed",
             RequestResult::Error => "error",
+            RequestResult::Mirror => "mirror",
         }
     }
 }

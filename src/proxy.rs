@@ -13,9 +13,11 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::config::PullMode;
 use crate::fill::{CopySource, Filler};
 use crate::key::{KeyError, RequestTarget, MAX_KEY_BYTES};
 use crate::metrics::{BucketMetrics, RequestResult};
+use crate::mirror::MirrorMiss;
 use crate::origin_choice::Origin;
 use crate::redirect::{location, write_redirect};
 use crate::reload::ConfigHandle;
@@ -228,11 +230,32 @@ impl OriginPull {
             let n = write_error(session, ErrorCode::NoSuchKey, None, &rid, &[]).await?;
             return Ok((RequestResult::NotFound, n));
         };
+        let query = session.req_header().uri.query();
+        if policy.mode == PullMode::Mirror {
+            let Some(pull) = bucket.pull.as_ref() else {
+                let n = write_error(session, ErrorCode::NoSuchKey, None, &rid, &[]).await?;
+                return Ok((RequestResult::NotFound, n));
+            };
+            let miss = MirrorMiss {
+                filler: &self.filler,
+                store: self.store.as_ref(),
+                bucket: &bucket,
+                pull,
+                policy,
+                key: &key,
+                source: CopySource {
+                    folder,
+                    query: query.map(str::to_string),
+                },
+                limits: &live.config.fill,
+                request_id: &rid,
+            };
+            return miss.answer(session).await;
+        }
         let Some(origin) = policy.origins.first_choice(key.as_str()) else {
             let n = write_error(session, ErrorCode::NoSuchKey, None, &rid, &[]).await?;
             return Ok((RequestResult::NotFound, n));
         };
-        let query = session.req_header().uri.query();
         let target = location(
             origin.addr(),
             &policy.origin_path(folder.as_deref().unwrap_or(key.as_str())),

@@ -22,6 +22,10 @@ pub enum ErrorCode {
     MethodNotAllowed,
     PreconditionFailed,
     InternalError,
+    /// Mirror mode: the origin failed (5xx, unreachable, TLS, a cut-off answer).
+    BadGateway,
+    /// Mirror mode: the origin did not answer in time.
+    GatewayTimeout,
 }
 
 impl ErrorCode {
@@ -32,6 +36,8 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
+            ErrorCode::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -44,6 +50,8 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "MethodNotAllowed",
             ErrorCode::PreconditionFailed => "PreconditionFailed",
             ErrorCode::InternalError => "InternalError",
+            ErrorCode::BadGateway => "BadGateway",
+            ErrorCode::GatewayTimeout => "GatewayTimeout",
         }
     }
 
@@ -60,6 +68,8 @@ impl ErrorCode {
                 "At least one of the preconditions you specified did not hold."
             }
             ErrorCode::InternalError => "We encountered an internal error. Please try again.",
+            ErrorCode::BadGateway => "The origin of this bucket failed to provide the object.",
+            ErrorCode::GatewayTimeout => "The origin of this bucket did not answer in time.",
         }
     }
 }

@@ -121,7 +121,7 @@ fn precondition_fails(req: &RequestHeader, meta: &ObjectMeta) -> bool {
 
 /// Streams `range` of the object. A short read (the file shrank underneath us) is an error, so
 /// the connection is closed instead of a truncated body passing for a whole one.
-async fn stream_range(
+pub async fn stream_range(
     session: &mut Session,
     object: &mut dyn StoredObject,
     range: std::ops::Range<u64>,

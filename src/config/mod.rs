@@ -24,7 +24,7 @@ pub use buckets::{validate_bucket_name, BucketConfig};
 pub use errors::{ConfigError, ConfigErrors};
 pub use fill::FillSettings;
 pub use memory_cache::MemoryCacheSettings;
-pub use origin_pull::{OriginPullConfig, PullRule};
+pub use origin_pull::{OriginPullConfig, PullMode, PullRule};
 pub use origins::{
     is_valid_hostname, parse_origin, parse_origin_with, OriginAddr, OriginConfig, OriginHost,
     Protocol,

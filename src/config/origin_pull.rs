@@ -24,6 +24,8 @@ pub struct OriginPullConfig {
     pub redirect_code: u16,
     /// Redirect hops a copy follows (to the same host or another origin of the bucket).
     pub follow_redirects: u32,
+    /// How a miss is answered: a redirect and a background copy, or mirrored.
+    pub mode: PullMode,
     /// Whether copies send the request's query string to the origin.
     pub pass_query_string: bool,
     /// Set on every copy request: (lower-case name, value).
@@ -42,6 +44,16 @@ pub struct PullRule {
     pub replace_prefix: Option<String>,
     pub redirect_code: Option<u16>,
     pub follow_redirects: Option<u32>,
+    pub mode: Option<PullMode>,
+}
+
+/// How a miss is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullMode {
+    /// 302 to the origin and a background copy (the seed's origin-pull).
+    Redirect,
+    /// The object is fetched from the origin and streamed to the client while it is stored.
+    Mirror,
 }
 
 impl PullRule {
@@ -104,6 +116,7 @@ const ORIGIN_PULL_KEYS: &[&str] = &[
     "pass_query_string",
     "origin_headers",
     "rules",
+    "mode",
 ];
 const TLS_KEYS: &[&str] = &["ca_file"];
 const RULE_KEYS: &[&str] = &[
@@ -114,6 +127,7 @@ const RULE_KEYS: &[&str] = &[
     "replace_prefix",
     "redirect_code",
     "follow_redirects",
+    "mode",
 ];
 
 const DEFAULT_REDIRECT_CODE: u16 = 302;
@@ -225,6 +239,7 @@ pub(crate) fn parse_origin_pull(
     let follow_redirects = section
         .at_most("follow_redirects", MAX_FOLLOW_REDIRECTS, errors)
         .map_or(DEFAULT_FOLLOW_REDIRECTS, |n| n as u32);
+    let mode = pull_mode(&section, errors).unwrap_or(PullMode::Redirect);
     let pass_query_string = section
         .typed::<bool>("pass_query_string", errors)
         .unwrap_or(false);
@@ -237,6 +252,7 @@ pub(crate) fn parse_origin_pull(
         ca_file,
         redirect_code,
         follow_redirects,
+        mode,
         pass_query_string,
         origin_headers,
         rules,
@@ -273,6 +289,21 @@ fn redirect_code(section: &Section<'_>, errors: &mut Errors) -> Option<u16> {
             format!("{code} is not a redirect status; use 301, 302, 307 or 308"),
         );
         None
+    }
+}
+
+fn pull_mode(section: &Section<'_>, errors: &mut Errors) -> Option<PullMode> {
+    match section.typed::<String>("mode", errors)?.as_str() {
+        "redirect" => Some(PullMode::Redirect),
+        "mirror" => Some(PullMode::Mirror),
+        other => {
+            errors.push(
+                &section.scope,
+                &section.field("mode"),
+                format!("`{other}` is not a mode; use redirect or mirror"),
+            );
+            None
+        }
     }
 }
 
@@ -388,6 +419,7 @@ fn parse_rules(
         let follow_redirects = rule
             .at_most("follow_redirects", MAX_FOLLOW_REDIRECTS, errors)
             .map(|n| n as u32);
+        let mode = pull_mode(&rule, errors);
         let pulls = enabled.unwrap_or(bucket_enabled);
         let has_origins = origins
             .as_ref()
@@ -407,6 +439,7 @@ fn parse_rules(
             replace_prefix,
             redirect_code,
             follow_redirects,
+            mode,
         });
     }
     rules

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{header, StatusCode, Uri};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -22,7 +23,9 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
 
+use super::FillEnd;
 use crate::config::{FillSettings, OriginHost, Protocol};
 use crate::key::ObjectKey;
 use crate::origin_choice::{BucketPull, Origin, PullPolicy};
@@ -101,20 +104,76 @@ pub struct CopyRequest<'a> {
 
 /// Copies the request's object into `bucket` from the first of its origins that can be
 /// reached; returns the result with the origin that gave it (the last one tried on failure).
-/// Health is recorded for every origin tried.
+/// With a `sink` (mirror mode), the answer's head and body are also offered to the client
+/// waiting for them.
 pub async fn copy_object(
     connector: &Connector,
     store: &dyn BucketStore,
     bucket: &str,
     request: &CopyRequest<'_>,
     limits: &FillSettings,
+    sink: &mut Option<MirrorSink>,
 ) -> (Result<ObjectMeta, CopyError>, Option<Arc<Origin>>) {
+    let mut purpose = Purpose::Copy {
+        store,
+        bucket,
+        sink,
+    };
+    let (result, origin) = from_first_reachable(connector, request, limits, &mut purpose).await;
+    let result = result.and_then(|fetched| match fetched {
+        Fetched::Stored(meta) => Ok(meta),
+        Fetched::Head(_) => Err(CopyError::Origin("a copy got only a head".into())),
+    });
+    (result, origin)
+}
+
+/// The origin's answer to a `HEAD` of the request's object (redirects followed as for a copy):
+/// what mirror mode tells a `HEAD` on a miss. Nothing is stored.
+pub async fn head_object(
+    connector: &Connector,
+    request: &CopyRequest<'_>,
+    limits: &FillSettings,
+) -> (Result<ResponseHeader, CopyError>, Option<Arc<Origin>>) {
+    let (result, origin) =
+        from_first_reachable(connector, request, limits, &mut Purpose::Head).await;
+    let result = result.and_then(|fetched| match fetched {
+        Fetched::Head(head) => Ok(head),
+        Fetched::Stored(_) => Err(CopyError::Origin("a HEAD stored an object".into())),
+    });
+    (result, origin)
+}
+
+/// What is done with an origin's answer.
+enum Purpose<'a> {
+    /// Store the body (offering it to a mirror client too).
+    Copy {
+        store: &'a dyn BucketStore,
+        bucket: &'a str,
+        sink: &'a mut Option<MirrorSink>,
+    },
+    /// Only the head of a `HEAD`.
+    Head,
+}
+
+enum Fetched {
+    Stored(ObjectMeta),
+    Head(ResponseHeader),
+}
+
+/// Tries the request's origins in order until one can be reached, recording each origin's
+/// health; returns the last result and the origin that gave it.
+async fn from_first_reachable(
+    connector: &Connector,
+    request: &CopyRequest<'_>,
+    limits: &FillSettings,
+    purpose: &mut Purpose<'_>,
+) -> (Result<Fetched, CopyError>, Option<Arc<Origin>>) {
     let mut last = (
         Err(CopyError::Origin("no origin to copy from".into())),
         None,
     );
     for origin in request.policy.origins.candidates(request.key.as_str()) {
-        let result = copy_from(connector, store, bucket, request, &origin, limits).await;
+        let result = fetch_from(connector, request, &origin, limits, purpose).await;
         match &result {
             Err(e) if e.counts_against_origin() => origin.health.record_failure(
                 limits.origin_down_after_failures,
@@ -130,6 +189,52 @@ pub async fn copy_object(
         }
     }
     last
+}
+
+/// One origin: its answer (redirects followed), then the body into the store or just the head.
+async fn fetch_from(
+    connector: &Connector,
+    request: &CopyRequest<'_>,
+    origin: &Origin,
+    limits: &FillSettings,
+    purpose: &mut Purpose<'_>,
+) -> Result<Fetched, CopyError> {
+    let method = match purpose {
+        Purpose::Copy { .. } => "GET",
+        Purpose::Head => "HEAD",
+    };
+    let (mut session, response, peer) =
+        open_response(connector, request, origin, limits, method).await?;
+    let Purpose::Copy {
+        store,
+        bucket,
+        sink,
+    } = purpose
+    else {
+        session.shutdown().await;
+        return Ok(Fetched::Head(response));
+    };
+    // A failure from here on is not `Unreachable`: no other origin is tried after the head.
+    let received = receive_body(
+        &mut session,
+        *store,
+        bucket,
+        request.key,
+        &response,
+        limits,
+        sink,
+    )
+    .await;
+    match received {
+        Ok((writer, object)) => {
+            release_or_check_excess(connector, session, &peer).await?;
+            Ok(Fetched::Stored(writer.commit(object).await?))
+        }
+        Err(e) => {
+            session.shutdown().await;
+            Err(e)
+        }
+    }
 }
 
 /// Where one request of a copy goes: the configured origin, or a host it redirected to.
@@ -153,15 +258,15 @@ impl Target {
     }
 }
 
-/// One origin: the request, then each redirect hop allowed, then the body into the store.
-async fn copy_from(
+/// One origin: the request, then each redirect hop allowed; returns the session positioned at
+/// the final answer's body, its head, and the peer (to pool the connection after).
+async fn open_response(
     connector: &Connector,
-    store: &dyn BucketStore,
-    bucket: &str,
     request: &CopyRequest<'_>,
     origin: &Origin,
     limits: &FillSettings,
-) -> Result<ObjectMeta, CopyError> {
+    method: &str,
+) -> Result<(HttpSession, ResponseHeader, HttpPeer), CopyError> {
     let addr = origin.addr();
     let mut target = Target {
         protocol: addr.protocol,
@@ -173,7 +278,8 @@ async fn copy_from(
     let mut hops = 0;
     loop {
         let peer = target_peer(&target, request.pull, limits).await?;
-        let (mut session, response) = exchange(connector, &peer, &target, request, limits).await?;
+        let (mut session, response) =
+            exchange(connector, &peer, &target, request, limits, method).await?;
         if response.headers.contains_key(REQUEST_ID_HEADER) {
             session.shutdown().await;
             return Err(CopyError::Loop);
@@ -188,17 +294,7 @@ async fn copy_from(
             target = redirect_target(&target, &response, request.pull)?;
             continue;
         }
-        return match receive_body(&mut session, store, bucket, request.key, &response, limits).await
-        {
-            Ok((writer, object)) => {
-                release_or_check_excess(connector, session, &peer).await?;
-                Ok(writer.commit(object).await?)
-            }
-            Err(e) => {
-                session.shutdown().await;
-                Err(e)
-            }
-        };
+        return Ok((session, response, peer));
     }
 }
 
@@ -213,12 +309,13 @@ async fn exchange(
     target: &Target,
     request: &CopyRequest<'_>,
     limits: &FillSettings,
+    method: &str,
 ) -> Result<(HttpSession, ResponseHeader), CopyError> {
     let (mut session, reused) = connector
         .get_http_session(peer)
         .await
         .map_err(unreachable)?;
-    let response = match send_request(&mut session, target, request, limits).await {
+    let response = match send_request(&mut session, target, request, limits, method).await {
         // A pooled connection the origin closed meanwhile fails before any answer: retry once
         // on a fresh connection, as Pingora's proxy does. A timeout is not retried.
         Err(CopyError::Origin(_)) if reused => {
@@ -228,7 +325,7 @@ async fn exchange(
                 .await
                 .map_err(unreachable)?;
             session = fresh;
-            send_request(&mut session, target, request, limits).await
+            send_request(&mut session, target, request, limits, method).await
         }
         other => other,
     };
@@ -378,11 +475,12 @@ async fn send_request(
     target: &Target,
     request: &CopyRequest<'_>,
     limits: &FillSettings,
+    method: &str,
 ) -> Result<ResponseHeader, CopyError> {
     let io_timeout = Some(Duration::from_millis(limits.read_timeout_ms));
     session.set_read_timeout(io_timeout);
     session.set_write_timeout(io_timeout);
-    let mut req = RequestHeader::build("GET", target.path_and_query.as_bytes(), Some(8))?;
+    let mut req = RequestHeader::build(method, target.path_and_query.as_bytes(), Some(8))?;
     req.insert_header(header::HOST, target.authority.as_str())?;
     req.insert_header(header::ACCEPT_ENCODING, "identity")?;
     req.insert_header(header::USER_AGENT, USER_AGENT)?;
@@ -406,13 +504,24 @@ async fn receive_body(
     key: &ObjectKey,
     response: &ResponseHeader,
     limits: &FillSettings,
+    sink: &mut Option<MirrorSink>,
 ) -> Result<(Box<dyn crate::store::ObjectWriter>, NewObject), CopyError> {
     let status = response.status.as_u16();
     if status != 200 {
         return Err(CopyError::OriginStatus(status));
     }
     let declared = declared_length(response)?;
+    let object = kept_object(response);
+    if let Some(mirror) = sink.as_mut() {
+        mirror.offer(MirrorEvent::Head(MirrorHead {
+            object: object.clone(),
+            length: declared,
+        }));
+    }
     if declared.is_some_and(|len| len > limits.max_object_bytes) {
+        if let Some(mirror) = sink.take() {
+            pass_through(session, mirror).await?;
+        }
         return Err(CopyError::TooLarge {
             limit: limits.max_object_bytes,
         });
@@ -423,6 +532,13 @@ async fn receive_body(
             return Err(CopyError::TooLarge {
                 limit: limits.max_object_bytes,
             });
+        }
+        if let Some(mirror) = sink.as_mut() {
+            // A client slower than the origin is let go here (it catches up from the stored
+            // object), so it never slows the copy, nor the other clients waiting for it.
+            if !mirror.offer(MirrorEvent::Chunk(chunk.clone())) {
+                *sink = None;
+            }
         }
         writer.write(chunk).await?;
     }
@@ -435,7 +551,56 @@ async fn receive_body(
             )));
         }
     }
-    Ok((writer, new_object(response)))
+    Ok((writer, object))
+}
+
+/// An object over `max_object_bytes` is streamed to its mirror client and not stored: the
+/// client's pace sets the pace here, since nobody else waits for these bytes.
+async fn pass_through(session: &mut HttpSession, mirror: MirrorSink) -> Result<(), CopyError> {
+    while let Some(chunk) = session.read_response_body().await? {
+        if mirror.tx.send(MirrorEvent::Chunk(chunk)).await.is_err() {
+            return Ok(());
+        }
+    }
+    let _ = mirror.tx.send(MirrorEvent::End).await;
+    Ok(())
+}
+
+/// What a mirror client is told while the copy runs. The channel closing without `End` or
+/// `Failed` means the client fell behind and was let go: it reads the rest from the bucket.
+#[derive(Debug)]
+pub enum MirrorEvent {
+    Head(MirrorHead),
+    Chunk(Bytes),
+    /// The body is complete (and stored, unless it was over `max_object_bytes`).
+    End,
+    Failed(FillEnd),
+}
+
+#[derive(Debug)]
+pub struct MirrorHead {
+    /// Content type and kept origin headers, as the stored object will have them.
+    pub object: NewObject,
+    /// `Content-Length`, when the origin gave one.
+    pub length: Option<u64>,
+}
+
+/// The copy's side of a mirror client's channel.
+pub struct MirrorSink {
+    tx: mpsc::Sender<MirrorEvent>,
+}
+
+impl MirrorSink {
+    /// A sink and its client's receiver, buffering up to `chunks` body chunks.
+    pub fn channel(chunks: usize) -> (MirrorSink, mpsc::Receiver<MirrorEvent>) {
+        let (tx, rx) = mpsc::channel(chunks);
+        (MirrorSink { tx }, rx)
+    }
+
+    /// Hands `event` over if there is room; `false` when the client is gone or behind.
+    pub fn offer(&mut self, event: MirrorEvent) -> bool {
+        self.tx.try_send(event).is_ok()
+    }
 }
 
 /// `Some(len)` for a Content-Length body, `None` for a chunked one. A body delimited only by the
@@ -466,7 +631,7 @@ fn declared_length(response: &ResponseHeader) -> Result<Option<u64>, CopyError> 
 }
 
 /// The metadata a copy keeps from the origin's response.
-fn new_object(response: &ResponseHeader) -> NewObject {
+pub fn kept_object(response: &ResponseHeader) -> NewObject {
     let header_text = |name: &str| {
         response
             .headers

@@ -13,7 +13,7 @@
 
 pub mod copy;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,8 @@ use crate::key::{safe_query, ObjectKey};
 use crate::metrics::{FillOutcome, METRICS};
 use crate::route::Bucket;
 use crate::store::BucketStore;
-use copy::{copy_object, CopyError, CopyRequest};
+use copy::{copy_object, CopyError, CopyRequest, MirrorEvent, MirrorSink};
+use tokio::sync::{mpsc, watch};
 
 /// What happened to a copy request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,20 +84,61 @@ pub struct CopySource {
     pub query: Option<String>,
 }
 
+/// How a copy ended, as the clients waiting for it (mirror mode) need to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillEnd {
+    /// The object is in the bucket (stored now, or found there when the copy started).
+    Stored,
+    /// The origin answered 404 or 410.
+    NotFound,
+    /// Larger than `max_object_bytes`: not stored.
+    TooLarge,
+    /// The origin did not answer in time.
+    Timeout,
+    /// The origin failed otherwise (5xx, unreachable, TLS, a cut-off body, a loop...).
+    OriginFailed,
+    /// The bucket store failed.
+    StoreFailed,
+}
+
+impl FillEnd {
+    fn of(result: &Result<crate::store::ObjectMeta, CopyError>) -> FillEnd {
+        result
+            .as_ref()
+            .err()
+            .map_or(FillEnd::Stored, FillEnd::of_error)
+    }
+
+    pub fn of_error(error: &CopyError) -> FillEnd {
+        match error {
+            CopyError::OriginStatus(404 | 410) => FillEnd::NotFound,
+            CopyError::TooLarge { .. } => FillEnd::TooLarge,
+            CopyError::Timeout(_)
+            | CopyError::Unreachable {
+                timed_out: true, ..
+            } => FillEnd::Timeout,
+            CopyError::Store(_) => FillEnd::StoreFailed,
+            _ => FillEnd::OriginFailed,
+        }
+    }
+}
+
 struct CopyJob {
     id: CopyKey,
     source: CopySource,
     limits: FillSettings,
+    /// The mirror client streaming this copy's body, if any.
+    sink: Option<MirrorSink>,
 }
 
 #[derive(Default)]
 struct Schedule {
     running: usize,
     waiting: VecDeque<CopyJob>,
-    /// Keys running or waiting.
-    in_flight: HashSet<CopyKey>,
-    /// Keys whose last copy failed, with when they may be tried again.
-    failed_until: HashMap<CopyKey, Instant>,
+    /// Keys running or waiting, each with the channel that tells waiting clients its end.
+    in_flight: HashMap<CopyKey, watch::Sender<Option<FillEnd>>>,
+    /// Keys whose last copy failed, with when they may be tried again and how it ended.
+    failed_until: HashMap<CopyKey, (Instant, FillEnd)>,
     /// The same entries in expiry order, so expired ones are dropped without a scan.
     expiries: VecDeque<(Instant, CopyKey)>,
 }
@@ -105,33 +147,60 @@ impl Schedule {
     /// Whether a copy of `id` must not start now: one is running or waiting, or the last one
     /// failed within the negative TTL.
     fn blocked(&self, id: &CopyKey, now: Instant) -> Option<CopyDecision> {
-        if self.in_flight.contains(id) {
+        if self.in_flight.contains_key(id) {
             Some(CopyDecision::AlreadyInFlight)
-        } else if self.failed_until.get(id).is_some_and(|until| *until > now) {
+        } else if self.recent_failure(id, now).is_some() {
             Some(CopyDecision::RecentlyFailed)
         } else {
             None
         }
     }
 
-    fn remember_failure(&mut self, id: &CopyKey, now: Instant, ttl: Duration) {
+    fn recent_failure(&self, id: &CopyKey, now: Instant) -> Option<FillEnd> {
+        self.failed_until
+            .get(id)
+            .filter(|(until, _)| *until > now)
+            .map(|(_, end)| *end)
+    }
+
+    fn remember_failure(&mut self, id: &CopyKey, end: FillEnd, now: Instant, ttl: Duration) {
         while let Some((expiry, _)) = self.expiries.front() {
             if *expiry > now {
                 break;
             }
             if let Some((expiry, key)) = self.expiries.pop_front() {
                 // Only if not renewed by a later failure.
-                if self.failed_until.get(&key) == Some(&expiry) {
+                if self.failed_until.get(&key).map(|(until, _)| until) == Some(&expiry) {
                     self.failed_until.remove(&key);
                 }
             }
         }
         if let Some(until) = now.checked_add(ttl) {
-            self.failed_until.insert(id.clone(), until);
+            self.failed_until.insert(id.clone(), (until, end));
             self.expiries.push_back((until, id.clone()));
         }
     }
+
+    /// Marks `id` in flight; returns the sender its end is announced on.
+    fn enter(&mut self, id: &CopyKey) {
+        self.in_flight.insert(id.clone(), watch::channel(None).0);
+    }
 }
+
+/// How a mirror-mode miss proceeds.
+pub enum MirrorTicket {
+    /// This request leads a new copy and streams its body as it arrives.
+    Leader(mpsc::Receiver<MirrorEvent>),
+    /// A copy of the key runs (or was started for this request without streaming): its end
+    /// arrives here, then the object is served from the bucket.
+    Follower(watch::Receiver<Option<FillEnd>>),
+    /// The origin said within the negative TTL that the key does not exist.
+    NotFound,
+}
+
+/// Body chunks buffered for a mirror client before it is let go to catch up from the bucket
+/// (16 × the origin's read size, a few MiB at most).
+const MIRROR_BUFFER_CHUNKS: usize = 16;
 
 struct Shared {
     store: Arc<dyn BucketStore>,
@@ -172,14 +241,15 @@ impl Filler {
                 blocked
             } else if schedule.running < limits.concurrency {
                 schedule.running += 1;
-                schedule.in_flight.insert(id.clone());
+                schedule.enter(&id);
                 CopyDecision::Started
             } else if schedule.waiting.len() < limits.queue {
-                schedule.in_flight.insert(id.clone());
+                schedule.enter(&id);
                 schedule.waiting.push_back(CopyJob {
                     id: id.clone(),
                     source: source.clone(),
                     limits: limits.clone(),
+                    sink: None,
                 });
                 METRICS.fill_queue_depth.set(schedule.waiting.len() as i64);
                 CopyDecision::Queued
@@ -192,6 +262,7 @@ impl Filler {
                 id,
                 source,
                 limits: limits.clone(),
+                sink: None,
             }),
             CopyDecision::Queued => {}
             CopyDecision::RecentlyFailed => bucket.metrics.count_fill(FillOutcome::NegativeCached),
@@ -217,6 +288,70 @@ impl Filler {
         self.shared.lock().blocked(&id, Instant::now()).is_some()
     }
 
+    /// The mirror-mode miss: joins the copy of `key` that runs, or starts one now (a client
+    /// is waiting, so it is not queued behind background copies). With `stream`, the request
+    /// leads the new copy and gets its body as it arrives; otherwise it waits for the end.
+    pub fn start_mirror(
+        &self,
+        bucket: &Arc<Bucket>,
+        key: &ObjectKey,
+        source: CopySource,
+        limits: &FillSettings,
+        stream: bool,
+    ) -> MirrorTicket {
+        let id = CopyKey::new(bucket, key);
+        let (sink, ticket) = {
+            let mut schedule = self.shared.lock();
+            if let Some(running) = schedule.in_flight.get(&id) {
+                return MirrorTicket::Follower(running.subscribe());
+            }
+            // Only "not found" is remembered for mirror clients; other failures are retried.
+            if schedule.recent_failure(&id, Instant::now()) == Some(FillEnd::NotFound) {
+                drop(schedule);
+                bucket.metrics.count_fill(FillOutcome::NegativeCached);
+                return MirrorTicket::NotFound;
+            }
+            schedule.running += 1;
+            schedule.enter(&id);
+            if stream {
+                let (sink, events) = MirrorSink::channel(MIRROR_BUFFER_CHUNKS);
+                (Some(sink), MirrorTicket::Leader(events))
+            } else {
+                let end = schedule.in_flight.get(&id).map(|tx| tx.subscribe());
+                match end {
+                    Some(end) => (None, MirrorTicket::Follower(end)),
+                    None => return MirrorTicket::NotFound,
+                }
+            }
+        };
+        self.spawn(CopyJob {
+            id,
+            source,
+            limits: limits.clone(),
+            sink,
+        });
+        ticket
+    }
+
+    /// The connection pool copies use, for other requests to origins (mirror mode's HEAD).
+    pub fn connector(&self) -> &Connector {
+        &self.shared.connector
+    }
+
+    /// The end of the copy of `key` that runs now, if one does.
+    pub fn running_copy(
+        &self,
+        bucket: &Arc<Bucket>,
+        key: &ObjectKey,
+    ) -> Option<watch::Receiver<Option<FillEnd>>> {
+        let id = CopyKey::new(bucket, key);
+        self.shared
+            .lock()
+            .in_flight
+            .get(&id)
+            .map(|tx| tx.subscribe())
+    }
+
     fn spawn(&self, job: CopyJob) {
         let filler = self.clone();
         tokio::spawn(async move {
@@ -225,11 +360,12 @@ impl Filler {
                 // Settles the schedule even if the copy panics or its task is dropped.
                 let guard = FinishGuard {
                     filler: &filler,
-                    job: &job,
+                    id: job.id.clone(),
+                    limits: job.limits.clone(),
                 };
-                let failed = filler.run(&job).await;
+                let end = filler.run(&mut job).await;
                 std::mem::forget(guard);
-                match filler.finish(&job.id, failed, &job.limits) {
+                match filler.finish(&job.id, end, &job.limits) {
                     Some(next) => job = next,
                     None => break,
                 }
@@ -237,18 +373,19 @@ impl Filler {
         });
     }
 
-    /// Runs one copy; returns whether it failed.
-    async fn run(&self, job: &CopyJob) -> bool {
+    /// Runs one copy; returns how it ended, which a streaming client also learns.
+    async fn run(&self, job: &mut CopyJob) -> FillEnd {
         let bucket = job.id.bucket_name();
         // A copy that committed between this key's store lookup and its copy request: the
-        // object is there, so the origin is not asked again.
+        // object is there, so the origin is not asked again (a streaming client is let go to
+        // read it from the bucket).
         if let Ok(Some(_)) = self.shared.store.open(bucket, &job.id.key).await {
-            return false;
+            return FillEnd::Stored;
         }
         // The policy comes from the generation the miss was routed with; origins and their
         // order are chosen now, with health as it is when the copy runs.
         let Some(pull) = &job.id.bucket.pull else {
-            return false;
+            return FillEnd::OriginFailed;
         };
         let key = &job.id.key;
         let policy = pull.policy_for(key.as_str());
@@ -278,8 +415,16 @@ impl Filler {
             bucket,
             &request,
             &job.limits,
+            &mut job.sink,
         )
         .await;
+        let end = FillEnd::of(&result);
+        if let Some(mut sink) = job.sink.take() {
+            sink.offer(match end {
+                FillEnd::Stored => MirrorEvent::End,
+                other => MirrorEvent::Failed(other),
+            });
+        }
         metrics
             .fill_duration
             .observe(started.elapsed().as_secs_f64());
@@ -325,17 +470,19 @@ impl Filler {
                 .with_label_values(&[bucket, origin.label.as_str(), outcome.as_str()])
                 .inc();
         }
-        result.is_err()
+        end
     }
 
     /// Records the end of a copy and hands back the next waiting job, if any, to run in the
     /// same task (keeping `running` unchanged).
-    fn finish(&self, id: &CopyKey, failed: bool, limits: &FillSettings) -> Option<CopyJob> {
+    fn finish(&self, id: &CopyKey, end: FillEnd, limits: &FillSettings) -> Option<CopyJob> {
         let mut schedule = self.shared.lock();
-        schedule.in_flight.remove(id);
-        if failed && limits.negative_ttl_secs > 0 {
+        if let Some(waiting_clients) = schedule.in_flight.remove(id) {
+            waiting_clients.send_replace(Some(end));
+        }
+        if end != FillEnd::Stored && limits.negative_ttl_secs > 0 {
             let ttl = Duration::from_secs(limits.negative_ttl_secs);
-            schedule.remember_failure(id, Instant::now(), ttl);
+            schedule.remember_failure(id, end, Instant::now(), ttl);
         } else {
             schedule.failed_until.remove(id);
         }
@@ -371,12 +518,15 @@ impl Drop for InFlight {
 /// at shutdown), so its key and slot are not held forever.
 struct FinishGuard<'a> {
     filler: &'a Filler,
-    job: &'a CopyJob,
+    id: CopyKey,
+    limits: FillSettings,
 }
 
 impl Drop for FinishGuard<'_> {
     fn drop(&mut self) {
-        let next = self.filler.finish(&self.job.id, true, &self.job.limits);
+        let next = self
+            .filler
+            .finish(&self.id, FillEnd::OriginFailed, &self.limits);
         // After a panic the waiting copy gets a task of its own; at shutdown there is no
         // runtime left and it is dropped with the rest.
         if let (Some(next), Ok(runtime)) = (next, tokio::runtime::Handle::try_current()) {

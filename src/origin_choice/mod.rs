@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use pingora::protocols::tls::CaType;
 
-use crate::config::{BucketConfig, ConfigError, OriginAddr, OriginConfig, OriginPullConfig};
+use crate::config::{
+    BucketConfig, ConfigError, OriginAddr, OriginConfig, OriginPullConfig, PullMode,
+};
 use crate::key::encode_origin_path;
 use health::{health_of, OriginHealth};
 use set::OriginSet;
@@ -45,6 +47,7 @@ pub struct PullPolicy {
     replace_prefix: Option<(String, String)>,
     pub redirect_code: u16,
     pub follow_redirects: u32,
+    pub mode: PullMode,
 }
 
 impl PullPolicy {
@@ -101,6 +104,7 @@ impl BucketPull {
             replace_prefix: None,
             redirect_code: pull.redirect_code,
             follow_redirects: pull.follow_redirects,
+            mode: pull.mode,
         };
         let rules = pull
             .rules
@@ -116,6 +120,7 @@ impl BucketPull {
                     replace_prefix: rule.prefix.clone().zip(rule.replace_prefix.clone()),
                     redirect_code: rule.redirect_code.unwrap_or(pull.redirect_code),
                     follow_redirects: rule.follow_redirects.unwrap_or(pull.follow_redirects),
+                    mode: rule.mode.unwrap_or(pull.mode),
                 };
                 (rule.clone(), policy)
             })

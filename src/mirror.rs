@@ -1,0 +1,295 @@
+//! Mirror mode (`origin_pull.mode: mirror`): a miss is answered from the origin while the
+//! object is copied into the bucket, so the client never sees the origin and needs no second
+//! connection.
+//!
+//! - A plain GET that finds no copy of the key running leads a new copy ([`Filler::start_mirror`])
+//!   and streams its body as it arrives: `200` with the object's content type and kept headers,
+//!   `Content-Length` when the origin gave one. If the copy fails mid-body, the response ends
+//!   abnormally (the connection closes before the declared length or the chunked terminator).
+//! - Every other miss (a second GET of the same key, a Range, a conditional) waits for the copy
+//!   of the key (one origin GET however many clients) and is then served from the bucket as a
+//!   hit, so ranges and conditionals get exactly a hit's answer.
+//! - A leading client slower than the origin is let go by the copy once its buffer of a few
+//!   chunks is full: the copy keeps the origin's pace (the other clients of the key wait for the
+//!   copy, not for the slow client) and the slow client reads the rest from the bucket once the
+//!   object is committed. Memory per client is that buffer, whatever the object's size.
+//! - A HEAD asks the origin for a HEAD and stores nothing. 404/410 from the origin is
+//!   `404 NoSuchKey`, remembered for `fill.negative_ttl_secs`; a failing origin is `502
+//!   BadGateway`, a silent one `504 GatewayTimeout`; the origin's own error page never reaches
+//!   the client. Objects over `fill.max_object_bytes` are streamed and not stored.
+//!
+//! What of pingora-cache fits here, and what does not: its inline miss path (the proxy phase
+//! with `request_cache_filter`, a `Storage` and its miss handler) fetches through
+//! `upstream_peer`, which cannot follow an origin's redirects, nor try the next origin after a
+//! connect failure with our health bookkeeping, nor apply the loop guard: the copy in
+//! [`crate::fill::copy`] does all of that, and mirror mode must fetch exactly as a copy does.
+//! Its `CacheLock` would be a second single-flight table beside the copy scheduler's, so a
+//! background copy and a mirrored miss of the same key could both reach the origin. So mirror
+//! mode tees the copy's body to the client instead, with the scheduler's single flight, and
+//! the one bucket store serves both modes' objects on the same hit path.
+
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Method, StatusCode};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::FillSettings;
+use crate::fill::copy::{head_object, CopyRequest, MirrorEvent, MirrorHead};
+use crate::fill::{CopySource, FillEnd, Filler, MirrorTicket};
+use crate::key::{safe_query, ObjectKey};
+use crate::metrics::RequestResult;
+use crate::origin_choice::{BucketPull, PullPolicy};
+use crate::respond::{response_header, write_error, ErrorCode};
+use crate::route::Bucket;
+use crate::serve::{serve_hit, stream_range};
+use crate::store::BucketStore;
+
+/// Everything a mirrored miss needs to know.
+pub struct MirrorMiss<'a> {
+    pub filler: &'a Filler,
+    pub store: &'a dyn BucketStore,
+    pub bucket: &'a Arc<Bucket>,
+    pub pull: &'a BucketPull,
+    pub policy: &'a PullPolicy,
+    pub key: &'a ObjectKey,
+    pub source: CopySource,
+    pub limits: &'a FillSettings,
+    pub request_id: &'a str,
+}
+
+/// How many times a waiting client may find the object gone again (purged, or over the size
+/// limit) and try once more before it is told the origin failed.
+const ROUNDS: usize = 3;
+
+impl MirrorMiss<'_> {
+    /// Answers the miss; returns the result for the access log and the body bytes written.
+    pub async fn answer(&self, session: &mut Session) -> Result<(RequestResult, u64)> {
+        let req = session.req_header();
+        if req.method == Method::HEAD {
+            return self.answer_head(session).await;
+        }
+        let plain_get = !req.headers.contains_key(header::RANGE)
+            && !req.headers.contains_key(header::IF_MATCH)
+            && !req.headers.contains_key(header::IF_NONE_MATCH)
+            && !req.headers.contains_key(header::IF_MODIFIED_SINCE)
+            && !req.headers.contains_key(header::IF_UNMODIFIED_SINCE);
+        for _ in 0..ROUNDS {
+            let ticket = self.filler.start_mirror(
+                self.bucket,
+                self.key,
+                self.source.clone(),
+                self.limits,
+                plain_get,
+            );
+            let end = match ticket {
+                MirrorTicket::NotFound => FillEnd::NotFound,
+                MirrorTicket::Leader(events) => return self.lead(session, events).await,
+                MirrorTicket::Follower(end) => wait_for_end(end).await,
+            };
+            match end {
+                FillEnd::Stored => {
+                    if let Some(answer) = self.serve_stored(session).await? {
+                        return Ok(answer);
+                    }
+                }
+                // Over the size limit: this client streams its own uncached copy next round.
+                FillEnd::TooLarge => {}
+                other => return self.answer_failure(session, other).await,
+            }
+        }
+        self.answer_failure(session, FillEnd::OriginFailed).await
+    }
+
+    /// Serves the committed object like a hit; `None` if it is not (or no longer) there.
+    async fn serve_stored(&self, session: &mut Session) -> Result<Option<(RequestResult, u64)>> {
+        let object = self
+            .store
+            .open(&self.bucket.config.name, self.key)
+            .await
+            .map_err(|e| Error::because(ErrorType::InternalError, "opening mirrored object", e))?;
+        let Some(object) = object else {
+            return Ok(None);
+        };
+        let (_, written) = serve_hit(session, object, self.request_id).await?;
+        Ok(Some((RequestResult::Mirror, written)))
+    }
+
+    /// Streams the copy this request leads.
+    async fn lead(
+        &self,
+        session: &mut Session,
+        mut events: mpsc::Receiver<MirrorEvent>,
+    ) -> Result<(RequestResult, u64)> {
+        let head = match events.recv().await {
+            Some(MirrorEvent::Head(head)) => head,
+            Some(MirrorEvent::Failed(end)) => return self.answer_failure(session, end).await,
+            // Stored before it streamed anything (another copy committed it first).
+            Some(MirrorEvent::End) | None => {
+                let end = match self.filler.running_copy(self.bucket, self.key) {
+                    Some(end) => wait_for_end(end).await,
+                    None => FillEnd::Stored,
+                };
+                return match end {
+                    FillEnd::Stored => match self.serve_stored(session).await? {
+                        Some(answer) => Ok(answer),
+                        None => self.answer_failure(session, FillEnd::OriginFailed).await,
+                    },
+                    other => self.answer_failure(session, other).await,
+                };
+            }
+            Some(MirrorEvent::Chunk(_)) => {
+                return Error::e_explain(ErrorType::InternalError, "mirror body before its head")
+            }
+        };
+        session
+            .write_response_header(Box::new(self.head_header(&head)?), false)
+            .await?;
+        let mut sent = 0u64;
+        loop {
+            match events.recv().await {
+                Some(MirrorEvent::Chunk(chunk)) => {
+                    sent += chunk.len() as u64;
+                    session.write_response_body(Some(chunk), false).await?;
+                }
+                Some(MirrorEvent::End) => {
+                    session.write_response_body(None, true).await?;
+                    return Ok((RequestResult::Mirror, sent));
+                }
+                Some(MirrorEvent::Failed(end)) => {
+                    return Error::e_explain(
+                        ErrorType::ReadError,
+                        format!("the origin failed mid-body ({end:?}); the response is cut off"),
+                    )
+                }
+                Some(MirrorEvent::Head(_)) => {
+                    return Error::e_explain(ErrorType::InternalError, "second mirror head")
+                }
+                // Let go for being slower than the origin: the rest comes from the bucket.
+                None => return self.catch_up(session, sent).await,
+            }
+        }
+    }
+
+    /// After being let go: waits for the copy, then streams the object from `offset`.
+    async fn catch_up(&self, session: &mut Session, offset: u64) -> Result<(RequestResult, u64)> {
+        if let Some(end) = self.filler.running_copy(self.bucket, self.key) {
+            if wait_for_end(end).await != FillEnd::Stored {
+                return Error::e_explain(ErrorType::ReadError, "the mirrored copy failed");
+            }
+        }
+        let object = self
+            .store
+            .open(&self.bucket.config.name, self.key)
+            .await
+            .map_err(|e| Error::because(ErrorType::InternalError, "opening mirrored object", e))?;
+        let Some(mut object) = object else {
+            return Error::e_explain(ErrorType::ReadError, "the mirrored object is gone");
+        };
+        let size = object.meta().size;
+        if size < offset {
+            return Error::e_explain(ErrorType::ReadError, "the mirrored object changed");
+        }
+        let written = stream_range(session, object.as_mut(), offset..size).await?;
+        if size == offset {
+            session.write_response_body(None, true).await?;
+        }
+        Ok((RequestResult::Mirror, offset + written))
+    }
+
+    /// The header of a streamed miss: what a hit of the object will carry, minus the
+    /// validators not known before the body is complete.
+    fn head_header(&self, head: &MirrorHead) -> Result<pingora::http::ResponseHeader> {
+        let mut resp = response_header(StatusCode::OK, self.request_id)?;
+        let content_type = head
+            .object
+            .content_type
+            .as_deref()
+            .unwrap_or("application/octet-stream");
+        resp.insert_header(header::CONTENT_TYPE, content_type)?;
+        match head.length {
+            Some(length) => resp.insert_header(header::CONTENT_LENGTH, length)?,
+            // Pingora would otherwise send a body delimited by the close, where a cut-off body
+            // looks complete: chunked framing makes a failure mid-body visible to the client.
+            None => resp.insert_header(header::TRANSFER_ENCODING, "chunked")?,
+        }
+        for (name, value) in &head.object.headers {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                resp.insert_header(name.clone(), value)?;
+            }
+        }
+        Ok(resp)
+    }
+
+    /// HEAD on a miss: the origin's HEAD answer, stored nowhere.
+    async fn answer_head(&self, session: &mut Session) -> Result<(RequestResult, u64)> {
+        let mut path_and_query = self
+            .policy
+            .origin_path(self.source.folder.as_deref().unwrap_or(self.key.as_str()));
+        if let Some(query) = self
+            .source
+            .query
+            .as_deref()
+            .filter(|_| self.pull.pass_query_string)
+        {
+            path_and_query.push('?');
+            path_and_query.push_str(&safe_query(query));
+        }
+        let request = CopyRequest {
+            pull: self.pull,
+            policy: self.policy,
+            key: self.key,
+            path_and_query,
+        };
+        let (result, _) = head_object(self.filler.connector(), &request, self.limits).await;
+        let end = match result {
+            Ok(origin) if origin.status == StatusCode::OK => {
+                let object = crate::fill::copy::kept_object(&origin);
+                let length = origin
+                    .headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                let resp = self.head_header(&MirrorHead { object, length })?;
+                session.write_response_header(Box::new(resp), true).await?;
+                return Ok((RequestResult::Mirror, 0));
+            }
+            Ok(origin) if matches!(origin.status.as_u16(), 404 | 410) => FillEnd::NotFound,
+            Ok(_) => FillEnd::OriginFailed,
+            Err(e) => FillEnd::of_error(&e),
+        };
+        self.answer_failure(session, end).await
+    }
+
+    async fn answer_failure(
+        &self,
+        session: &mut Session,
+        end: FillEnd,
+    ) -> Result<(RequestResult, u64)> {
+        let (code, result) = match end {
+            FillEnd::NotFound => (ErrorCode::NoSuchKey, RequestResult::NotFound),
+            FillEnd::Timeout => (ErrorCode::GatewayTimeout, RequestResult::Error),
+            FillEnd::StoreFailed => (ErrorCode::InternalError, RequestResult::Error),
+            FillEnd::Stored | FillEnd::TooLarge | FillEnd::OriginFailed => {
+                (ErrorCode::BadGateway, RequestResult::Error)
+            }
+        };
+        let n = write_error(session, code, None, self.request_id, &[]).await?;
+        Ok((result, n))
+    }
+}
+
+/// Waits until the copy announces its end. The copy itself gives up on an origin silent for
+/// longer than `fill.read_timeout_ms`, so this wait is bounded by the origin's progress.
+async fn wait_for_end(mut end: watch::Receiver<Option<FillEnd>>) -> FillEnd {
+    loop {
+        if let Some(done) = *end.borrow_and_update() {
+            return done;
+        }
+        if end.changed().await.is_err() {
+            // The copy's task ended without a word (shutdown): nothing was stored by it.
+            return end.borrow().unwrap_or(FillEnd::OriginFailed);
+        }
+    }
+}
