@@ -18,7 +18,7 @@ use crate::key::{KeyError, ObjectKey, MAX_KEY_BYTES};
 use crate::metrics::{BucketMetrics, RequestResult};
 use crate::redirect::write_redirect;
 use crate::reload::ConfigHandle;
-use crate::respond::{write_error, ErrorCode};
+use crate::respond::{new_request_id, write_error, ErrorCode};
 use crate::route::Bucket;
 use crate::serve::{serve_hit, HitOutcome};
 use crate::store::{BucketStore, StoreError};
@@ -50,7 +50,7 @@ impl ProxyHttp for OriginPull {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            request_id: format!("{:016x}", rand::random::<u64>()),
+            request_id: new_request_id(),
             bucket: None,
             key: String::new(),
             result: RequestResult::Error,

@@ -21,6 +21,7 @@ pub enum ErrorCode {
     KeyTooLong,
     MethodNotAllowed,
     PreconditionFailed,
+    RequestHeaderSectionTooLarge,
     InternalError,
 }
 
@@ -31,6 +32,7 @@ impl ErrorCode {
             ErrorCode::InvalidUri | ErrorCode::KeyTooLong => StatusCode::BAD_REQUEST,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ErrorCode::RequestHeaderSectionTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -43,6 +45,7 @@ impl ErrorCode {
             ErrorCode::KeyTooLong => "KeyTooLongError",
             ErrorCode::MethodNotAllowed => "MethodNotAllowed",
             ErrorCode::PreconditionFailed => "PreconditionFailed",
+            ErrorCode::RequestHeaderSectionTooLarge => "RequestHeaderSectionTooLarge",
             ErrorCode::InternalError => "InternalError",
         }
     }
@@ -58,6 +61,9 @@ impl ErrorCode {
             }
             ErrorCode::PreconditionFailed => {
                 "At least one of the preconditions you specified did not hold."
+            }
+            ErrorCode::RequestHeaderSectionTooLarge => {
+                "Your request header section exceeds the maximum allowed size."
             }
             ErrorCode::InternalError => "We encountered an internal error. Please try again.",
         }
@@ -100,6 +106,11 @@ fn xml_escape(text: &str) -> String {
         }
     }
     out
+}
+
+/// A new request id, for `x-originpull-request-id` and the access log.
+pub fn new_request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 /// A response header with the headers every originpull response carries.

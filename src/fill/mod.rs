@@ -208,6 +208,11 @@ impl Filler {
         self.shared.lock().blocked(&id, Instant::now()).is_some()
     }
 
+    /// Whether no copy is running or waiting (a graceful stop waits for this).
+    pub fn is_idle(&self) -> bool {
+        self.shared.lock().running == 0
+    }
+
     fn spawn(&self, job: CopyJob) {
         let filler = self.clone();
         tokio::spawn(async move {
