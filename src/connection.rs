@@ -4,8 +4,9 @@
 //! [`ConnectionGate`] sits between a worker's listening socket and Pingora's HTTP/1 session.
 //! It reads each request head itself, with a deadline and a size limit, and hands Pingora
 //! exactly one complete head at a time; Pingora answers it and gives the connection back. So:
-//! - an idle connection holds no Pingora session and no request future, only the socket and
-//!   this loop (`docs/benchmarks.md`, idle connections);
+//! - an idle connection holds no Pingora session, no request future and no buffer, only the
+//!   socket and this loop (`docs/benchmarks.md`, idle connections): the response write buffer
+//!   exists only while a request is answered;
 //! - a head that is dripped or cut off never reaches Pingora, which would log it as an error;
 //! - pipelined requests are answered one after another, in order (RFC 9112 §9.3.2), because
 //!   the bytes after a head wait here until its response is written. Pingora 0.9.1 on its own
@@ -32,7 +33,7 @@ use pingora::protocols::{
     TimingDigest, UniqueID, UniqueIDType,
 };
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 use tokio::time::{timeout_at, Instant};
 
 use crate::config::ServerSettings;
@@ -41,6 +42,9 @@ use crate::respond::{error_xml, new_request_id, response_header, ErrorCode};
 
 /// Read buffer for the next head while a connection is idle; grown only for larger heads.
 const INITIAL_HEAD_BUFFER: usize = 1024;
+/// Response write buffer, while a request is answered: a response head plus a small body leave
+/// in one send instead of two. Larger writes bypass it.
+const WRITE_BUFFER: usize = 16 * 1024;
 /// Headers per request, as Pingora's parser allows (more is a 400 from Pingora).
 const MAX_HEADERS: usize = 256;
 /// After a 431 the rest of the client's head is read and dropped for at most this long, so the
@@ -244,7 +248,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
             };
             let head = conn.buf.split_to(head_len).freeze();
             let framed = FramedStream {
-                inner: conn.stream,
+                inner: BufWriter::with_capacity(WRITE_BUFFER, conn.stream),
                 head,
                 rest: conn.buf,
             };
@@ -253,10 +257,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
             let Some(reused) = reused else { return };
             let (stream, _settings) = reused.consume();
             // The stream is the one handed over above; anything else would be a Pingora change.
-            let Ok(framed) = stream.into_any().downcast::<FramedStream>() else {
+            let Ok(mut framed) = stream.into_any().downcast::<FramedStream>() else {
                 log::error!("Pingora returned a connection of an unexpected type; closing it");
                 return;
             };
+            // Pingora flushes a finished response; this only makes sure nothing is left behind.
+            if framed.flush().await.is_err() {
+                return;
+            }
             conn = framed.into_connection();
             first = false;
         }
@@ -407,10 +415,11 @@ fn large_head_response(resource: &str, request_id: &str) -> pingora::Result<RawR
 }
 
 /// The connection as Pingora sees it for one request: reads return the request's head first,
-/// then whatever was read after it (a body), then the socket. Writes go straight through.
+/// then whatever was read after it (a body), then the socket. Writes are buffered until Pingora
+/// flushes.
 #[derive(Debug)]
 struct FramedStream {
-    inner: Stream,
+    inner: BufWriter<Stream>,
     head: Bytes,
     rest: BytesMut,
 }
@@ -433,7 +442,10 @@ impl FramedStream {
         } else {
             std::mem::take(&mut rest)
         };
-        Connection { stream: inner, buf }
+        Connection {
+            stream: inner.into_inner(),
+            buf,
+        }
     }
 }
 
@@ -496,53 +508,56 @@ impl AsyncWrite for FramedStream {
 #[async_trait]
 impl Shutdown for FramedStream {
     async fn shutdown(&mut self) {
-        Shutdown::shutdown(self.inner.as_mut()).await
+        if let Err(e) = self.inner.flush().await {
+            log::debug!("flushing before shutdown: {e}");
+        }
+        Shutdown::shutdown(self.inner.get_mut().as_mut()).await
     }
 }
 
 impl UniqueID for FramedStream {
     fn id(&self) -> UniqueIDType {
-        self.inner.id()
+        self.inner.get_ref().id()
     }
 }
 
 impl Ssl for FramedStream {
     fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
-        self.inner.get_ssl_digest()
+        self.inner.get_ref().get_ssl_digest()
     }
 
     fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
-        self.inner.selected_alpn_proto()
+        self.inner.get_ref().selected_alpn_proto()
     }
 }
 
 impl GetTimingDigest for FramedStream {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
+        self.inner.get_ref().get_timing_digest()
     }
 
     fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
+        self.inner.get_ref().get_read_pending_time()
     }
 
     fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
+        self.inner.get_ref().get_write_pending_time()
     }
 }
 
 impl GetProxyDigest for FramedStream {
     fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
-        self.inner.get_proxy_digest()
+        self.inner.get_ref().get_proxy_digest()
     }
 }
 
 impl GetSocketDigest for FramedStream {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
+        self.inner.get_ref().get_socket_digest()
     }
 
     fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
-        self.inner.set_socket_digest(socket_digest)
+        self.inner.get_mut().set_socket_digest(socket_digest)
     }
 }
 

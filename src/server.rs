@@ -21,9 +21,6 @@ use crate::proxy::OriginPull;
 use crate::reload::{ConfigHandle, ReloadWatcher};
 use crate::store::{BucketStore, DiskStore, HotTier, HotTierLimits};
 
-/// Per-connection socket buffers of the data plane (Pingora's default read size).
-const READ_BUFFER: usize = 64 * 1024;
-const WRITE_BUFFER: usize = 16 * 1024;
 /// How often a graceful stop checks whether anything is still running.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
@@ -122,9 +119,10 @@ pub fn build(
         ));
         let gate = ConnectionGate::new(proxy, limits, connections.clone());
         let service = ListeningService::new(format!("originpull worker {worker}"), gate);
-        // A write buffer that holds a response head plus a small body, so a small hit leaves in
-        // one send instead of two (Pingora's default buffer is one MSS and flushes the head alone).
-        let buffers = L4BufferSettings::new(READ_BUFFER, WRITE_BUFFER);
+        // No socket buffers for the connection's whole life (Pingora's default is 64 KiB to read
+        // and one MSS to write): the gate buffers each request head and response itself, and
+        // only while the request runs, so an idle connection costs little memory.
+        let buffers = L4BufferSettings::unbuffered();
         server.add_service(WorkerListener::new(service, listen, buffers, worker));
     }
 
