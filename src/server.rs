@@ -95,7 +95,7 @@ pub fn build(
     let handle = ConfigHandle::new(config, config_path, &base_dir);
     server.add_service(background_service(
         "config reload",
-        ReloadWatcher(handle.clone()),
+        ReloadWatcher::new(handle.clone()),
     ));
 
     let app = OriginPull {
