@@ -84,12 +84,8 @@ impl ProxyHttp for OriginPull {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let connection_gone = matches!(
-            e.etype(),
-            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
-        );
         let mut error_code = 0;
-        if session.response_written().is_none() && !connection_gone {
+        if session.response_written().is_none() && !client_gone(e) {
             log::error!("request {} failed: {e}", ctx.request_id);
             session.set_keepalive(None);
             let rid = ctx.request_id.clone();
@@ -104,6 +100,16 @@ impl ProxyHttp for OriginPull {
             error_code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// A client that goes away mid-response is ordinary traffic: the access log records the
+    /// request (`result=error`), and only debug logging mentions it.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
+        let gone = client_gone(e);
+        if gone {
+            log::debug!("request {}: the client went away: {e}", ctx.request_id);
+        }
+        gone
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
@@ -222,6 +228,15 @@ impl OriginPull {
         let n = write_redirect(session, origin, &key, &rid).await?;
         Ok((RequestResult::Redirect, n))
     }
+}
+
+/// Whether `e` is the client's connection failing (reset, closed, unwritable); every request is
+/// answered from here, so no other connection is involved.
+fn client_gone(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+    )
 }
 
 fn request_has_body(session: &Session) -> bool {

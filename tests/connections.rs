@@ -391,3 +391,33 @@ async fn reload_counters_start_at_zero_and_copies_have_no_unrouted_series() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_client_leaving_mid_response_is_not_logged_as_an_error() {
+    let origin = TestOrigin::start();
+    let server =
+        Originpull::start(OriginpullConfig::new().with_bucket(BUCKET, &origin.authority()));
+    let size = 8 * 1024 * 1024;
+    store_through_a_copy(&server, &origin, "/big.bin", &generated_bytes(size)).await;
+
+    for _ in 0..3 {
+        let mut conn = RawConnection::connect(server.addr()).await.unwrap();
+        conn.send(get_request(&server.host(BUCKET), "/big.bin", "").as_bytes())
+            .await
+            .unwrap();
+        // Gone after the first bytes, long before 8 MiB could have been written.
+        assert!(!conn.closed_by_peer_within(Duration::from_secs(5)).await);
+    }
+    assert!(
+        server
+            .wait_for_stderr("result=error", Duration::from_secs(10))
+            .await,
+        "the cut-off responses were not logged:\n{}",
+        server.stderr_text()
+    );
+    assert!(
+        !server.stderr_text().contains("ERROR"),
+        "{}",
+        server.stderr_text()
+    );
+}
