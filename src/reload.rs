@@ -180,7 +180,13 @@ impl ReloadWatcher {
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for ReloadWatcher {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+    /// Ready once the watchers run: the listeners wait for this (see `server`), so a file
+    /// edited as soon as the server accepts connections is seen.
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: pingora::server::ShutdownWatch,
+        ready: pingora::services::ServiceReadyNotifier,
+    ) {
         let sighup = self
             .sighup
             .lock()
@@ -192,6 +198,7 @@ impl pingora::services::background::BackgroundService for ReloadWatcher {
                 self.handle.path.display()
             );
         }
+        ready.notify_ready();
         // The watchers run on their own threads; this service lives until shutdown so the
         // log does not report it as exited.
         let _ = shutdown.changed().await;

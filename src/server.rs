@@ -93,7 +93,7 @@ pub fn build(
     let metrics_listen = config.metrics_listen;
     let limits = ConnectionLimits::new(&config.server);
     let handle = ConfigHandle::new(config, config_path, &base_dir);
-    server.add_service(background_service(
+    let reload_watcher = server.add_service(background_service(
         "config reload",
         ReloadWatcher::new(handle.clone()),
     ));
@@ -123,7 +123,9 @@ pub fn build(
         // and one MSS to write): the gate buffers each request head and response itself, and
         // only while the request runs, so an idle connection costs little memory.
         let buffers = L4BufferSettings::unbuffered();
-        server.add_service(WorkerListener::new(service, listen, buffers, worker));
+        let worker = server.add_service(WorkerListener::new(service, listen, buffers, worker));
+        // Accepting connections means reloads are watched: a change right after is not missed.
+        worker.add_dependency(&reload_watcher);
     }
 
     if let Some(addr) = metrics_listen {
