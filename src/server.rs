@@ -123,9 +123,9 @@ pub fn build(
         // and one MSS to write): the gate buffers each request head and response itself, and
         // only while the request runs, so an idle connection costs little memory.
         let buffers = L4BufferSettings::unbuffered();
-        let worker = server.add_service(WorkerListener::new(service, listen, buffers, worker));
+        let listener = server.add_service(WorkerListener::new(service, listen, buffers, worker));
         // Accepting connections means reloads are watched: a change right after is not missed.
-        worker.add_dependency(&reload_watcher);
+        listener.add_dependency(&reload_watcher);
     }
 
     if let Some(addr) = metrics_listen {

@@ -25,9 +25,14 @@ fn start_with_grace_period(config: OriginpullConfig, secs: u64) -> Originpull {
     server
 }
 
-/// Has the origin serve `body` at `path` and waits until the bucket holds a copy of it.
-async fn store_through_a_copy(server: &Originpull, origin: &TestOrigin, path: &str, body: &[u8]) {
-    origin.route(path, Behavior::ok(body.to_vec()));
+/// Has the origin answer `path` with `behavior` and waits until the bucket holds a copy of it.
+async fn store_through_a_copy(
+    server: &Originpull,
+    origin: &TestOrigin,
+    path: &str,
+    behavior: Behavior,
+) {
+    origin.route(path, behavior);
     assert_eq!(get(server, BUCKET, path).await.status(), 302);
     assert!(
         wait_until(Duration::from_secs(10), || async {
@@ -48,7 +53,7 @@ async fn a_zero_length_suffix_range_is_416_on_get_and_head() {
     let server =
         Originpull::start(OriginpullConfig::new().with_bucket(BUCKET, &origin.authority()));
     let body = generated_bytes(5000);
-    store_through_a_copy(&server, &origin, "/five.bin", &body).await;
+    store_through_a_copy(&server, &origin, "/five.bin", Behavior::ok(body.clone())).await;
 
     for method in ["GET", "HEAD"] {
         let request = format!(
@@ -112,7 +117,13 @@ async fn pipelined_requests_are_all_answered_in_order() {
     origin.route("/missing.txt", Behavior::status(404));
     let server =
         Originpull::start(OriginpullConfig::new().with_bucket(BUCKET, &origin.authority()));
-    store_through_a_copy(&server, &origin, "/hit.txt", b"hello, pipeline").await;
+    store_through_a_copy(
+        &server,
+        &origin,
+        "/hit.txt",
+        Behavior::ok("hello, pipeline"),
+    )
+    .await;
     let host = server.host(BUCKET);
 
     let mut conn = RawConnection::connect(server.addr()).await.unwrap();
@@ -397,15 +408,16 @@ async fn a_client_leaving_mid_response_is_not_logged_as_an_error() {
     let origin = TestOrigin::start();
     let server =
         Originpull::start(OriginpullConfig::new().with_bucket(BUCKET, &origin.authority()));
-    let size = 8 * 1024 * 1024;
-    store_through_a_copy(&server, &origin, "/big.bin", &generated_bytes(size)).await;
+    // Larger than loopback's socket buffers, so the server's writes must fail.
+    let size = 64 * 1024 * 1024;
+    store_through_a_copy(&server, &origin, "/big.bin", Behavior::generated(size)).await;
 
     for _ in 0..3 {
         let mut conn = RawConnection::connect(server.addr()).await.unwrap();
         conn.send(get_request(&server.host(BUCKET), "/big.bin", "").as_bytes())
             .await
             .unwrap();
-        // Gone after the first bytes, long before 8 MiB could have been written.
+        // Gone after the first bytes, long before 64 MiB could have been written.
         assert!(!conn.closed_by_peer_within(Duration::from_secs(5)).await);
     }
     assert!(
