@@ -6,7 +6,7 @@
 //! never name files directly (the disk store hashes them), so this parser is about what a valid
 //! key is, not about file system safety; the store does not rely on it for that.
 
-use percent_encoding::{percent_decode, percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{percent_decode, percent_encode, AsciiSet, CONTROLS, NON_ALPHANUMERIC};
 
 /// S3's limit on key length, in bytes of UTF-8.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -45,9 +45,10 @@ const PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b':')
     .remove(b'@');
 
-/// Bytes kept as they are in a query string copied into a redirect: the path set plus `?`, and
-/// `%` so that the client's own escapes pass through unchanged.
-const QUERY_KEEP: &AsciiSet = &PATH_KEEP.remove(b'?').remove(b'%');
+/// Bytes encoded in a query string copied into a redirect: only those a header value cannot
+/// carry (controls and space; non-ASCII bytes are always encoded). Everything else, `%` and
+/// `{}` included, passes through as the client sent it.
+const QUERY_ENCODE: &AsciiSet = &CONTROLS.add(b' ');
 
 /// What a request path names: an object, or a folder (`/`, or a path ending in `/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,10 +159,11 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
-/// Re-encodes a request's query string for a redirect: bytes that may not appear in a URL
-/// (CR, LF, spaces, quotes, non-ASCII) are percent-encoded; the client's escapes are kept.
+/// A request's query string for a redirect, byte for byte except the bytes a header cannot carry
+/// (controls such as CR and LF, space, non-ASCII), which are percent-encoded. The client's own
+/// escapes are never touched, so a signed origin URL stays valid.
 pub fn safe_query(query: &str) -> String {
-    percent_encode(query.as_bytes(), QUERY_KEEP).to_string()
+    percent_encode(query.as_bytes(), QUERY_ENCODE).to_string()
 }
 
 fn percent_escapes_are_complete(bytes: &[u8]) -> bool {
@@ -278,5 +280,21 @@ mod tests {
     fn query_keeps_escapes_and_encodes_unsafe_bytes() {
         assert_eq!(safe_query("a=1&b=%20"), "a=1&b=%20");
         assert_eq!(safe_query("a=\r\nSet-Cookie: x"), "a=%0D%0ASet-Cookie:%20x");
+    }
+
+    #[test]
+    fn query_passes_through_byte_for_byte() {
+        for query in [
+            "q={a}",
+            "q=%7Ba%7D",
+            "sig=ab+c/d==&exp=1&x=%2F%2f",
+            "a=\"b\"&c=<d>|^`\\",
+            "100%&%zz",
+            "?a=b?c",
+        ] {
+            assert_eq!(safe_query(query), query);
+        }
+        assert_eq!(safe_query("q=\u{7f}\t\u{0}"), "q=%7F%09%00");
+        assert_eq!(safe_query("q=中"), "q=%E4%B8%AD");
     }
 }

@@ -7,10 +7,11 @@
 //! for redirects and copies alike, which origin and path a key is pulled from; [`proxy`] ties them into
 //! Pingora, [`respond`] writes errors and the common headers, [`metrics`] and [`access_log`]
 //! record what happened, [`reload`] swaps configurations, [`server`] starts it all, with one
-//! [`listener`] per worker thread.
+//! [`listener`] per worker thread and a [`connection`] gate in front of each request.
 
 pub mod access_log;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod fill;
 pub mod key;

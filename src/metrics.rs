@@ -2,14 +2,14 @@
 //! exports them beside process metrics. Names and labels here are the operators' contract.
 //!
 //! `bucket` label values come only from the configuration; requests for unknown hosts share the
-//! one `bucket=""` series so a scanner cannot create new series.
+//! one `bucket=""` request series so a scanner cannot create new series.
 
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec,
+    register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, Gauge, Histogram, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 /// How a request was answered: the `result` label of `originpull_requests_total`.
@@ -114,6 +114,8 @@ pub struct Metrics {
     pub config_last_reload_successful: Gauge,
     pub origin_up: IntGaugeVec,
     pub origin_fills: IntCounterVec,
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounter,
 }
 
 // The macros only fail on a duplicate or malformed name, which is a bug caught by any test run.
@@ -184,8 +186,23 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["bucket", "origin", "outcome"]
         )
         .expect("register originpull_origin_fills_total"),
+        connections_open: register_int_gauge!(
+            "originpull_connections_open",
+            "Client connections open now."
+        )
+        .expect("register originpull_connections_open"),
+        connections_refused: register_int_counter!(
+            "originpull_connections_refused_total",
+            "Client connections closed at once because server.max_connections were open."
+        )
+        .expect("register originpull_connections_refused_total"),
     };
     m.config_last_reload_successful.set(1.0);
+    // Both outcomes exported from zero, so an alert on `increase(...{outcome="error"})` works
+    // before the first reload.
+    for outcome in ["ok", "error"] {
+        m.config_reloads.with_label_values(&[outcome]);
+    }
     m
 });
 
@@ -196,11 +213,37 @@ pub fn init() {
     LazyLock::force(&METRICS);
 }
 
+/// The request series of one `bucket` label value.
+pub struct RequestMetrics {
+    requests: Vec<IntCounter>,
+    response_bytes: IntCounter,
+}
+
+impl RequestMetrics {
+    fn new(bucket: &str) -> RequestMetrics {
+        let m = &*METRICS;
+        RequestMetrics {
+            // Created up front: every series is exported from zero, so rates work from the start.
+            requests: RequestResult::ALL
+                .iter()
+                .map(|r| m.requests.with_label_values(&[bucket, r.as_str()]))
+                .collect(),
+            response_bytes: m.response_bytes.with_label_values(&[bucket]),
+        }
+    }
+
+    pub fn count_request(&self, result: RequestResult, body_bytes: u64) {
+        self.requests[result as usize].inc();
+        if body_bytes > 0 {
+            self.response_bytes.inc_by(body_bytes);
+        }
+    }
+}
+
 /// One bucket's series, resolved once per configuration generation so that a request does
 /// not hash label values and take the registry's lock.
 pub struct BucketMetrics {
-    requests: Vec<IntCounter>,
-    response_bytes: IntCounter,
+    requests: RequestMetrics,
     fills: Vec<IntCounter>,
     pub fill_bytes: IntCounter,
     pub fill_duration: Histogram,
@@ -210,12 +253,7 @@ impl BucketMetrics {
     pub fn new(bucket: &str) -> BucketMetrics {
         let m = &*METRICS;
         BucketMetrics {
-            // Created up front: every series is exported from zero, so rates work from the start.
-            requests: RequestResult::ALL
-                .iter()
-                .map(|r| m.requests.with_label_values(&[bucket, r.as_str()]))
-                .collect(),
-            response_bytes: m.response_bytes.with_label_values(&[bucket]),
+            requests: RequestMetrics::new(bucket),
             fills: FillOutcome::ALL
                 .iter()
                 .map(|o| m.fills.with_label_values(&[bucket, o.as_str()]))
@@ -226,16 +264,14 @@ impl BucketMetrics {
     }
 
     /// The series for requests whose host matched no bucket: one `bucket=""` for all of them.
-    pub fn unrouted() -> &'static BucketMetrics {
-        static UNROUTED: LazyLock<BucketMetrics> = LazyLock::new(|| BucketMetrics::new(""));
+    /// Request series only: copies always belong to a bucket.
+    pub fn unrouted() -> &'static RequestMetrics {
+        static UNROUTED: LazyLock<RequestMetrics> = LazyLock::new(|| RequestMetrics::new(""));
         &UNROUTED
     }
 
     pub fn count_request(&self, result: RequestResult, body_bytes: u64) {
-        self.requests[result as usize].inc();
-        if body_bytes > 0 {
-            self.response_bytes.inc_by(body_bytes);
-        }
+        self.requests.count_request(result, body_bytes);
     }
 
     pub fn count_fill(&self, outcome: FillOutcome) {

@@ -21,7 +21,7 @@ use crate::mirror::MirrorMiss;
 use crate::origin_choice::Origin;
 use crate::redirect::{location, write_redirect};
 use crate::reload::ConfigHandle;
-use crate::respond::{write_error, ErrorCode};
+use crate::respond::{new_request_id, write_error, ErrorCode};
 use crate::route::Bucket;
 use crate::serve::{serve_hit, HitOutcome};
 use crate::store::{BucketStore, StoreError};
@@ -55,7 +55,7 @@ impl ProxyHttp for OriginPull {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            request_id: format!("{:016x}", rand::random::<u64>()),
+            request_id: new_request_id(),
             bucket: None,
             key: String::new(),
             origin: None,
@@ -90,12 +90,8 @@ impl ProxyHttp for OriginPull {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let connection_gone = matches!(
-            e.etype(),
-            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
-        );
         let mut error_code = 0;
-        if session.response_written().is_none() && !connection_gone {
+        if session.response_written().is_none() && !client_gone(e) {
             log::error!("request {} failed: {e}", ctx.request_id);
             session.set_keepalive(None);
             let rid = ctx.request_id.clone();
@@ -110,6 +106,16 @@ impl ProxyHttp for OriginPull {
             error_code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// A client that goes away mid-response is ordinary traffic: the access log records the
+    /// request (`result=error`), and only debug logging mentions it.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
+        let gone = client_gone(e);
+        if gone {
+            log::debug!("request {}: the client went away: {e}", ctx.request_id);
+        }
+        gone
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
@@ -302,6 +308,15 @@ impl OriginPull {
         let n = write_redirect(session, policy.redirect_code, target, &rid).await?;
         Ok((RequestResult::Redirect, n))
     }
+}
+
+/// Whether `e` is the client's connection failing (reset, closed, unwritable); every request is
+/// answered from here, so no other connection is involved.
+fn client_gone(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+    )
 }
 
 fn request_has_body(session: &Session) -> bool {

@@ -9,11 +9,12 @@
 //! values.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
+use signal_hook::iterator::Signals;
 
 use crate::config::{Config, ConfigErrors};
 use crate::metrics::METRICS;
@@ -100,21 +101,23 @@ impl ConfigHandle {
         }
     }
 
-    /// Starts the SIGHUP and file watchers on their own threads; they run for the process's life.
-    /// Called from [`ReloadWatcher`], after Pingora has daemonized (threads do not survive a fork).
-    pub fn watch(&self) -> std::io::Result<()> {
+    /// Starts the SIGHUP (when `sighup` is registered) and file watchers on their own threads;
+    /// they run for the process's life. Called from [`ReloadWatcher`], after Pingora has
+    /// daemonized (threads do not survive a fork).
+    pub fn watch(&self, sighup: Option<Signals>) -> std::io::Result<()> {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
 
-        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
-        let sighup_tx = tx.clone();
-        std::thread::Builder::new()
-            .name("originpull-sighup".into())
-            .spawn(move || {
-                for _ in signals.forever() {
-                    log::info!("SIGHUP: reloading configuration");
-                    let _ = sighup_tx.send(());
-                }
-            })?;
+        if let Some(mut signals) = sighup {
+            let sighup_tx = tx.clone();
+            std::thread::Builder::new()
+                .name("originpull-sighup".into())
+                .spawn(move || {
+                    for _ in signals.forever() {
+                        log::info!("SIGHUP: reloading configuration");
+                        let _ = sighup_tx.send(());
+                    }
+                })?;
+        }
 
         let file = self.path.clone();
         let dir = match file.parent() {
@@ -158,17 +161,50 @@ impl ConfigHandle {
 }
 
 /// Pingora background service that starts the reload watchers once the server runs.
-pub struct ReloadWatcher(pub ConfigHandle);
+pub struct ReloadWatcher {
+    handle: ConfigHandle,
+    sighup: Mutex<Option<Signals>>,
+}
+
+impl ReloadWatcher {
+    /// Takes SIGHUP over at once, before the server starts: a SIGHUP arriving before the
+    /// watchers run then waits for them instead of ending the process (its default action).
+    pub fn new(handle: ConfigHandle) -> ReloadWatcher {
+        let sighup = match Signals::new([signal_hook::consts::SIGHUP]) {
+            Ok(signals) => Some(signals),
+            Err(e) => {
+                log::error!("cannot handle SIGHUP ({e}); only file changes will reload");
+                None
+            }
+        };
+        ReloadWatcher {
+            handle,
+            sighup: Mutex::new(sighup),
+        }
+    }
+}
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for ReloadWatcher {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        if let Err(e) = self.0.watch() {
+    /// Ready once the watchers run: the listeners wait for this (see `server`), so a file
+    /// edited as soon as the server accepts connections is seen.
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: pingora::server::ShutdownWatch,
+        ready: pingora::services::ServiceReadyNotifier,
+    ) {
+        let sighup = self
+            .sighup
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Err(e) = self.handle.watch(sighup) {
             log::error!(
                 "cannot watch {} for reloads ({e}); SIGHUP and file changes will not reload it",
-                self.0.path.display()
+                self.handle.path.display()
             );
         }
+        ready.notify_ready();
         // The watchers run on their own threads; this service lives until shutdown so the
         // log does not report it as exited.
         let _ = shutdown.changed().await;

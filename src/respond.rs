@@ -21,6 +21,7 @@ pub enum ErrorCode {
     KeyTooLong,
     MethodNotAllowed,
     PreconditionFailed,
+    RequestHeaderSectionTooLarge,
     InternalError,
     /// Mirror mode: the origin failed (5xx, unreachable, TLS, a cut-off answer).
     BadGateway,
@@ -35,6 +36,7 @@ impl ErrorCode {
             ErrorCode::InvalidUri | ErrorCode::KeyTooLong => StatusCode::BAD_REQUEST,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ErrorCode::RequestHeaderSectionTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorCode::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -49,6 +51,7 @@ impl ErrorCode {
             ErrorCode::KeyTooLong => "KeyTooLongError",
             ErrorCode::MethodNotAllowed => "MethodNotAllowed",
             ErrorCode::PreconditionFailed => "PreconditionFailed",
+            ErrorCode::RequestHeaderSectionTooLarge => "RequestHeaderSectionTooLarge",
             ErrorCode::InternalError => "InternalError",
             ErrorCode::BadGateway => "BadGateway",
             ErrorCode::GatewayTimeout => "GatewayTimeout",
@@ -66,6 +69,9 @@ impl ErrorCode {
             }
             ErrorCode::PreconditionFailed => {
                 "At least one of the preconditions you specified did not hold."
+            }
+            ErrorCode::RequestHeaderSectionTooLarge => {
+                "Your request header section exceeds the maximum allowed size."
             }
             ErrorCode::InternalError => "We encountered an internal error. Please try again.",
             ErrorCode::BadGateway => "The origin of this bucket failed to provide the object.",
@@ -115,6 +121,10 @@ fn xml_escape(text: &str) -> String {
 /// Carries each response's request id; a copy that sees it in an origin's answer has reached
 /// an originpull (a loop).
 pub const REQUEST_ID_HEADER: &str = "x-originpull-request-id";
+/// A new request id, for `x-originpull-request-id` and the access log.
+pub fn new_request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
 
 /// A response header with the headers every originpull response carries.
 pub fn response_header(status: StatusCode, request_id: &str) -> Result<ResponseHeader> {

@@ -62,6 +62,12 @@ pub async fn serve_hit(
         0..0
     } else {
         match range_header_filter(req, &mut resp, Some(2)) {
+            // `bytes=-0` asks for the last zero bytes: Pingora makes it an empty 206, but no
+            // byte of it exists, so it is unsatisfiable (RFC 9110 §14.1.2).
+            RangeType::Single(r) if r.is_empty() => {
+                make_unsatisfiable(&mut resp, meta.size)?;
+                0..0
+            }
             RangeType::Single(r) => r.start as u64..r.end as u64,
             RangeType::Invalid => 0..0,
             // Unreachable with a limit of 2: Pingora answers several ranges with `None`.
@@ -96,6 +102,22 @@ pub fn object_headers(meta: &ObjectMeta, request_id: &str) -> Result<ResponseHea
         }
     }
     Ok(resp)
+}
+
+/// Turns `resp` into the 416 Pingora's range filter writes for an unsatisfiable range: no body,
+/// `Content-Range: bytes */SIZE`, and none of the body's headers.
+fn make_unsatisfiable(resp: &mut ResponseHeader, size: u64) -> Result<()> {
+    resp.set_status(StatusCode::RANGE_NOT_SATISFIABLE)?;
+    resp.insert_header(header::CONTENT_LENGTH, 0)?;
+    resp.insert_header(header::CONTENT_RANGE, format!("bytes */{size}"))?;
+    for name in [
+        header::ACCEPT_RANGES,
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+    ] {
+        resp.remove_header(&name);
+    }
+    Ok(())
 }
 
 /// If-Match (strong comparison) and If-Unmodified-Since, evaluated as RFC 9110 §13.2.2 orders.

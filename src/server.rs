@@ -1,5 +1,6 @@
 //! Start-up: turns a validated [`Config`] into a running Pingora server with the data plane,
-//! the Prometheus endpoint, the bucket store, the copy scheduler and the reload watchers.
+//! the Prometheus endpoint, the bucket store, the copy scheduler and the reload watchers; and
+//! the end of a graceful stop, as soon as no request or copy is left running.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,10 +8,13 @@ use std::time::Duration;
 
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service as ListeningService;
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
+use crate::connection::{ConnectionCounts, ConnectionGate, ConnectionLimits};
 use crate::fill::Filler;
 use crate::listener::{check_address_free, WorkerListener};
 use crate::origin_choice::probe::OriginProbes;
@@ -18,9 +22,8 @@ use crate::proxy::OriginPull;
 use crate::reload::{ConfigHandle, LiveConfig, ReloadWatcher};
 use crate::store::{BucketStore, DiskStore, HotTier, HotTierLimits};
 
-/// Per-connection socket buffers of the data plane (Pingora's default read size).
-const READ_BUFFER: usize = 64 * 1024;
-const WRITE_BUFFER: usize = 16 * 1024;
+/// How often a graceful stop checks whether anything is still running.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// Process flags Pingora itself understands.
 #[derive(Debug, Clone, Copy, Default)]
@@ -89,13 +92,14 @@ pub fn build(
     let listen = config.listen;
     let threads = config.server.threads;
     let metrics_listen = config.metrics_listen;
+    let limits = ConnectionLimits::new(&config.server);
     let live = LiveConfig::new(config).map_err(StartError::Config)?;
     let handle = ConfigHandle::new(live, config_path, &base_dir);
-    server.add_service(pingora::services::background::background_service(
+    let reload_watcher = server.add_service(background_service(
         "config reload",
-        ReloadWatcher(handle.clone()),
+        ReloadWatcher::new(handle.clone()),
     ));
-    server.add_service(pingora::services::background::background_service(
+    server.add_service(background_service(
         "origin probes",
         OriginProbes(handle.clone()),
     ));
@@ -106,16 +110,28 @@ pub fn build(
         store,
         access_log: Arc::new(access_log),
     };
+    let connections = Arc::new(ConnectionCounts::default());
+    server.add_service(background_service(
+        "exit when idle",
+        ExitWhenIdle {
+            connections: connections.clone(),
+            filler: app.filler.clone(),
+        },
+    ));
     for worker in 0..threads {
-        let proxy = pingora::proxy::http_proxy_service_with_name(
+        let proxy = Arc::new(pingora::proxy::http_proxy(
             &server.configuration,
             app.clone(),
-            &format!("originpull worker {worker}"),
-        );
-        // A write buffer that holds a response head plus a small body, so a small hit leaves in
-        // one send instead of two (Pingora's default buffer is one MSS and flushes the head alone).
-        let buffers = L4BufferSettings::new(READ_BUFFER, WRITE_BUFFER);
-        server.add_service(WorkerListener::new(proxy, listen, buffers, worker));
+        ));
+        let gate = ConnectionGate::new(proxy, limits, connections.clone());
+        let service = ListeningService::new(format!("originpull worker {worker}"), gate);
+        // No socket buffers for the connection's whole life (Pingora's default is 64 KiB to read
+        // and one MSS to write): the gate buffers each request head and response itself, and
+        // only while the request runs, so an idle connection costs little memory.
+        let buffers = L4BufferSettings::unbuffered();
+        let listener = server.add_service(WorkerListener::new(service, listen, buffers, worker));
+        // Accepting connections means reloads are watched: a change right after is not missed.
+        listener.add_dependency(&reload_watcher);
     }
 
     if let Some(addr) = metrics_listen {
@@ -124,6 +140,30 @@ pub fn build(
         server.add_service(prometheus);
     }
     Ok(server)
+}
+
+/// Ends a graceful stop (SIGTERM, or the old process of an upgrade) as soon as no request is
+/// being received or answered and no copy is running or waiting. Pingora itself would sleep
+/// through the whole `grace_period_secs`; idle keep-alive connections are simply closed.
+struct ExitWhenIdle {
+    connections: Arc<ConnectionCounts>,
+    filler: Filler,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for ExitWhenIdle {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if shutdown.wait_for(|stopping| *stopping).await.is_err() {
+            return;
+        }
+        loop {
+            if self.connections.busy() == 0 && self.filler.is_idle() {
+                log::info!("graceful stop: no request or copy is running; exiting");
+                std::process::exit(0);
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
 }
 
 /// Why the server could not start, worded for the operator.

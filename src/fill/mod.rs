@@ -352,6 +352,11 @@ impl Filler {
             .map(|tx| tx.subscribe())
     }
 
+    /// Whether no copy is running or waiting (a graceful stop waits for this).
+    pub fn is_idle(&self) -> bool {
+        self.shared.lock().running == 0
+    }
+
     fn spawn(&self, job: CopyJob) {
         let filler = self.clone();
         tokio::spawn(async move {

@@ -1,0 +1,601 @@
+//! Client connections from accept to close: the connection cap, the idle keep-alive timeout,
+//! the time and size limits on a request head, and the framing of pipelined requests.
+//!
+//! [`ConnectionGate`] sits between a worker's listening socket and Pingora's HTTP/1 session.
+//! It reads each request head itself, with a deadline and a size limit, and hands Pingora
+//! exactly one complete head at a time; Pingora answers it and gives the connection back. So:
+//! - an idle connection holds no Pingora session, no request future and no buffer, only the
+//!   socket and this loop (`docs/benchmarks.md`, idle connections): the response write buffer
+//!   exists only while a request is answered;
+//! - a head that is dripped or cut off never reaches Pingora, which would log it as an error;
+//! - pipelined requests are answered one after another, in order (RFC 9112 §9.3.2), because
+//!   the bytes after a head wait here until its response is written. Pingora 0.9.1 on its own
+//!   answers the first and then closes the connection.
+//!
+//! The head's end is found with `httparse`, the parser Pingora uses, and where it rejects the
+//! request line Pingora's own rule (the first blank line) is followed, so both always agree on
+//! where a request ends.
+
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{header, StatusCode};
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
+use tokio::time::{timeout_at, Instant};
+
+use crate::config::ServerSettings;
+use crate::metrics::{BucketMetrics, RequestResult, METRICS};
+use crate::respond::{error_xml, new_request_id, response_header, ErrorCode};
+
+/// Read buffer for the next head while a connection is idle; grown only for larger heads.
+const INITIAL_HEAD_BUFFER: usize = 1024;
+/// Response write buffer, while a request is answered: a response head plus a small body leave
+/// in one send instead of two. Larger writes bypass it.
+const WRITE_BUFFER: usize = 16 * 1024;
+/// Headers per request, as Pingora's parser allows (more is a 400 from Pingora).
+const MAX_HEADERS: usize = 256;
+/// After a 431 the rest of the client's head is read and dropped for at most this long, so the
+/// close does not reset the connection before the client has read the answer.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+/// At most one warning per this many seconds while connections are being refused.
+const REFUSAL_WARNING_EVERY_SECS: u64 = 10;
+
+/// The `server:` settings that govern connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub keepalive_timeout: Duration,
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+}
+
+impl ConnectionLimits {
+    pub fn new(server: &ServerSettings) -> ConnectionLimits {
+        ConnectionLimits {
+            keepalive_timeout: Duration::from_secs(server.keepalive_timeout_secs),
+            header_timeout: Duration::from_secs(server.header_timeout_secs),
+            max_header_bytes: server.max_header_bytes,
+            max_connections: server.max_connections,
+        }
+    }
+}
+
+/// Counts shared by every worker: open connections (for the cap) and connections busy with a
+/// request (for a graceful stop, which waits only for those).
+#[derive(Debug, Default)]
+pub struct ConnectionCounts {
+    open: AtomicUsize,
+    busy: AtomicUsize,
+    last_refusal_warning: AtomicU64,
+}
+
+impl ConnectionCounts {
+    /// Connections receiving a request head or being answered; idle keep-alive connections
+    /// are not counted.
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    fn try_open(self: &Arc<Self>, max: usize) -> Option<OpenGuard> {
+        let admitted = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .is_ok();
+        if !admitted {
+            return None;
+        }
+        METRICS.connections_open.inc();
+        Some(OpenGuard(self.clone()))
+    }
+
+    fn enter_busy(self: &Arc<Self>) -> BusyGuard {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        BusyGuard(self.clone())
+    }
+
+    /// Warns at most every [`REFUSAL_WARNING_EVERY_SECS`]: refusals come in floods.
+    fn warn_refusal(&self, max: usize) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_refusal_warning.load(Ordering::Relaxed);
+        if now >= last + REFUSAL_WARNING_EVERY_SECS
+            && self
+                .last_refusal_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            log::warn!(
+                "server.max_connections ({max}) connections are open: closing new connections \
+                 at once (see originpull_connections_refused_total)"
+            );
+        }
+    }
+}
+
+struct OpenGuard(Arc<ConnectionCounts>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        METRICS.connections_open.dec();
+    }
+}
+
+struct BusyGuard(Arc<ConnectionCounts>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A worker's connection handling in front of Pingora's HTTP app `A` (see the module doc).
+pub struct ConnectionGate<A> {
+    app: Arc<A>,
+    limits: ConnectionLimits,
+    counts: Arc<ConnectionCounts>,
+}
+
+impl<A> ConnectionGate<A> {
+    pub fn new(
+        app: Arc<A>,
+        limits: ConnectionLimits,
+        counts: Arc<ConnectionCounts>,
+    ) -> ConnectionGate<A> {
+        ConnectionGate {
+            app,
+            limits,
+            counts,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let Some(_open) = self.counts.try_open(self.limits.max_connections) else {
+            // Dropping the stream closes it: the cheapest answer while overloaded.
+            METRICS.connections_refused.inc();
+            self.counts.warn_refusal(self.limits.max_connections);
+            return None;
+        };
+        self.serve(stream, shutdown).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.app.http_cleanup().await;
+    }
+}
+
+/// How waiting for a request head ended, when it did not yield one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoHead {
+    /// The client closed (or reset) the connection.
+    Closed,
+    /// Idle past the keep-alive timeout, or the head took longer than the header timeout.
+    TimedOut,
+    /// The server is stopping and the connection was idle.
+    ShuttingDown,
+    /// The head is larger than `max_header_bytes`.
+    TooLarge,
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
+    /// Serves requests on one connection until it closes.
+    async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let accepted = Instant::now();
+        let mut conn = Connection {
+            stream,
+            buf: BytesMut::new(),
+        };
+        let mut first = true;
+        loop {
+            // A new connection must deliver its first head within the header timeout; a reused
+            // one may idle for the keep-alive timeout, then has the header timeout for the head.
+            let idle_until = if first {
+                accepted + self.limits.header_timeout
+            } else {
+                Instant::now() + self.limits.keepalive_timeout
+            };
+            if conn.buf.is_empty() {
+                if let Err(why) = conn.wait_for_bytes(idle_until, shutdown).await {
+                    log::debug!("closing idle connection: {why:?}");
+                    return;
+                }
+            }
+            let _busy = self.counts.enter_busy();
+            let head_deadline = if first {
+                idle_until
+            } else {
+                Instant::now() + self.limits.header_timeout
+            };
+            let head_len = match conn
+                .read_head(head_deadline, self.limits.max_header_bytes)
+                .await
+            {
+                Ok(len) => len,
+                Err(NoHead::TooLarge) => {
+                    conn.refuse_large_head(self.limits.max_header_bytes).await;
+                    return;
+                }
+                Err(why) => {
+                    // Normal internet traffic (scanners, clients giving up): not an error.
+                    log::debug!("closing connection before a whole request head: {why:?}");
+                    return;
+                }
+            };
+            let head = conn.buf.split_to(head_len).freeze();
+            let framed = FramedStream {
+                inner: BufWriter::with_capacity(WRITE_BUFFER, conn.stream),
+                head,
+                rest: conn.buf,
+            };
+            let session = ServerSession::new_http1(Box::new(framed));
+            let reused = self.app.process_new_http(session, shutdown).await;
+            let Some(reused) = reused else { return };
+            let (stream, _settings) = reused.consume();
+            // The stream is the one handed over above; anything else would be a Pingora change.
+            let Ok(mut framed) = stream.into_any().downcast::<FramedStream>() else {
+                log::error!("Pingora returned a connection of an unexpected type; closing it");
+                return;
+            };
+            // Pingora flushes a finished response; this only makes sure nothing is left behind.
+            if framed.flush().await.is_err() {
+                return;
+            }
+            conn = framed.into_connection();
+            first = false;
+        }
+    }
+}
+
+/// A connection between requests: the socket and the bytes read past the last head.
+struct Connection {
+    stream: Stream,
+    buf: BytesMut,
+}
+
+impl Connection {
+    /// Waits until the client sends something, the idle deadline passes, or the server stops.
+    async fn wait_for_bytes(
+        &mut self,
+        until: Instant,
+        shutdown: &ShutdownWatch,
+    ) -> Result<(), NoHead> {
+        let mut stopping = shutdown.clone();
+        if *stopping.borrow() {
+            return Err(NoHead::ShuttingDown);
+        }
+        tokio::select! {
+            biased;
+            read = self.read_more(until) => read,
+            _ = stopping.wait_for(|stop| *stop) => Err(NoHead::ShuttingDown),
+        }
+    }
+
+    /// Reads until `buf` starts with a whole request head; returns its length.
+    async fn read_head(&mut self, deadline: Instant, max_bytes: usize) -> Result<usize, NoHead> {
+        loop {
+            if let Some(len) = head_length(&self.buf) {
+                return if len > max_bytes {
+                    Err(NoHead::TooLarge)
+                } else {
+                    Ok(len)
+                };
+            }
+            if self.buf.len() > max_bytes {
+                return Err(NoHead::TooLarge);
+            }
+            self.read_more(deadline).await?;
+        }
+    }
+
+    /// One read into `buf`, growing it as a head needs.
+    async fn read_more(&mut self, deadline: Instant) -> Result<(), NoHead> {
+        if self.buf.capacity() == self.buf.len() {
+            self.buf.reserve(self.buf.len().max(INITIAL_HEAD_BUFFER));
+        }
+        match timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+            Err(_) => Err(NoHead::TimedOut),
+            Ok(Ok(0)) | Ok(Err(_)) => Err(NoHead::Closed),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// Answers 431 with the XML error and closes. The head is not parsed any further.
+    async fn refuse_large_head(mut self, max_bytes: usize) {
+        let request_id = new_request_id();
+        let resource = request_target(&self.buf);
+        log::debug!(
+            "request {request_id}: head larger than server.max_header_bytes ({max_bytes}); 431"
+        );
+        let Ok(response) = large_head_response(&resource, &request_id) else {
+            return;
+        };
+        BucketMetrics::unrouted().count_request(RequestResult::BadRequest, response.body_len);
+        if self.stream.write_all(&response.bytes).await.is_err() {
+            return;
+        }
+        let _ = self.stream.flush().await;
+        let _ = AsyncWriteExt::shutdown(&mut self.stream).await;
+        // Read what the client still sends: closing with unread bytes would reset the
+        // connection and could destroy the answer before the client reads it.
+        let mut sink = [0u8; 4096];
+        let until = Instant::now() + LINGER;
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            match timeout_at(until, self.stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+    }
+}
+
+/// The length of the request head at the start of `buf`, if it is all there. A head that
+/// `httparse` refuses is framed as Pingora frames it: when the request line has characters
+/// Pingora escapes and parses again, the head ends at the first blank line; any other error
+/// gives Pingora everything read, so it answers 400 and closes.
+fn head_length(buf: &[u8]) -> Option<usize> {
+    if buf.is_empty() {
+        return None;
+    }
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    match request.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(len)) => Some(len),
+        Ok(httparse::Status::Partial) => None,
+        Err(httparse::Error::Token | httparse::Error::Version) => buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|end| end + 4),
+        Err(_) => Some(buf.len()),
+    }
+}
+
+/// The request target of a head, for the error's `<Resource>` (empty if not yet readable).
+fn request_target(buf: &[u8]) -> String {
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    let target = line.split(|b| *b == b' ').nth(1).unwrap_or_default();
+    String::from_utf8_lossy(target).into_owned()
+}
+
+struct RawResponse {
+    bytes: BytesMut,
+    body_len: u64,
+}
+
+/// The complete 431 response, with the common headers and the XML body.
+fn large_head_response(resource: &str, request_id: &str) -> pingora::Result<RawResponse> {
+    let code = ErrorCode::RequestHeaderSectionTooLarge;
+    let body = error_xml(code, None, resource, request_id);
+    let mut resp = response_header(code.status(), request_id)?;
+    resp.insert_header(header::CONTENT_TYPE, "application/xml")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(header::CONNECTION, "close")?;
+    let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    let mut bytes = BytesMut::with_capacity(256 + body.len());
+    bytes.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or_default()
+        )
+        .as_bytes(),
+    );
+    resp.header_to_h1_wire(&mut bytes);
+    bytes.extend_from_slice(b"\r\n");
+    bytes.extend_from_slice(body.as_bytes());
+    Ok(RawResponse {
+        bytes,
+        body_len: body.len() as u64,
+    })
+}
+
+/// The connection as Pingora sees it for one request: reads return the request's head first,
+/// then whatever was read after it (a body), then the socket. Writes are buffered until Pingora
+/// flushes.
+#[derive(Debug)]
+struct FramedStream {
+    inner: BufWriter<Stream>,
+    head: Bytes,
+    rest: BytesMut,
+}
+
+impl FramedStream {
+    /// Back to a connection between requests, keeping unread bytes (the next pipelined head).
+    fn into_connection(self) -> Connection {
+        let FramedStream {
+            inner,
+            head,
+            mut rest,
+        } = self;
+        let buf = if !head.is_empty() {
+            let mut buf = BytesMut::from(&head[..]);
+            buf.extend_from_slice(&rest);
+            buf
+        } else if rest.is_empty() {
+            // Release the last head's buffer while the connection idles.
+            BytesMut::new()
+        } else {
+            std::mem::take(&mut rest)
+        };
+        Connection {
+            stream: inner.into_inner(),
+            buf,
+        }
+    }
+}
+
+/// Moves as much of `pending` (contiguous bytes) into `buf` as fits.
+fn serve_from(pending: &mut impl Buf, buf: &mut ReadBuf<'_>) {
+    let n = pending.chunk().len().min(buf.remaining());
+    buf.put_slice(&pending.chunk()[..n]);
+    pending.advance(n);
+}
+
+impl AsyncRead for FramedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.head.is_empty() {
+            serve_from(&mut this.head, buf);
+            return Poll::Ready(Ok(()));
+        }
+        if !this.rest.is_empty() {
+            serve_from(&mut this.rest, buf);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for FramedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for FramedStream {
+    async fn shutdown(&mut self) {
+        if let Err(e) = self.inner.flush().await {
+            log::debug!("flushing before shutdown: {e}");
+        }
+        Shutdown::shutdown(self.inner.get_mut().as_mut()).await
+    }
+}
+
+impl UniqueID for FramedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.get_ref().id()
+    }
+}
+
+impl Ssl for FramedStream {
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ref().get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+        self.inner.get_ref().selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for FramedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_ref().get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_ref().get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_ref().get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for FramedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_ref().get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for FramedStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_ref().get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
+        self.inner.get_mut().set_socket_digest(socket_digest)
+    }
+}
+
+impl Peek for FramedStream {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_end_of_one_head_among_pipelined_requests() {
+        let one = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut two = one.to_vec();
+        two.extend_from_slice(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(head_length(one), Some(one.len()));
+        assert_eq!(head_length(&two), Some(one.len()));
+        assert_eq!(head_length(b"GET /a HTTP/1.1\r\nHost: x\r\n"), None);
+        assert_eq!(head_length(b""), None);
+        let bare_lf = b"GET /a HTTP/1.1\nHost: x\n\n";
+        let mut then_more = bare_lf.to_vec();
+        then_more.extend_from_slice(b"GET");
+        assert_eq!(head_length(&then_more), Some(bare_lf.len()));
+    }
+
+    #[test]
+    fn frames_refused_heads_as_pingora_does() {
+        // A request line with a byte Pingora escapes: the head ends at the first blank line.
+        let escaped = b"GET /a?q=\x7f HTTP/1.1\r\nHost: x\r\n\r\nGET /b";
+        assert_eq!(head_length(escaped), Some(escaped.len() - 6));
+        assert_eq!(head_length(b"GET /a?q=\x7f HTTP/1.1\r\nHost: x\r\n"), None);
+        // Anything else malformed goes to Pingora whole, to be answered 400.
+        let bad = b"GET /a HTTP/1.1\r\nHo st: x\r\n\r\n";
+        assert_eq!(head_length(bad), Some(bad.len()));
+    }
+
+    #[test]
+    fn reads_the_target_for_the_error_resource() {
+        assert_eq!(request_target(b"GET /a?b HTTP/1.1\r\nX: y"), "/a?b");
+        assert_eq!(request_target(b"GET"), "");
+    }
+}
