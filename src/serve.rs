@@ -55,25 +55,7 @@ pub async fn serve_hit(
         return Ok((HitOutcome::NotModified, 0));
     }
 
-    // Pingora's range filter mishandles an empty body; an empty object has no ranges to serve.
-    // Allowing at most one range: a multi-range request gets the whole object, as RFC 9110 permits.
-    let range = if meta.size == 0 {
-        resp.insert_header(header::ACCEPT_RANGES, "bytes")?;
-        0..0
-    } else {
-        match range_header_filter(req, &mut resp, Some(2)) {
-            // `bytes=-0` asks for the last zero bytes: Pingora makes it an empty 206, but no
-            // byte of it exists, so it is unsatisfiable (RFC 9110 §14.1.2).
-            RangeType::Single(r) if r.is_empty() => {
-                make_unsatisfiable(&mut resp, meta.size)?;
-                0..0
-            }
-            RangeType::Single(r) => r.start as u64..r.end as u64,
-            RangeType::Invalid => 0..0,
-            // Unreachable with a limit of 2: Pingora answers several ranges with `None`.
-            RangeType::None | RangeType::Multi(_) => 0..meta.size,
-        }
-    };
+    let range = byte_range(req, &mut resp, meta.size)?;
 
     let is_head = req.method == Method::HEAD;
     if is_head || range.is_empty() {
@@ -83,6 +65,34 @@ pub async fn serve_hit(
     session.write_response_header(Box::new(resp), false).await?;
     let written = stream_range(session, object.as_mut(), range).await?;
     Ok((HitOutcome::Served, written))
+}
+
+/// The bytes of an object of `size` that a request's `Range` asks for, with `resp` turned into
+/// the matching 206 or 416 (or left a 200 for the whole object). An empty range means no body.
+pub fn byte_range(
+    req: &RequestHeader,
+    resp: &mut ResponseHeader,
+    size: u64,
+) -> Result<std::ops::Range<u64>> {
+    // Pingora's range filter mishandles an empty body; an empty object has no ranges to serve.
+    // Allowing at most one range: a multi-range request gets the whole object, as RFC 9110 permits.
+    Ok(if size == 0 {
+        resp.insert_header(header::ACCEPT_RANGES, "bytes")?;
+        0..0
+    } else {
+        match range_header_filter(req, resp, Some(2)) {
+            // `bytes=-0` asks for the last zero bytes: Pingora makes it an empty 206, but no
+            // byte of it exists, so it is unsatisfiable (RFC 9110 §14.1.2).
+            RangeType::Single(r) if r.is_empty() => {
+                make_unsatisfiable(resp, size)?;
+                0..0
+            }
+            RangeType::Single(r) => r.start as u64..r.end as u64,
+            RangeType::Invalid => 0..0,
+            // Unreachable with a limit of 2: Pingora answers several ranges with `None`.
+            RangeType::None | RangeType::Multi(_) => 0..size,
+        }
+    })
 }
 
 /// The 200 header for an object: size, type, validators and the origin headers it kept.

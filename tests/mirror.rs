@@ -312,9 +312,11 @@ async fn a_rule_may_mirror_some_keys_of_a_redirect_bucket() {
 #[tokio::test]
 async fn a_reload_from_redirect_to_mirror_under_load_fails_no_request() {
     let origin = TestOrigin::start();
-    for i in 0..2000 {
+    const KEYS: usize = 20_000;
+    for i in 0..KEYS {
         origin.route(&format!("/k/{i}"), Behavior::ok(format!("object {i}")));
     }
+    origin.route("/probe", Behavior::ok(b"probe".to_vec()));
     let mut server = Originpull::start(OriginpullConfig::new().with_bucket_yaml(&format!(
         "name: {BUCKET}\norigin_pull:\n  enabled: true\n  origin: '{}'\n",
         origin.authority()
@@ -329,7 +331,7 @@ async fn a_reload_from_redirect_to_mirror_under_load_fails_no_request() {
             let client = http_client();
             let (mut redirected, mut mirrored, mut failed) = (0, 0, 0);
             let mut i = c;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) && i < 2000 {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && i < KEYS {
                 let response = client
                     .get(format!("{base}/k/{i}"))
                     .header("host", &host)
@@ -353,7 +355,12 @@ async fn a_reload_from_redirect_to_mirror_under_load_fails_no_request() {
         "name: {BUCKET}\norigin_pull:\n  enabled: true\n  mode: mirror\n  origin: '{}'\n",
         origin.authority()
     )));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let switched = wait_until(WAIT, || async {
+        get(&server, BUCKET, "/probe").await.status() == 200
+    })
+    .await;
+    assert!(switched, "the reload did not switch to mirror mode");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (mut redirected, mut mirrored, mut failed) = (0, 0, 0);
     for client in clients {
