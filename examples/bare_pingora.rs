@@ -1,0 +1,90 @@
+//! The floor of originpull's stack, for `benches/side_by_side.sh`: a bare Pingora `ProxyHttp`
+//! that answers every request from `request_filter` with a constant response, as originpull
+//! answers a 302 or a small hit, with nothing of originpull's own (no routing, key parsing,
+//! store, metrics or access log). Same thread count as the originpull it is compared with.
+//!
+//! `cargo run --release --example bare_pingora -- MODE LISTEN THREADS`, MODE `302` (a redirect
+//! with an empty body) or `4k` (a 4 KiB body), e.g. `302 127.0.0.1:8090 2`.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+
+struct Constant {
+    status: u16,
+    body: Bytes,
+}
+
+#[async_trait]
+impl ProxyHttp for Constant {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn request_filter(&self, session: &mut Session, _: &mut ()) -> Result<bool> {
+        let mut resp = ResponseHeader::build(self.status, Some(4))?;
+        resp.insert_header("server", "bare-pingora")?;
+        resp.insert_header("content-length", self.body.len())?;
+        if self.status == 302 {
+            resp.insert_header("location", "http://origin.example.com/1.jpg")?;
+            resp.insert_header("cache-control", "no-store")?;
+        } else {
+            resp.insert_header("content-type", "application/octet-stream")?;
+        }
+        let empty = self.body.is_empty();
+        session.write_response_header(Box::new(resp), empty).await?;
+        if !empty {
+            session
+                .write_response_body(Some(self.body.clone()), true)
+                .await?;
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
+        Error::e_explain(ErrorType::InternalError, "answers every request itself")
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(mode), Some(listen), Some(threads)) = (args.get(1), args.get(2), args.get(3)) else {
+        eprintln!("usage: bare_pingora 302|4k LISTEN THREADS");
+        std::process::exit(2);
+    };
+    let Ok(threads) = threads.parse::<usize>() else {
+        eprintln!("THREADS must be a number");
+        std::process::exit(2);
+    };
+    let app = match mode.as_str() {
+        "302" => Constant {
+            status: 302,
+            body: Bytes::new(),
+        },
+        "4k" => Constant {
+            status: 200,
+            body: Bytes::from(vec![b'x'; 4096]),
+        },
+        other => {
+            eprintln!("unknown mode {other}; use 302 or 4k");
+            std::process::exit(2);
+        }
+    };
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    let mut service = pingora::proxy::http_proxy_service(&server.configuration, app);
+    service.add_tcp(listen);
+    server.add_service(service);
+    server.run_forever();
+}
