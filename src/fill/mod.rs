@@ -175,6 +175,16 @@ impl Schedule {
                 }
             }
         }
+        // A scanner asking for millions of missing keys must not grow this table without
+        // bound: past the cap, the entries closest to expiry go first.
+        while self.failed_until.len() >= MAX_REMEMBERED_FAILURES {
+            let Some((expiry, key)) = self.expiries.pop_front() else {
+                break;
+            };
+            if self.failed_until.get(&key).map(|(until, _)| until) == Some(&expiry) {
+                self.failed_until.remove(&key);
+            }
+        }
         if let Some(until) = now.checked_add(ttl) {
             self.failed_until.insert(id.clone(), (until, end));
             self.expiries.push_back((until, id.clone()));
@@ -197,6 +207,10 @@ pub enum MirrorTicket {
     /// The origin said within the negative TTL that the key does not exist.
     NotFound,
 }
+
+/// Keys whose failed copy is remembered (negative cache) at most: about 100 bytes each, so
+/// the table stays under ~10 MiB whatever a scanner asks for.
+const MAX_REMEMBERED_FAILURES: usize = 100_000;
 
 /// Body chunks buffered for a mirror client before it is let go to catch up from the bucket
 /// (16 × the origin's read size, a few MiB at most).
@@ -547,5 +561,40 @@ impl Shared {
         self.schedule
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::route::Routes;
+
+    #[test]
+    fn the_negative_cache_is_capped() {
+        let config = Config::parse(
+            "listen: 127.0.0.1:1\ndata_dir: d\ndomain_suffix: a.example\nbuckets:\n  - name: b-1\n",
+        )
+        .unwrap();
+        let routes = Routes::new(&config).unwrap();
+        let bucket = routes.buckets().next().unwrap().clone();
+        let mut schedule = Schedule::default();
+        let now = Instant::now();
+        let ttl = Duration::from_secs(60);
+        for i in 0..MAX_REMEMBERED_FAILURES + 1000 {
+            let key = ObjectKey::from_request_path(&format!("/k{i}")).unwrap();
+            schedule.remember_failure(&CopyKey::new(&bucket, &key), FillEnd::NotFound, now, ttl);
+        }
+        assert_eq!(schedule.failed_until.len(), MAX_REMEMBERED_FAILURES);
+        // The newest are kept, the oldest went first.
+        let newest =
+            ObjectKey::from_request_path(&format!("/k{}", MAX_REMEMBERED_FAILURES + 999)).unwrap();
+        let oldest = ObjectKey::from_request_path("/k0").unwrap();
+        assert!(schedule
+            .recent_failure(&CopyKey::new(&bucket, &newest), now)
+            .is_some());
+        assert!(schedule
+            .recent_failure(&CopyKey::new(&bucket, &oldest), now)
+            .is_none());
     }
 }

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Scanner benchmark (issue #13), all on 127.0.0.1: a client asks for KEYS distinct missing keys
+# (1,000,000 by default) well within fill.negative_ttl_secs, against an nginx origin that
+# answers 404 to everything. Every miss is redirected and asks for a copy, so each per-key table
+# (single flight, copy queue, negative cache) is pushed to its cap. Prints originpull's peak
+# RSS (target: under 128 MiB) and the requests by status.
+#
+# Usage: benches/scanner.sh   (KEYS=1000000 by default). Needs nginx, wrk and curl.
+set -euo pipefail
+
+KEYS=${KEYS:-1000000}
+REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
+log() { echo "[scanner] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1 || { log "installing $2"; apt-get install -y -qq "$2" >/dev/null; }; }
+need nginx nginx
+need wrk wrk
+need curl curl
+NGINX_BIN=$(command -v nginx)
+if [ -n "${ORIGINPULL_BIN:-}" ]; then OP_BIN=$ORIGINPULL_BIN; else
+  (cd "$REPO_ROOT" && cargo build --release -q); OP_BIN="$REPO_ROOT/target/release/originpull"; fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/originpull-scan.XXXXXX"); chmod 755 "$WORK"
+OP_PID=""
+cleanup() {
+  if [ -n "$OP_PID" ]; then kill "$OP_PID" 2>/dev/null || true; wait "$OP_PID" 2>/dev/null || true; fi
+  if [ -f "$WORK/nginx.pid" ]; then "$NGINX_BIN" -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+ORIGIN_PORT=$(free_port); OP_PORT=$(free_port); METRICS_PORT=$(free_port)
+USER_LINE=""; [ "$(id -u)" = 0 ] && USER_LINE="user root;"
+cat >"$WORK/nginx.conf" <<EOF
+$USER_LINE
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/tmp-body; proxy_temp_path $WORK/tmp-proxy;
+  fastcgi_temp_path $WORK/tmp-fcgi; uwsgi_temp_path $WORK/tmp-uwsgi; scgi_temp_path $WORK/tmp-scgi;
+  server { listen 127.0.0.1:$ORIGIN_PORT; location / { return 404; } }
+}
+EOF
+"$NGINX_BIN" -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
+mkdir -p "$WORK/data"
+cat >"$WORK/originpull.yaml" <<EOF
+listen: 127.0.0.1:$OP_PORT
+metrics_listen: 127.0.0.1:$METRICS_PORT
+data_dir: $WORK/data
+domain_suffix: bench.local
+access_log: off
+server: {threads: 2, grace_period_secs: 0, graceful_shutdown_timeout_secs: 1}
+fill: {negative_ttl_secs: 3600}
+buckets:
+  - name: bench-1250000000
+    origin_pull: {enabled: true, origin: '127.0.0.1:$ORIGIN_PORT'}
+EOF
+RUST_LOG=error "$OP_BIN" -c "$WORK/originpull.yaml" >>"$WORK/originpull.log" 2>&1 &
+OP_PID=$!
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$OP_PORT/" && break; sleep 0.1; done
+
+THREADS=2
+cat >"$WORK/scan.lua" <<EOF
+local per_thread = math.floor($KEYS / $THREADS)
+local counter = 0
+local id = 0
+setup = function(thread) thread:set("id", counter); counter = counter + 1 end
+init = function() n = 0 end
+request = function()
+  n = n + 1
+  if n > per_thread then wrk.thread:stop() end
+  return wrk.format("GET", "/scan/" .. id .. "/" .. n .. ".php", {Host = "bench-1250000000.bench.local"})
+end
+EOF
+before=$(rss_kib "$OP_PID"); peak=$before
+wrk -t"$THREADS" -c64 -d600s -s "$WORK/scan.lua" "http://127.0.0.1:$OP_PORT/" >"$WORK/wrk.txt" 2>&1 &
+WRK_PID=$!
+while kill -0 "$WRK_PID" 2>/dev/null; do
+  r=$(rss_kib "$OP_PID"); [ "$r" -gt "$peak" ] && peak=$r; sleep 0.2
+done
+sleep 2; r=$(rss_kib "$OP_PID"); [ "$r" -gt "$peak" ] && peak=$r
+metrics=$(curl -s "http://127.0.0.1:$METRICS_PORT/metrics")
+echo "## Scanner: $KEYS distinct missing keys ($(nproc) cores, $(uname -r))"
+echo
+echo "| metric | value | target |"
+echo "|---|---|---|"
+echo "| RSS before (MiB) | $(( before / 1024 )) | |"
+echo "| peak RSS (MiB) | $(( peak / 1024 )) | < 128 |"
+echo "$metrics" | awk '/^originpull_requests_total\{bucket="bench-1250000000"/ && $2 > 0 {print "| requests " $1 " | " $2 " | |"}'
+echo "$metrics" | awk '/^originpull_fills_total\{bucket="bench-1250000000"/ && $2 > 0 {print "| fills " $1 " | " $2 " | |"}'
+grep -E "Requests/sec" "$WORK/wrk.txt" | awk '{print "| wrk requests/s | " $2 " | |"}'
