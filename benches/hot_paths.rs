@@ -3,8 +3,10 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use originpull::config::{parse_origin, Config};
+use originpull::cors::CorsReply;
 use originpull::key::ObjectKey;
 use originpull::redirect::location;
+use originpull::respond::Reply;
 use originpull::route::Routes;
 use originpull::serve::object_headers;
 use originpull::store::{BucketStore, DiskStore, NewObject};
@@ -80,8 +82,17 @@ fn hot_paths(c: &mut Criterion) {
             .meta()
             .clone()
     });
+    let reply = Reply::new("0123456789abcdef".into());
     c.bench_function("serve/hit_headers", |b| {
-        b.iter(|| object_headers(black_box(&meta), "0123456789abcdef"))
+        b.iter(|| object_headers(black_box(&meta), &reply))
+    });
+    // A bucket with CORS rules, a request without Origin: only `Vary: Origin` is added.
+    let cors_reply = Reply {
+        cors: CorsReply::VaryOnly,
+        ..reply.clone()
+    };
+    c.bench_function("serve/hit_headers_cors_bucket_no_origin", |b| {
+        b.iter(|| object_headers(black_box(&meta), &cors_reply))
     });
 }
 

@@ -4,12 +4,13 @@
 //!
 //! The request's path through the modules: [`config`] → [`route`] → [`key`] → [`serve`] (hit)
 //! or [`redirect`] (miss) → [`fill`] (background copy) → [`store`]; [`proxy`] ties them into
-//! Pingora, [`respond`] writes errors and the common headers, [`metrics`] and [`access_log`]
+//! Pingora, [`respond`] writes errors and the common headers (with [`cors`]'s), [`metrics`] and [`access_log`]
 //! record what happened, [`reload`] swaps configurations, [`server`] starts it all, with one
 //! [`listener`] per worker thread.
 
 pub mod access_log;
 pub mod config;
+pub mod cors;
 pub mod demo;
 pub mod fill;
 pub mod key;

@@ -22,10 +22,14 @@ pub enum RequestResult {
     BadRequest,
     MethodNotAllowed,
     Error,
+    /// An `OPTIONS` preflight a CORS rule allowed.
+    Preflight,
+    /// An `OPTIONS` preflight no CORS rule allowed (403).
+    CorsForbidden,
 }
 
 impl RequestResult {
-    pub const ALL: [RequestResult; 8] = [
+    pub const ALL: [RequestResult; 10] = [
         RequestResult::Hit,
         RequestResult::NotModified,
         RequestResult::Redirect,
@@ -34,6 +38,8 @@ impl RequestResult {
         RequestResult::BadRequest,
         RequestResult::MethodNotAllowed,
         RequestResult::Error,
+        RequestResult::Preflight,
+        RequestResult::CorsForbidden,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +52,8 @@ impl RequestResult {
             RequestResult::BadRequest => "bad_request",
             RequestResult::MethodNotAllowed => "method_not_allowed",
             RequestResult::Error => "error",
+            RequestResult::Preflight => "preflight",
+            RequestResult::CorsForbidden => "cors_forbidden",
         }
     }
 }

@@ -13,12 +13,13 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::cors::{answer_preflight, CorsReply};
 use crate::fill::Filler;
 use crate::key::{KeyError, ObjectKey, MAX_KEY_BYTES};
 use crate::metrics::{BucketMetrics, RequestResult};
 use crate::redirect::write_redirect;
 use crate::reload::ConfigHandle;
-use crate::respond::{write_error, ErrorCode};
+use crate::respond::{write_error, ErrorCode, Reply};
 use crate::route::Bucket;
 use crate::serve::{serve_hit, HitOutcome};
 use crate::store::{BucketStore, StoreError};
@@ -35,7 +36,8 @@ pub struct OriginPull {
 /// What one request became, for `logging`.
 pub struct RequestCtx {
     started: Instant,
-    request_id: String,
+    /// The request id, and the CORS headers once routed: what every response carries.
+    reply: Reply,
     /// `None` when the host matched no bucket.
     bucket: Option<Arc<Bucket>>,
     key: String,
@@ -50,7 +52,7 @@ impl ProxyHttp for OriginPull {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            request_id: format!("{:016x}", rand::random::<u64>()),
+            reply: Reply::new(format!("{:016x}", rand::random::<u64>())),
             bucket: None,
             key: String::new(),
             result: RequestResult::Error,
@@ -90,10 +92,9 @@ impl ProxyHttp for OriginPull {
         );
         let mut error_code = 0;
         if session.response_written().is_none() && !connection_gone {
-            log::error!("request {} failed: {e}", ctx.request_id);
+            log::error!("request {} failed: {e}", ctx.reply.request_id);
             session.set_keepalive(None);
-            let rid = ctx.request_id.clone();
-            if write_error(session, ErrorCode::InternalError, None, &rid, &[])
+            if write_error(session, ErrorCode::InternalError, None, &ctx.reply, &[])
                 .await
                 .is_ok()
             {
@@ -137,7 +138,7 @@ impl ProxyHttp for OriginPull {
             result: ctx.result.as_str(),
             bytes: ctx.body_bytes,
             duration: ctx.started.elapsed(),
-            request_id: &ctx.request_id,
+            request_id: &ctx.reply.request_id,
         });
     }
 }
@@ -151,14 +152,18 @@ impl OriginPull {
     ) -> Result<(RequestResult, u64)> {
         // One configuration generation for the whole request, even if a reload lands meanwhile.
         let live = self.config.current();
-        let rid = ctx.request_id.clone();
 
         let Some(bucket) = live.routes.bucket_for(session.req_header()).cloned() else {
-            let n = write_error(session, ErrorCode::NoSuchBucket, None, &rid, &[]).await?;
+            let n = write_error(session, ErrorCode::NoSuchBucket, None, &ctx.reply, &[]).await?;
             return Ok((RequestResult::NoSuchBucket, n));
         };
         ctx.bucket = Some(bucket.clone());
+        ctx.reply.cors = CorsReply::for_request(&bucket.config.cors, session.req_header());
         let name = bucket.config.name.as_str();
+
+        if session.req_header().method == Method::OPTIONS {
+            return answer_preflight(session, &bucket.config.cors, &mut ctx.reply).await;
+        }
 
         let method = &session.req_header().method;
         if method != Method::GET && method != Method::HEAD {
@@ -167,7 +172,14 @@ impl OriginPull {
                 session.set_keepalive(None);
             }
             let allow = [(header::ALLOW, "GET, HEAD")];
-            let n = write_error(session, ErrorCode::MethodNotAllowed, None, &rid, &allow).await?;
+            let n = write_error(
+                session,
+                ErrorCode::MethodNotAllowed,
+                None,
+                &ctx.reply,
+                &allow,
+            )
+            .await?;
             return Ok((RequestResult::MethodNotAllowed, n));
         }
 
@@ -181,7 +193,7 @@ impl OriginPull {
                         format!("Keys are at most {MAX_KEY_BYTES} bytes."),
                     ),
                 };
-                let n = write_error(session, code, Some(&detail), &rid, &[]).await?;
+                let n = write_error(session, code, Some(&detail), &ctx.reply, &[]).await?;
                 return Ok((RequestResult::BadRequest, n));
             }
         };
@@ -192,7 +204,7 @@ impl OriginPull {
         if !known_missing {
             match self.store.open(name, &key).await {
                 Ok(Some(object)) => {
-                    let (outcome, n) = serve_hit(session, object, &rid).await?;
+                    let (outcome, n) = serve_hit(session, object, &ctx.reply).await?;
                     let result = match outcome {
                         HitOutcome::Served | HitOutcome::PreconditionFailed => RequestResult::Hit,
                         HitOutcome::NotModified => RequestResult::NotModified,
@@ -204,14 +216,15 @@ impl OriginPull {
                 Err(StoreError::Corrupt(why)) => log::error!("bucket {name}: {why}"),
                 Err(e) => {
                     log::error!("bucket {name}: opening {:?}: {e}", key.as_str());
-                    let n = write_error(session, ErrorCode::InternalError, None, &rid, &[]).await?;
+                    let n = write_error(session, ErrorCode::InternalError, None, &ctx.reply, &[])
+                        .await?;
                     return Ok((RequestResult::Error, n));
                 }
             }
         }
 
         let Some(origin) = &bucket.config.origin else {
-            let n = write_error(session, ErrorCode::NoSuchKey, None, &rid, &[]).await?;
+            let n = write_error(session, ErrorCode::NoSuchKey, None, &ctx.reply, &[]).await?;
             return Ok((RequestResult::NotFound, n));
         };
         // HEAD asks about the object without wanting it: it is redirected but not copied.
@@ -219,7 +232,7 @@ impl OriginPull {
             self.filler
                 .start_copy_after_redirect(&bucket, origin, &key, &live.config.fill);
         }
-        let n = write_redirect(session, origin, &key, &rid).await?;
+        let n = write_redirect(session, origin, &key, &ctx.reply).await?;
         Ok((RequestResult::Redirect, n))
     }
 }

@@ -11,7 +11,7 @@ use pingora::Result;
 
 use crate::config::OriginAddr;
 use crate::key::{safe_query, ObjectKey};
-use crate::respond::{response_header, write_complete};
+use crate::respond::{response_header, write_complete, Reply};
 
 /// The redirect target for `key` at `origin`.
 pub fn location(origin: &OriginAddr, key: &ObjectKey, query: Option<&str>) -> String {
@@ -33,10 +33,10 @@ pub async fn write_redirect(
     session: &mut Session,
     origin: &OriginAddr,
     key: &ObjectKey,
-    request_id: &str,
+    reply: &Reply,
 ) -> Result<u64> {
     let target = location(origin, key, session.req_header().uri.query());
-    let mut resp = response_header(StatusCode::FOUND, request_id)?;
+    let mut resp = response_header(StatusCode::FOUND, reply)?;
     resp.insert_header(header::LOCATION, target)?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
     write_complete(session, resp, Bytes::new()).await

@@ -13,7 +13,7 @@ use pingora::protocols::http::conditional_filter::{
 use pingora::proxy::{range_header_filter, RangeType, Session};
 use pingora::{Error, ErrorType, Result};
 
-use crate::respond::{response_header, write_error, ErrorCode};
+use crate::respond::{response_header, write_error, ErrorCode, Reply};
 use crate::store::{ObjectMeta, StoredObject};
 
 /// Bytes read from the store and written to the client per step.
@@ -32,21 +32,14 @@ pub enum HitOutcome {
 pub async fn serve_hit(
     session: &mut Session,
     mut object: Box<dyn StoredObject>,
-    request_id: &str,
+    reply: &Reply,
 ) -> Result<(HitOutcome, u64)> {
     let meta = object.meta().clone();
-    let mut resp = object_headers(&meta, request_id)?;
+    let mut resp = object_headers(&meta, reply)?;
     let req = session.req_header();
 
     if precondition_fails(req, &meta) {
-        let written = write_error(
-            session,
-            ErrorCode::PreconditionFailed,
-            None,
-            request_id,
-            &[],
-        )
-        .await?;
+        let written = write_error(session, ErrorCode::PreconditionFailed, None, reply, &[]).await?;
         return Ok((HitOutcome::PreconditionFailed, written));
     }
     if not_modified_filter(req, &resp) {
@@ -80,8 +73,8 @@ pub async fn serve_hit(
 }
 
 /// The 200 header for an object: size, type, validators and the origin headers it kept.
-pub fn object_headers(meta: &ObjectMeta, request_id: &str) -> Result<ResponseHeader> {
-    let mut resp = response_header(StatusCode::OK, request_id)?;
+pub fn object_headers(meta: &ObjectMeta, reply: &Reply) -> Result<ResponseHeader> {
+    let mut resp = response_header(StatusCode::OK, reply)?;
     resp.insert_header(header::CONTENT_LENGTH, meta.size)?;
     resp.insert_header(header::CONTENT_TYPE, meta.content_type.as_str())?;
     resp.insert_header(header::ETAG, meta.etag_header())?;

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use serde_yaml::Value;
 
+use super::cors::{parse_cors, CorsRule};
 use super::errors::Errors;
 use super::origins::{parse_origin, OriginAddr, HINT};
 use super::section::Section;
@@ -14,9 +15,11 @@ pub struct BucketConfig {
     pub name: String,
     /// `None` when origin-pull is disabled.
     pub origin: Option<OriginAddr>,
+    /// CORS rules, first match wins; empty when the bucket has no `cors`.
+    pub cors: Vec<CorsRule>,
 }
 
-const BUCKET_KEYS: &[&str] = &["name", "origin_pull"];
+const BUCKET_KEYS: &[&str] = &["name", "origin_pull", "cors"];
 const ORIGIN_PULL_KEYS: &[&str] = &["enabled", "origin"];
 
 pub(crate) fn parse_buckets(top: &Section<'_>, errors: &mut Errors) -> Vec<BucketConfig> {
@@ -59,7 +62,8 @@ pub(crate) fn parse_buckets(top: &Section<'_>, errors: &mut Errors) -> Vec<Bucke
             );
         }
         let origin = parse_origin_pull(&bucket, errors);
-        buckets.push(BucketConfig { name, origin });
+        let cors = parse_cors(&bucket, errors);
+        buckets.push(BucketConfig { name, origin, cors });
     }
     buckets
 }
