@@ -106,10 +106,16 @@ impl Allowed {
     }
 }
 
-/// Answers an `OPTIONS` preflight: `200` with the rule's methods, the requested headers and its
-/// max age and no body when a rule allows it; `403 AccessForbidden` (S3's CORSResponse) when
-/// none does or the bucket has no rules; `400` when it is not a preflight at all (no `Origin`
-/// or no `Access-Control-Request-Method`), as S3 answers.
+/// An `OPTIONS` with an `Origin`: a browser's preflight. An `OPTIONS` without one is no CORS
+/// request and gets the 405 of any other method.
+pub fn is_preflight(req: &RequestHeader) -> bool {
+    req.method == Method::OPTIONS && req.headers.contains_key(ORIGIN)
+}
+
+/// Answers a preflight ([`is_preflight`]): `200` with the rule's methods, the requested headers
+/// and its max age and no body when a rule allows it; `403 AccessForbidden` (S3's
+/// CORSResponse) when none does or the bucket has no rules; `400 BadRequest` without a valid
+/// `Access-Control-Request-Method`, as S3 answers.
 pub async fn answer_preflight(
     session: &mut Session,
     rules: &[CorsRule],
@@ -122,7 +128,8 @@ pub async fn answer_preflight(
         .get(ACCESS_CONTROL_REQUEST_METHOD)
         .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
     let (Some(origin), Some(method)) = (origin, method) else {
-        let detail = "Insufficient information. Origin and Access-Control-Request-Method request headers needed.";
+        let detail =
+            "Insufficient information. Access-Control-Request-Method request header needed.";
         let n = write_error(session, ErrorCode::BadRequest, Some(detail), reply, &[]).await?;
         return Ok((RequestResult::BadRequest, n));
     };

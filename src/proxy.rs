@@ -13,7 +13,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::cors::{answer_preflight, CorsReply};
+use crate::cors::{answer_preflight, is_preflight, CorsReply};
 use crate::fill::Filler;
 use crate::key::{KeyError, ObjectKey, MAX_KEY_BYTES};
 use crate::metrics::{BucketMetrics, RequestResult};
@@ -161,7 +161,7 @@ impl OriginPull {
         ctx.reply.cors = CorsReply::for_request(&bucket.config.cors, session.req_header());
         let name = bucket.config.name.as_str();
 
-        if session.req_header().method == Method::OPTIONS {
+        if is_preflight(session.req_header()) {
             return answer_preflight(session, &bucket.config.cors, &mut ctx.reply).await;
         }
 
