@@ -3,12 +3,13 @@
 //! copied from the origin into the bucket in the background, so the next request is a hit.
 //!
 //! The request's path through the modules: [`config`] → [`route`] → [`key`] → [`serve`] (hit)
-//! or [`redirect`] (miss) → [`fill`] (background copy) → [`store`]; [`proxy`] ties them into
+//! ([`compress`] picks its encoding) or [`redirect`] (miss) → [`fill`] (background copy) → [`store`]; [`proxy`] ties them into
 //! Pingora, [`respond`] writes errors and the common headers (with [`cors`]'s), [`metrics`] and [`access_log`]
 //! record what happened, [`reload`] swaps configurations, [`server`] starts it all, with one
 //! [`listener`] per worker thread.
 
 pub mod access_log;
+pub mod compress;
 pub mod config;
 pub mod cors;
 pub mod demo;

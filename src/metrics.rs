@@ -6,6 +6,7 @@
 
 use std::sync::LazyLock;
 
+use crate::compress::Encoding;
 use prometheus::{
     register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge, Gauge,
     Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -107,6 +108,7 @@ pub struct Metrics {
     pub fill_queue_depth: IntGauge,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_successful: Gauge,
+    pub compressions: IntCounterVec,
 }
 
 // The macros only fail on a duplicate or malformed name, which is a bug caught by any test run.
@@ -165,6 +167,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "1 if the last configuration reload succeeded, 0 if it failed."
         )
         .expect("register originpull_config_last_reload_successful"),
+        compressions: register_int_counter_vec!(
+            "originpull_compressions_total",
+            "Compressed variants made and kept, by bucket and encoding.",
+            &["bucket", "encoding"]
+        )
+        .expect("register originpull_compressions_total"),
     };
     m.config_last_reload_successful.set(1.0);
     m
@@ -185,6 +193,7 @@ pub struct BucketMetrics {
     fills: Vec<IntCounter>,
     pub fill_bytes: IntCounter,
     pub fill_duration: Histogram,
+    compressions: Vec<IntCounter>,
 }
 
 impl BucketMetrics {
@@ -203,6 +212,10 @@ impl BucketMetrics {
                 .collect(),
             fill_bytes: m.fill_bytes.with_label_values(&[bucket]),
             fill_duration: m.fill_duration.with_label_values(&[bucket]),
+            compressions: Encoding::ALL
+                .iter()
+                .map(|e| m.compressions.with_label_values(&[bucket, e.as_str()]))
+                .collect(),
         }
     }
 
@@ -221,5 +234,9 @@ impl BucketMetrics {
 
     pub fn count_fill(&self, outcome: FillOutcome) {
         self.fills[outcome as usize].inc();
+    }
+
+    pub fn count_compression(&self, encoding: Encoding) {
+        self.compressions[encoding as usize].inc();
     }
 }

@@ -13,6 +13,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::compress::Compressor;
 use crate::cors::{answer_preflight, is_preflight, CorsReply};
 use crate::fill::Filler;
 use crate::key::{KeyError, ObjectKey, MAX_KEY_BYTES};
@@ -31,6 +32,7 @@ pub struct OriginPull {
     pub store: Arc<dyn BucketStore>,
     pub filler: Filler,
     pub access_log: Arc<AccessLog>,
+    pub compressor: Compressor,
 }
 
 /// What one request became, for `logging`.
@@ -61,8 +63,8 @@ impl ProxyHttp for OriginPull {
     }
 
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {
-        // No response compression module: objects are served as stored (the origin's
-        // Content-Encoding is kept), and a module context per request costs time on every hit.
+        // No response compression module: it would compress every response again, while
+        // `compress` serves variants made once; a module context per request costs every hit.
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -204,7 +206,9 @@ impl OriginPull {
         if !known_missing {
             match self.store.open(name, &key).await {
                 Ok(Some(object)) => {
-                    let (outcome, n) = serve_hit(session, object, &ctx.reply).await?;
+                    let req = session.req_header();
+                    let hit = self.compressor.select(req, &bucket, &key, object).await;
+                    let (outcome, n) = serve_hit(session, hit, &ctx.reply).await?;
                     let result = match outcome {
                         HitOutcome::Served | HitOutcome::PreconditionFailed => RequestResult::Hit,
                         HitOutcome::NotModified => RequestResult::NotModified,

@@ -1,7 +1,8 @@
 //! Serving a hit from the bucket: GET and HEAD with the object's stored headers, single byte
 //! ranges (206/416), and conditional requests (304 for If-None-Match / If-Modified-Since, 412 for
 //! If-Match / If-Unmodified-Since), streamed in fixed-size chunks so memory does not grow with
-//! object size.
+//! object size. The representation served (stored bytes or an encoded variant) was picked by
+//! [`crate::compress`]; validators are the representation's own.
 
 use std::time::SystemTime;
 
@@ -13,6 +14,7 @@ use pingora::protocols::http::conditional_filter::{
 use pingora::proxy::{range_header_filter, RangeType, Session};
 use pingora::{Error, ErrorType, Result};
 
+use crate::compress::Representation;
 use crate::respond::{response_header, write_error, ErrorCode, Reply};
 use crate::store::{ObjectMeta, StoredObject};
 
@@ -28,17 +30,36 @@ pub enum HitOutcome {
     PreconditionFailed,
 }
 
-/// Answers the request from `object`; returns the outcome and the body bytes written.
+/// Answers the request from `hit`; returns the outcome and the body bytes written.
 pub async fn serve_hit(
     session: &mut Session,
-    mut object: Box<dyn StoredObject>,
+    hit: Representation,
     reply: &Reply,
 ) -> Result<(HitOutcome, u64)> {
+    let Representation {
+        mut object,
+        encoding,
+        varies,
+    } = hit;
     let meta = object.meta().clone();
     let mut resp = object_headers(&meta, reply)?;
+    let etag = match encoding {
+        Some(encoding) => {
+            // A distinct strong ETag per encoding: each variant's bytes are fixed for the
+            // object's version (kept, never remade while kept) and never served in ranges.
+            let etag = meta.variant_etag_header(encoding.as_str());
+            resp.insert_header(header::ETAG, &etag)?;
+            resp.insert_header(header::CONTENT_ENCODING, encoding.as_str())?;
+            etag
+        }
+        None => meta.etag_header(),
+    };
+    if varies {
+        resp.append_header(header::VARY, HeaderValue::from_static("Accept-Encoding"))?;
+    }
     let req = session.req_header();
 
-    if precondition_fails(req, &meta) {
+    if precondition_fails(req, &etag, &meta) {
         let written = write_error(session, ErrorCode::PreconditionFailed, None, reply, &[]).await?;
         return Ok((HitOutcome::PreconditionFailed, written));
     }
@@ -91,11 +112,11 @@ pub fn object_headers(meta: &ObjectMeta, reply: &Reply) -> Result<ResponseHeader
     Ok(resp)
 }
 
-/// If-Match (strong comparison) and If-Unmodified-Since, evaluated as RFC 9110 §13.2.2 orders.
-fn precondition_fails(req: &RequestHeader, meta: &ObjectMeta) -> bool {
+/// If-Match (strong comparison with the served `etag`) and If-Unmodified-Since, evaluated as
+/// RFC 9110 §13.2.2 orders.
+fn precondition_fails(req: &RequestHeader, etag: &str, meta: &ObjectMeta) -> bool {
     let mut if_match = req.headers.get_all(header::IF_MATCH).iter().peekable();
     if if_match.peek().is_some() {
-        let etag = meta.etag_header();
         let matched = if_match.any(|value| {
             value.to_str().is_ok_and(|list| {
                 list.split(',')

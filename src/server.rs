@@ -10,6 +10,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 
 use crate::access_log::AccessLog;
+use crate::compress::Compressor;
 use crate::config::Config;
 use crate::fill::Filler;
 use crate::listener::{check_address_free, WorkerListener};
@@ -97,6 +98,7 @@ pub fn build(
     let app = OriginPull {
         config: handle,
         filler: Filler::new(store.clone()),
+        compressor: Compressor::new(store.clone()),
         store,
         access_log: Arc::new(access_log),
     };
