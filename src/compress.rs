@@ -103,7 +103,11 @@ pub fn is_compressible(meta: &ObjectMeta) -> bool {
         && is_compressible_type(&meta.content_type)
         && !meta.headers.iter().any(|(name, value)| {
             name == "content-encoding"
-                || (name == "cache-control" && value.to_ascii_lowercase().contains("no-transform"))
+                || (name == "cache-control"
+                    && value
+                        .as_bytes()
+                        .windows(b"no-transform".len())
+                        .any(|w| w.eq_ignore_ascii_case(b"no-transform")))
         })
 }
 
@@ -173,13 +177,19 @@ pub fn negotiate(req: &RequestHeader) -> Option<Encoding> {
             else {
                 continue; // a malformed q-value: the entry is ignored
             };
-            let slot = match coding.to_ascii_lowercase().as_str() {
-                "br" => &mut q[0],
-                "zstd" => &mut q[1],
-                "gzip" | "x-gzip" => &mut q[2],
-                "*" => &mut star,
-                "identity" => &mut identity,
-                _ => continue,
+            let is = |name: &str| coding.eq_ignore_ascii_case(name);
+            let slot = if is("br") {
+                &mut q[0]
+            } else if is("zstd") {
+                &mut q[1]
+            } else if is("gzip") || is("x-gzip") {
+                &mut q[2]
+            } else if coding == "*" {
+                &mut star
+            } else if is("identity") {
+                &mut identity
+            } else {
+                continue;
             };
             *slot = Some(slot.map_or(weight, |w: u16| w.max(weight)));
         }
