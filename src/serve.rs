@@ -83,6 +83,12 @@ pub async fn serve_hit(
         }
     };
 
+    if encoding.is_some() {
+        // Ranges are cut from the stored bytes only (a Range request is never given a variant),
+        // so an encoded answer must not invite one.
+        resp.remove_header(&header::ACCEPT_RANGES);
+    }
+
     let is_head = req.method == Method::HEAD;
     if is_head || range.is_empty() {
         session.write_response_header(Box::new(resp), true).await?;

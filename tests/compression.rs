@@ -166,6 +166,8 @@ async fn each_encoding_decodes_to_the_stored_bytes_with_its_own_etag() {
             Some("application/javascript")
         );
         assert_eq!(answer.vary(), vec!["Accept-Encoding"]);
+        // Ranges are served from the stored bytes only: an encoded answer does not offer them.
+        assert_eq!(answer.header("accept-ranges"), None);
     }
     // A browser's usual header gets br.
     let answer = get_with(
@@ -200,6 +202,7 @@ async fn no_accept_encoding_and_ranges_get_the_stored_bytes() {
     assert_eq!(plain.header("etag"), Some(format!("\"{md5}\"").as_str()));
     // The stored bytes are one representation of several: caches must key on the header.
     assert_eq!(plain.vary(), vec!["Accept-Encoding"]);
+    assert_eq!(plain.header("accept-ranges"), Some("bytes"));
 
     let refused = get_with(&server, "/app.js", &[("accept-encoding", "identity")]).await;
     assert_eq!(refused.header("content-encoding"), None);
