@@ -10,11 +10,7 @@
 //! A bucket without rules costs one emptiness check per request; a bucket with rules but a
 //! request without `Origin` adds one static `Vary` value. Neither allocates.
 
-use http::header::{
-    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
-    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
-    ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
-};
+use http::header::{ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN};
 use http::{HeaderValue, Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
@@ -60,7 +56,8 @@ impl CorsReply {
         }
     }
 
-    /// Adds the headers to a response.
+    /// Adds the headers to a response. Names are given as static strings: Pingora keeps the
+    /// wire case of each name, and copies names it does not know into a new buffer otherwise.
     ///
     /// `Vary: Origin` goes on every response of a bucket with rules, matched or not: a shared
     /// cache (a CDN in front of the bucket) that stored an answer to a request without `Origin`
@@ -71,22 +68,22 @@ impl CorsReply {
         match self {
             CorsReply::Off => Ok(()),
             CorsReply::VaryOnly => {
-                resp.append_header(VARY, HeaderValue::from_static("Origin"))?;
+                resp.append_header("Vary", HeaderValue::from_static("Origin"))?;
                 Ok(())
             }
             CorsReply::Allowed(allowed) => {
-                resp.insert_header(ACCESS_CONTROL_ALLOW_ORIGIN, allowed.allow_origin.clone())?;
+                resp.insert_header("Access-Control-Allow-Origin", allowed.allow_origin.clone())?;
                 if allowed.allow_origin != "*" {
                     // As S3 does: a named origin may send cookies; `*` forbids it by definition.
                     resp.insert_header(
-                        ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                        "Access-Control-Allow-Credentials",
                         HeaderValue::from_static("true"),
                     )?;
                 }
                 if let Some(expose) = &allowed.expose_headers {
-                    resp.insert_header(ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone())?;
+                    resp.insert_header("Access-Control-Expose-Headers", expose.clone())?;
                 }
-                resp.append_header(VARY, HeaderValue::from_static("Origin"))?;
+                resp.append_header("Vary", HeaderValue::from_static("Origin"))?;
                 Ok(())
             }
         }
@@ -164,18 +161,18 @@ pub async fn answer_preflight(
     reply.cors = CorsReply::Allowed(Allowed::new(rule, &origin, any_origin));
     let mut resp = response_header(StatusCode::OK, reply)?;
     resp.insert_header(
-        ACCESS_CONTROL_ALLOW_METHODS,
+        "Access-Control-Allow-Methods",
         rule.allow_methods_value.clone(),
     )?;
     if !requested.is_empty() {
-        resp.insert_header(ACCESS_CONTROL_ALLOW_HEADERS, requested.join(", "))?;
+        resp.insert_header("Access-Control-Allow-Headers", requested.join(", "))?;
     }
     if let Some(max_age) = &rule.max_age_value {
-        resp.insert_header(ACCESS_CONTROL_MAX_AGE, max_age.clone())?;
+        resp.insert_header("Access-Control-Max-Age", max_age.clone())?;
     }
     // The answer also depends on what the preflight asked for.
     resp.append_header(
-        VARY,
+        "Vary",
         "Access-Control-Request-Method, Access-Control-Request-Headers",
     )?;
     let n = write_complete(session, resp, bytes::Bytes::new()).await?;

@@ -55,7 +55,7 @@ pub async fn serve_hit(
         None => meta.etag_header(),
     };
     if varies {
-        resp.append_header(header::VARY, HeaderValue::from_static("Accept-Encoding"))?;
+        resp.append_header("Vary", HeaderValue::from_static("Accept-Encoding"))?;
     }
     let req = session.req_header();
 

@@ -4,9 +4,43 @@
 
 mod common;
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::time::Duration;
 
 use common::*;
+use originpull::config::Config;
+use originpull::cors::CorsReply;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+/// Counts the allocations of the thread that asked for counting, to prove the CORS step of a
+/// request without `Origin` allocates nothing.
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get().map(|n| n + 1)));
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// Allocations made by `f` on this thread.
+fn allocations_in(f: impl FnOnce()) -> usize {
+    ALLOCATIONS.with(|n| n.set(Some(0)));
+    f();
+    ALLOCATIONS.with(|n| n.replace(None)).unwrap_or(0)
+}
 
 const BUCKET: &str = "example-1250000000";
 const SITE: &str = "https://www.example.com";
@@ -301,4 +335,37 @@ async fn a_reload_applies_new_rules() {
     })
     .await;
     assert!(removed, "the removed cors rules still apply");
+}
+
+#[test]
+fn a_request_without_origin_costs_no_allocation() {
+    let config = Config::parse(&format!(
+        "listen: 127.0.0.1:1\ndata_dir: d\ndomain_suffix: file.myqcloud.com\nbuckets:\n  - {}",
+        bucket_yaml("127.0.0.1:2", EXAMPLE_RULES).replace('\n', "\n    ")
+    ))
+    .expect("valid config");
+    let rules = &config.buckets[0].cors;
+    assert!(!rules.is_empty());
+    let req = RequestHeader::build("GET", b"/app.js", None).unwrap();
+    for bucket_rules in [&rules[..], &[]] {
+        let mut resp = ResponseHeader::build(200, Some(8)).unwrap();
+        let n = allocations_in(|| {
+            let cors = CorsReply::for_request(bucket_rules, &req);
+            cors.apply(&mut resp).unwrap();
+        });
+        assert_eq!(n, 0, "with {} rule(s)", bucket_rules.len());
+    }
+    // The counter itself works: a request with Origin copies it.
+    let mut with_origin = req.clone();
+    with_origin.insert_header("Origin", SITE).unwrap();
+    let mut resp = ResponseHeader::build(200, Some(8)).unwrap();
+    let n = allocations_in(|| {
+        let cors = CorsReply::for_request(rules, &with_origin);
+        cors.apply(&mut resp).unwrap();
+    });
+    assert!(n > 0);
+    assert_eq!(
+        resp.headers.get("access-control-allow-origin").unwrap(),
+        SITE
+    );
 }
