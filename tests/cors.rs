@@ -369,3 +369,95 @@ fn a_request_without_origin_costs_no_allocation() {
         SITE
     );
 }
+
+/// The first Chromium on `PATH` (or `$CHROMIUM`), for the real-browser test.
+fn find_chromium() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("CHROMIUM") {
+        return Some(path.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| {
+            ["chromium", "chromium-browser", "google-chrome"].map(|name| dir.join(name))
+        })
+        .find(|candidate| candidate.is_file())
+}
+
+/// A real browser, headless: a page served by the origin `fetch()`es an object from the bucket
+/// with a custom header, so Chromium sends a preflight first and then enforces the CORS headers
+/// of the hit. Skipped, with a message, where no Chromium is installed (`apt-get install
+/// chromium`).
+#[tokio::test]
+async fn a_browser_on_another_origin_can_fetch_from_the_bucket() {
+    let Some(chromium) = find_chromium() else {
+        eprintln!("skipped: no chromium on PATH (apt-get install chromium, or set CHROMIUM)");
+        return;
+    };
+    let origin = TestOrigin::start();
+    let page_origin = format!("http://{}", origin.authority());
+    let rules = format!(
+        "cors:\n  - allowed_origins: [\"{page_origin}\"]\n    allowed_methods: [GET]\n    allowed_headers: [x-test]\n    expose_headers: [ETag]\n"
+    );
+    let server = Originpull::start(
+        OriginpullConfig::new().with_bucket_yaml(&bucket_yaml(&origin.authority(), &rules)),
+    );
+    let etag = copy_into_bucket(&server, &origin).await;
+
+    let object_url = format!(
+        "http://{}:{}/app.js",
+        server.host(BUCKET),
+        server.addr().port()
+    );
+    let refused_url = format!(
+        "http://{}:{}/other.js",
+        server.host(BUCKET),
+        server.addr().port()
+    );
+    // The page reports through its title; a fetch the browser refuses rejects with a TypeError.
+    let page = format!(
+        "<!doctype html><title>pending</title><script>
+        const report = (r) => r.text().then(t => 'status=' + r.status + ' etag=' + r.headers.get('ETag') + ' body=' + t);
+        Promise.all([
+          fetch('{object_url}', {{headers: {{'X-Test': '1'}}}}).then(report, e => 'error=' + e.name),
+          fetch('{refused_url}', {{headers: {{'X-Other': '1'}}}}).then(report, e => 'error=' + e.name),
+        ]).then(results => {{ document.title = results.join(' | '); }});
+        </script>"
+    );
+    origin.route(
+        "/page.html",
+        Behavior::ok_with_headers(page.into_bytes(), &[("Content-Type", "text/html")]),
+    );
+
+    let profile = tempfile::tempdir().expect("profile dir");
+    let run = tokio::process::Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-extensions",
+            "--no-first-run",
+            "--no-proxy-server",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!(
+            "--host-resolver-rules=MAP *.{DEFAULT_DOMAIN_SUFFIX} 127.0.0.1"
+        ))
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("{page_origin}/page.html"))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("chromium finished within 90 s")
+        .expect("chromium ran");
+    let dom = String::from_utf8_lossy(&output.stdout);
+    let expected =
+        format!("<title>status=200 etag={etag} body=console.log(1) | error=TypeError</title>");
+    assert!(
+        dom.contains(&expected),
+        "expected {expected}\nDOM: {dom}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
