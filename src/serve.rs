@@ -43,23 +43,18 @@ pub async fn serve_hit(
     } = hit;
     let meta = object.meta().clone();
     let mut resp = object_headers(&meta, reply)?;
-    let etag = match encoding {
-        Some(encoding) => {
-            // A distinct strong ETag per encoding: each variant's bytes are fixed for the
-            // object's version (kept, never remade while kept) and never served in ranges.
-            let etag = meta.variant_etag_header(encoding.as_str());
-            resp.insert_header(header::ETAG, &etag)?;
-            resp.insert_header(header::CONTENT_ENCODING, encoding.as_str())?;
-            etag
-        }
-        None => meta.etag_header(),
-    };
+    if let Some(encoding) = encoding {
+        // A distinct strong ETag per encoding: each variant's bytes are fixed for the object's
+        // version (kept, never remade while kept) and never served in ranges.
+        resp.insert_header(header::ETAG, meta.variant_etag_header(encoding.as_str()))?;
+        resp.insert_header(header::CONTENT_ENCODING, encoding.as_str())?;
+    }
     if varies {
         resp.append_header("Vary", HeaderValue::from_static("Accept-Encoding"))?;
     }
     let req = session.req_header();
 
-    if precondition_fails(req, &etag, &meta) {
+    if precondition_fails(req, &resp, &meta) {
         let written = write_error(session, ErrorCode::PreconditionFailed, None, reply, &[]).await?;
         return Ok((HitOutcome::PreconditionFailed, written));
     }
@@ -118,16 +113,17 @@ pub fn object_headers(meta: &ObjectMeta, reply: &Reply) -> Result<ResponseHeader
     Ok(resp)
 }
 
-/// If-Match (strong comparison with the served `etag`) and If-Unmodified-Since, evaluated as
-/// RFC 9110 §13.2.2 orders.
-fn precondition_fails(req: &RequestHeader, etag: &str, meta: &ObjectMeta) -> bool {
+/// If-Match (strong comparison with the ETag of `resp`, the representation served) and
+/// If-Unmodified-Since, evaluated as RFC 9110 §13.2.2 orders.
+fn precondition_fails(req: &RequestHeader, resp: &ResponseHeader, meta: &ObjectMeta) -> bool {
     let mut if_match = req.headers.get_all(header::IF_MATCH).iter().peekable();
     if if_match.peek().is_some() {
+        let etag = resp.headers.get(header::ETAG).and_then(|v| v.to_str().ok());
         let matched = if_match.any(|value| {
             value.to_str().is_ok_and(|list| {
                 list.split(',')
                     .map(str::trim)
-                    .any(|tag| tag == "*" || tag == etag)
+                    .any(|tag| tag == "*" || Some(tag) == etag)
             })
         });
         return !matched;
