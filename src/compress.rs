@@ -119,7 +119,9 @@ fn is_compressible_type(content_type: &str) -> bool {
         return false;
     };
     let is = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    // Bytes, not str slices: a type from an origin may hold non-ASCII text.
     let ends = |suffix: &str| {
+        let (sub, suffix) = (sub.as_bytes(), suffix.as_bytes());
         sub.len() > suffix.len() && sub[sub.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
     };
     if is(top, "text") {
@@ -482,6 +484,7 @@ mod tests {
             "application/wasm",
             "font/ttf",
             "TEXT/CSS",
+            "application/vnd.é+json",
         ] {
             assert!(is_compressible_type(t), "{t}");
         }
@@ -493,6 +496,8 @@ mod tests {
             "video/mp4",
             "+json",
             "",
+            // Would cut a character in two if compared as str slices.
+            "application/éaé",
         ] {
             assert!(!is_compressible_type(t), "{t}");
         }
