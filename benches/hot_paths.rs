@@ -1,13 +1,20 @@
 //! Criterion benchmarks of the per-request hot paths: Host → bucket, path → key, a hit's
-//! response headers, a miss's `Location`, and a store lookup of a small object.
+//! response headers, a miss's `Location`, a store lookup of a small object, and what picking a
+//! compressed variant adds to a hit.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use originpull::compress::Compressor;
 use originpull::config::{parse_origin, Config};
+use originpull::cors::CorsReply;
 use originpull::key::ObjectKey;
 use originpull::redirect::location;
+use originpull::respond::Reply;
 use originpull::route::Routes;
 use originpull::serve::object_headers;
-use originpull::store::{BucketStore, DiskStore, NewObject};
+use originpull::store::{BucketStore, DiskStore, HotTier, HotTierLimits, NewObject};
+use pingora::http::RequestHeader;
+use std::sync::Arc;
+use std::time::Duration;
 
 fn config() -> Config {
     let mut yaml = String::from(
@@ -86,10 +93,93 @@ fn hot_paths(c: &mut Criterion) {
             .meta()
             .clone()
     });
+    let reply = Reply::new("0123456789abcdef".into());
     c.bench_function("serve/hit_headers", |b| {
-        b.iter(|| object_headers(black_box(&meta), "0123456789abcdef"))
+        b.iter(|| object_headers(black_box(&meta), &reply))
+    });
+    // A bucket with CORS rules, a request without Origin: only `Vary: Origin` is added.
+    let cors_reply = Reply {
+        cors: CorsReply::VaryOnly,
+        ..reply.clone()
+    };
+    c.bench_function("serve/hit_headers_cors_bucket_no_origin", |b| {
+        b.iter(|| object_headers(black_box(&meta), &cors_reply))
     });
 }
 
-criterion_group!(benches, hot_paths);
+/// What a compressed hit adds: picking the representation (a second memory-tier look-up, the
+/// variant's), against opening the object alone.
+fn compressed_hit(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let disk = DiskStore::open(dir.path()).expect("store");
+    let limits = HotTierLimits {
+        max_bytes: 32 << 20,
+        max_object_bytes: 1 << 20,
+        revalidate: Duration::from_secs(3600),
+    };
+    let store: Arc<dyn BucketStore> = Arc::new(HotTier::new(disk, limits));
+    let config = Config::parse(
+        "listen: 127.0.0.1:8080\ndata_dir: d\ndomain_suffix: file.myqcloud.com\nbuckets:\n  - name: b-1\n",
+    )
+    .expect("valid config");
+    let routes = Routes::new(&config).expect("routes");
+    let bucket = routes
+        .bucket_for_host(b"b-1.file.myqcloud.com")
+        .expect("bucket")
+        .clone();
+    let key = ObjectKey::from_request_path("/app.js").expect("valid key");
+    let script: String = (0..2500)
+        .map(|i| format!("function f{i}(a) {{ return a * {i}; }}\n"))
+        .collect();
+    runtime.block_on(async {
+        let mut writer = store.create("b-1", &key).await.expect("create");
+        writer
+            .write(bytes::Bytes::from(script))
+            .await
+            .expect("write");
+        let meta = writer
+            .commit(NewObject {
+                content_type: Some("application/javascript".into()),
+                headers: vec![("cache-control".into(), "max-age=60".into())],
+            })
+            .await
+            .expect("commit");
+        store
+            .put_variant(
+                "b-1",
+                &key,
+                &meta,
+                "gzip",
+                bytes::Bytes::from(vec![1u8; 20_000]),
+            )
+            .await
+            .expect("put variant");
+    });
+    let compressor = Compressor::new(store.clone());
+    let mut req = RequestHeader::build("GET", b"/app.js", None).expect("request");
+    req.insert_header("accept-encoding", "gzip, deflate")
+        .expect("header");
+    c.bench_function("store/open_100k_js_from_memory", |b| {
+        b.iter(|| runtime.block_on(store.open("b-1", &key)).expect("open"))
+    });
+    c.bench_function("compress/open_and_select_gzip_from_memory", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let object = store
+                    .open("b-1", &key)
+                    .await
+                    .expect("open")
+                    .expect("exists");
+                let hit = compressor.select(&req, &bucket, &key, object).await;
+                assert!(hit.encoding.is_some());
+                hit
+            })
+        })
+    });
+}
+
+criterion_group!(benches, hot_paths, compressed_hit);
 criterion_main!(benches);

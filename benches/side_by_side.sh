@@ -5,6 +5,10 @@
 # "302 Location: http://<origin><path>":
 #   hit4k     GET /obj4k               (4096 random bytes)      -> req/s, p99
 #   hit1m     GET /obj1m               (1 MiB random bytes)     -> bytes/s, p99
+#   hitjs_gzip GET /app.js, Accept-Encoding: gzip (100 KB of JavaScript, served
+#             gzip-compressed: originpull's kept gzip variant, nginx's
+#             gzip_static app.js.gz made with gzip -9; gzip on as fallback)
+#                                                                -> req/s, p99
 #   redirect  GET /missing/nothing.bin (never exists anywhere)  -> req/s, p99
 #
 # originpull gets its objects the way users get them in: a throw-away loopback
@@ -229,10 +233,17 @@ WWW="$WORK/www"
 mkdir -p "$WWW" "$WORK/data" "$WORK/wrk"
 head -c 4096 /dev/urandom >"$WWW/obj4k"
 head -c 1048576 /dev/urandom >"$WWW/obj1m"
+# 100 KB of JavaScript-like text, and nginx's precompressed copy of it.
+python3 -c '
+import sys
+sys.stdout.write("".join("function f%d(a, b) { return a * %d + b; } // %x\n" % (i, i, i * 2654435761 % 4294967296) for i in range(1800)))
+' | head -c 102400 >"$WWW/app.js"
+gzip -9 -k -n "$WWW/app.js"
 chmod 755 "$WWW"
-chmod 644 "$WWW/obj4k" "$WWW/obj1m"
+chmod 644 "$WWW/obj4k" "$WWW/obj1m" "$WWW/app.js" "$WWW/app.js.gz"
 MD5_4K=$(md5sum <"$WWW/obj4k" | cut -d' ' -f1)
 MD5_1M=$(md5sum <"$WWW/obj1m" | cut -d' ' -f1)
+MD5_JS=$(md5sum <"$WWW/app.js" | cut -d' ' -f1)
 
 # ---------------------------------------------------------------- originpull
 if [ "$ORIGINPULL_SKIP" != 1 ]; then
@@ -261,7 +272,7 @@ EOF
   OP_PID=$!
   wait_listening "$OP_URL" "$OP_PID" originpull "$WORK/originpull.log"
 
-  for obj in obj4k obj1m; do
+  for obj in obj4k obj1m app.js; do
     code=$(http_code "$OP_URL/$obj")
     log "originpull first GET /$obj -> $code (expect 302 + background copy)"
     [ "$code" = 302 ] || [ "$code" = 200 ] || die "originpull answered $code to the first GET /$obj (expected 302)"
@@ -272,6 +283,14 @@ EOF
     done
     [ "$ok" = 1 ] || { tail -n 30 "$WORK/originpull.log" >&2 || true; die "originpull did not serve /$obj with 200 within 30 s after the origin pull"; }
   done
+  # The gzip variant is made in the background after the first request that asks for it.
+  ok=0
+  for _ in $(seq 300); do
+    if curl -s -o /dev/null -D - --max-time 5 -H "Host: $HOST_HDR" -H 'Accept-Encoding: gzip' "$OP_URL/app.js" \
+        | tr -d '\r' | grep -qi '^content-encoding: gzip$'; then ok=1; break; fi
+    sleep 0.1
+  done
+  [ "$ok" = 1 ] || die "originpull never served /app.js gzip-compressed"
   log "objects are in the bucket; stopping the loopback origin (its port becomes the dead origin)"
   stop_pid "$ORIGIN_PID" "python origin"
   ORIGIN_PID=""
@@ -295,6 +314,12 @@ events {
 http {
     access_log $NGINX_ACCESS_LOG;
     default_type application/octet-stream;
+    types { application/javascript js; }
+    gzip on;
+    gzip_static on;
+    gzip_types application/javascript;
+    gzip_comp_level 9;
+    gzip_vary on;
     sendfile on;
     tcp_nopush on;
     keepalive_requests 100000;
@@ -341,11 +366,17 @@ for s in "${SERVERS[@]}"; do
     got=$(md5_of_url "$u/$obj")
     [ "$got" = "$md5" ] || die "$s: GET /$obj md5 $got differs from the source file's $md5"
   done
+  res=$(curl -s -o "$WORK/app.js.$s.gz" -w '%{http_code}' -D "$WORK/app.js.$s.head" --max-time 10 \
+    -H "Host: $HOST_HDR" -H 'Accept-Encoding: gzip' "$u/app.js" || true)
+  [ "$res" = 200 ] || die "$s: GET /app.js (gzip) gave '$res', expected 200"
+  tr -d '\r' <"$WORK/app.js.$s.head" | grep -qi '^content-encoding: gzip$' || die "$s: GET /app.js was not gzip-compressed"
+  got=$(gunzip -c "$WORK/app.js.$s.gz" | md5sum | cut -d' ' -f1)
+  [ "$got" = "$MD5_JS" ] || die "$s: GET /app.js gunzipped md5 $got differs from the source file's $MD5_JS"
   code=$(http_code "$u$MISS_PATH")
   [ "$code" = 302 ] || die "$s: GET $MISS_PATH gave $code, expected 302"
   loc=$(location_of "$u$MISS_PATH")
   [ "$loc" = "$EXPECTED_LOCATION" ] || die "$s: GET $MISS_PATH Location '$loc', expected '$EXPECTED_LOCATION'"
-  log "  $s: /obj4k and /obj1m 200 with the right bytes, $MISS_PATH 302 -> $loc"
+  log "  $s: /obj4k and /obj1m 200 with the right bytes, /app.js gzip ($(wc -c <"$WORK/app.js.$s.gz") bytes) gunzips to the source, $MISS_PATH 302 -> $loc"
 done
 # (Both servers compared against the same source md5s and the same Location,
 # so they agree with each other.)
@@ -367,19 +398,20 @@ done = function(summary, latency, requests)
 end
 EOF
 
-path_of() { case "$1" in hit4k) echo /obj4k ;; hit1m) echo /obj1m ;; redirect) echo "$MISS_PATH" ;; *) die "unknown scenario $1" ;; esac; }
+path_of() { case "$1" in hit4k) echo /obj4k ;; hit1m) echo /obj1m ;; hitjs_gzip) echo /app.js ;; redirect) echo "$MISS_PATH" ;; *) die "unknown scenario $1" ;; esac; }
 
 # run_wrk SERVER SCENARIO SECONDS OUTFILE
 run_wrk() {
-  local url
+  local url extra=()
   url="$(url_of "$1")$(path_of "$2")"
+  [ "$2" = hitjs_gzip ] && extra=(-H 'Accept-Encoding: gzip')
   wrk -t "$THREADS" -c "$CONNECTIONS" -d "${3}s" --timeout 5s --latency \
-    -H "Host: $HOST_HDR" -s "$LUA" "$url" >"$4" 2>&1 || { cat "$4" >&2; die "wrk failed against $1 ($url)"; }
+    -H "Host: $HOST_HDR" "${extra[@]}" -s "$LUA" "$url" >"$4" 2>&1 || { cat "$4" >&2; die "wrk failed against $1 ($url)"; }
 }
 
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
-SCENARIOS=(hit4k hit1m redirect)
+SCENARIOS=(hit4k hit1m hitjs_gzip redirect)
 for sc in "${SCENARIOS[@]}"; do
   if [ "$WARMUP" -gt 0 ]; then
     for s in "${SERVERS[@]}"; do

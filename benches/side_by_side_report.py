@@ -20,7 +20,7 @@ import statistics
 import sys
 
 SERVERS = ("originpull", "nginx")
-SCENARIOS = ("hit4k", "hit1m", "redirect")
+SCENARIOS = ("hit4k", "hit1m", "hitjs_gzip", "redirect")
 MIB = 1024.0 * 1024.0
 
 BIN_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4, "PB": 1024**5}
@@ -149,6 +149,8 @@ def cmd_report(results_path, rss_path):
         ("4 KiB hit p99 ms (lower is better)", lambda s: _div(med(s, "hit4k", "p99_us"), 1000)),
         ("1 MiB hit MiB/s (higher is better)", lambda s: _div(med(s, "hit1m", "bps"), MIB)),
         ("1 MiB hit p99 ms (lower is better)", lambda s: _div(med(s, "hit1m", "p99_us"), 1000)),
+        ("100 KB JS hit, gzip, req/s (higher is better)", lambda s: med(s, "hitjs_gzip", "rps")),
+        ("100 KB JS hit, gzip, p99 ms (lower is better)", lambda s: _div(med(s, "hitjs_gzip", "p99_us"), 1000)),
         ("302 redirect req/s (higher is better)", lambda s: med(s, "redirect", "rps")),
         ("302 redirect p99 ms (lower is better)", lambda s: _div(med(s, "redirect", "p99_us"), 1000)),
         ("peak RSS MiB, all processes (VmHWM sum)", lambda s: _div(rss.get(s, {}).get("total_kib"), 1024)),

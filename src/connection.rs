@@ -38,7 +38,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::config::ServerSettings;
 use crate::metrics::{BucketMetrics, RequestResult, METRICS};
-use crate::respond::{error_xml, new_request_id, response_header, ErrorCode};
+use crate::respond::{error_xml, new_request_id, response_header, ErrorCode, Reply};
 
 /// Read buffer for the next head while a connection is idle; grown only for larger heads.
 const INITIAL_HEAD_BUFFER: usize = 1024;
@@ -391,7 +391,9 @@ struct RawResponse {
 fn large_head_response(resource: &str, request_id: &str) -> pingora::Result<RawResponse> {
     let code = ErrorCode::RequestHeaderSectionTooLarge;
     let body = error_xml(code, None, resource, request_id);
-    let mut resp = response_header(code.status(), request_id)?;
+    // No bucket is known before the head is read: no CORS headers.
+    let reply = Reply::new(request_id.to_string());
+    let mut resp = response_header(code.status(), &reply)?;
     resp.insert_header(header::CONTENT_TYPE, "application/xml")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(header::CONNECTION, "close")?;

@@ -3,15 +3,18 @@
 //! copied from the origin into the bucket in the background, so the next request is a hit.
 //!
 //! The request's path through the modules: [`config`] → [`route`] → [`key`] → [`serve`] (hit)
-//! or [`redirect`] (miss) / [`mirror`] (miss in mirror mode) → [`fill`] (copy) → [`store`]; [`origin_choice`] decides,
-//! for redirects and copies alike, which origin and path a key is pulled from; [`proxy`] ties them into
-//! Pingora, [`respond`] writes errors and the common headers, [`metrics`] and [`access_log`]
+//! ([`compress`] picks its encoding) or [`redirect`] (miss) / [`mirror`] (miss in mirror mode) →
+//! [`fill`] (copy) → [`store`]; [`origin_choice`] decides, for redirects and copies alike, which
+//! origin and path a key is pulled from; [`proxy`] ties them into Pingora, [`respond`] writes
+//! errors and the common headers (with [`cors`]'s), [`metrics`] and [`access_log`]
 //! record what happened, [`reload`] swaps configurations, [`server`] starts it all, with one
 //! [`listener`] per worker thread and a [`connection`] gate in front of each request.
 
 pub mod access_log;
+pub mod compress;
 pub mod config;
 pub mod connection;
+pub mod cors;
 pub mod demo;
 pub mod fill;
 pub mod key;

@@ -6,6 +6,7 @@
 
 use std::sync::LazyLock;
 
+use crate::compress::Encoding;
 use prometheus::{
     register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
     register_int_gauge, register_int_gauge_vec, Gauge, Histogram, HistogramVec, IntCounter,
@@ -25,10 +26,14 @@ pub enum RequestResult {
     Error,
     /// A miss answered in mirror mode: from the origin while it is copied, or after its copy.
     Mirror,
+    /// An `OPTIONS` preflight a CORS rule allowed.
+    Preflight,
+    /// An `OPTIONS` preflight no CORS rule allowed (403).
+    CorsForbidden,
 }
 
 impl RequestResult {
-    pub const ALL: [RequestResult; 9] = [
+    pub const ALL: [RequestResult; 11] = [
         RequestResult::Hit,
         RequestResult::NotModified,
         RequestResult::Redirect,
@@ -38,6 +43,8 @@ impl RequestResult {
         RequestResult::MethodNotAllowed,
         RequestResult::Error,
         RequestResult::Mirror,
+        RequestResult::Preflight,
+        RequestResult::CorsForbidden,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +58,8 @@ impl RequestResult {
             RequestResult::MethodNotAllowed => "method_not_allowed",
             RequestResult::Error => "error",
             RequestResult::Mirror => "mirror",
+            RequestResult::Preflight => "preflight",
+            RequestResult::CorsForbidden => "cors_forbidden",
         }
     }
 }
@@ -116,6 +125,7 @@ pub struct Metrics {
     pub origin_fills: IntCounterVec,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
+    pub compressions: IntCounterVec,
 }
 
 // The macros only fail on a duplicate or malformed name, which is a bug caught by any test run.
@@ -196,6 +206,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Client connections closed at once because server.max_connections were open."
         )
         .expect("register originpull_connections_refused_total"),
+        compressions: register_int_counter_vec!(
+            "originpull_compressions_total",
+            "Compressed variants made and kept, by bucket and encoding.",
+            &["bucket", "encoding"]
+        )
+        .expect("register originpull_compressions_total"),
     };
     m.config_last_reload_successful.set(1.0);
     // Both outcomes exported from zero, so an alert on `increase(...{outcome="error"})` works
@@ -247,6 +263,7 @@ pub struct BucketMetrics {
     fills: Vec<IntCounter>,
     pub fill_bytes: IntCounter,
     pub fill_duration: Histogram,
+    compressions: Vec<IntCounter>,
 }
 
 impl BucketMetrics {
@@ -260,6 +277,10 @@ impl BucketMetrics {
                 .collect(),
             fill_bytes: m.fill_bytes.with_label_values(&[bucket]),
             fill_duration: m.fill_duration.with_label_values(&[bucket]),
+            compressions: Encoding::ALL
+                .iter()
+                .map(|e| m.compressions.with_label_values(&[bucket, e.as_str()]))
+                .collect(),
         }
     }
 
@@ -276,5 +297,9 @@ impl BucketMetrics {
 
     pub fn count_fill(&self, outcome: FillOutcome) {
         self.fills[outcome as usize].inc();
+    }
+
+    pub fn count_compression(&self, encoding: Encoding) {
+        self.compressions[encoding as usize].inc();
     }
 }

@@ -35,13 +35,14 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use tokio::sync::{mpsc, watch};
 
+use crate::compress::Compressor;
 use crate::config::FillSettings;
 use crate::fill::copy::{head_object, CopyRequest, MirrorEvent, MirrorHead};
 use crate::fill::{CopySource, FillEnd, Filler, MirrorTicket};
 use crate::key::{safe_query, ObjectKey};
 use crate::metrics::RequestResult;
 use crate::origin_choice::{BucketPull, PullPolicy};
-use crate::respond::{response_header, write_error, ErrorCode};
+use crate::respond::{response_header, write_error, ErrorCode, Reply};
 use crate::route::Bucket;
 use crate::serve::{serve_hit, stream_range};
 use crate::store::BucketStore;
@@ -56,7 +57,8 @@ pub struct MirrorMiss<'a> {
     pub key: &'a ObjectKey,
     pub source: CopySource,
     pub limits: &'a FillSettings,
-    pub request_id: &'a str,
+    pub reply: &'a Reply,
+    pub compressor: &'a Compressor,
 }
 
 /// How many times a waiting client may find the object gone again (purged, or over the size
@@ -112,7 +114,11 @@ impl MirrorMiss<'_> {
         let Some(object) = object else {
             return Ok(None);
         };
-        let (_, written) = serve_hit(session, object, self.request_id).await?;
+        let hit = self
+            .compressor
+            .select(session.req_header(), self.bucket, self.key, object)
+            .await;
+        let (_, written) = serve_hit(session, hit, self.reply).await?;
         Ok(Some((RequestResult::Mirror, written)))
     }
 
@@ -201,7 +207,7 @@ impl MirrorMiss<'_> {
     /// The header of a streamed miss: what a hit of the object will carry, minus the
     /// validators not known before the body is complete.
     fn head_header(&self, head: &MirrorHead) -> Result<pingora::http::ResponseHeader> {
-        let mut resp = response_header(StatusCode::OK, self.request_id)?;
+        let mut resp = response_header(StatusCode::OK, self.reply)?;
         let content_type = head
             .object
             .content_type
@@ -275,7 +281,7 @@ impl MirrorMiss<'_> {
                 (ErrorCode::BadGateway, RequestResult::Error)
             }
         };
-        let n = write_error(session, code, None, self.request_id, &[]).await?;
+        let n = write_error(session, code, None, self.reply, &[]).await?;
         Ok((result, n))
     }
 }

@@ -13,7 +13,9 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::compress::Compressor;
 use crate::config::PullMode;
+use crate::cors::{answer_preflight, is_preflight, CorsReply};
 use crate::fill::{CopySource, Filler};
 use crate::key::{KeyError, RequestTarget, MAX_KEY_BYTES};
 use crate::metrics::{BucketMetrics, RequestResult};
@@ -21,7 +23,7 @@ use crate::mirror::MirrorMiss;
 use crate::origin_choice::Origin;
 use crate::redirect::{location, write_redirect};
 use crate::reload::ConfigHandle;
-use crate::respond::{new_request_id, write_error, ErrorCode};
+use crate::respond::{new_request_id, write_error, ErrorCode, Reply};
 use crate::route::Bucket;
 use crate::serve::{serve_hit, HitOutcome};
 use crate::store::{BucketStore, StoreError};
@@ -33,12 +35,14 @@ pub struct OriginPull {
     pub store: Arc<dyn BucketStore>,
     pub filler: Filler,
     pub access_log: Arc<AccessLog>,
+    pub compressor: Compressor,
 }
 
 /// What one request became, for `logging`.
 pub struct RequestCtx {
     started: Instant,
-    request_id: String,
+    /// The request id, and the CORS headers once routed: what every response carries.
+    reply: Reply,
     /// `None` when the host matched no bucket.
     bucket: Option<Arc<Bucket>>,
     key: String,
@@ -55,7 +59,7 @@ impl ProxyHttp for OriginPull {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            request_id: new_request_id(),
+            reply: Reply::new(new_request_id()),
             bucket: None,
             key: String::new(),
             origin: None,
@@ -65,8 +69,8 @@ impl ProxyHttp for OriginPull {
     }
 
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {
-        // No response compression module: objects are served as stored (the origin's
-        // Content-Encoding is kept), and a module context per request costs time on every hit.
+        // No response compression module: it would compress every response again, while
+        // `compress` serves variants made once; a module context per request costs every hit.
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -92,10 +96,9 @@ impl ProxyHttp for OriginPull {
     ) -> FailToProxy {
         let mut error_code = 0;
         if session.response_written().is_none() && !client_gone(e) {
-            log::error!("request {} failed: {e}", ctx.request_id);
+            log::error!("request {} failed: {e}", ctx.reply.request_id);
             session.set_keepalive(None);
-            let rid = ctx.request_id.clone();
-            if write_error(session, ErrorCode::InternalError, None, &rid, &[])
+            if write_error(session, ErrorCode::InternalError, None, &ctx.reply, &[])
                 .await
                 .is_ok()
             {
@@ -113,7 +116,10 @@ impl ProxyHttp for OriginPull {
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
         let gone = client_gone(e);
         if gone {
-            log::debug!("request {}: the client went away: {e}", ctx.request_id);
+            log::debug!(
+                "request {}: the client went away: {e}",
+                ctx.reply.request_id
+            );
         }
         gone
     }
@@ -150,7 +156,7 @@ impl ProxyHttp for OriginPull {
             result: ctx.result.as_str(),
             bytes: ctx.body_bytes,
             duration: ctx.started.elapsed(),
-            request_id: &ctx.request_id,
+            request_id: &ctx.reply.request_id,
         });
     }
 }
@@ -164,14 +170,18 @@ impl OriginPull {
     ) -> Result<(RequestResult, u64)> {
         // One configuration generation for the whole request, even if a reload lands meanwhile.
         let live = self.config.current();
-        let rid = ctx.request_id.clone();
 
         let Some(bucket) = live.routes.bucket_for(session.req_header()).cloned() else {
-            let n = write_error(session, ErrorCode::NoSuchBucket, None, &rid, &[]).await?;
+            let n = write_error(session, ErrorCode::NoSuchBucket, None, &ctx.reply, &[]).await?;
             return Ok((RequestResult::NoSuchBucket, n));
         };
         ctx.bucket = Some(bucket.clone());
+        ctx.reply.cors = CorsReply::for_request(&bucket.config.cors, session.req_header());
         let name = bucket.config.name.as_str();
+
+        if is_preflight(session.req_header()) {
+            return answer_preflight(session, &bucket.config.cors, &mut ctx.reply).await;
+        }
 
         let method = &session.req_header().method;
         if method != Method::GET && method != Method::HEAD {
@@ -180,7 +190,14 @@ impl OriginPull {
                 session.set_keepalive(None);
             }
             let allow = [(header::ALLOW, "GET, HEAD")];
-            let n = write_error(session, ErrorCode::MethodNotAllowed, None, &rid, &allow).await?;
+            let n = write_error(
+                session,
+                ErrorCode::MethodNotAllowed,
+                None,
+                &ctx.reply,
+                &allow,
+            )
+            .await?;
             return Ok((RequestResult::MethodNotAllowed, n));
         }
 
@@ -200,7 +217,7 @@ impl OriginPull {
                             format!("Keys are at most {MAX_KEY_BYTES} bytes."),
                         ),
                     };
-                    let n = write_error(session, code, Some(&detail), &rid, &[]).await?;
+                    let n = write_error(session, code, Some(&detail), &ctx.reply, &[]).await?;
                     return Ok((RequestResult::BadRequest, n));
                 }
             };
@@ -210,7 +227,9 @@ impl OriginPull {
         if !known_missing {
             match self.store.open(name, &key).await {
                 Ok(Some(object)) => {
-                    let (outcome, n) = serve_hit(session, object, &rid).await?;
+                    let req = session.req_header();
+                    let hit = self.compressor.select(req, &bucket, &key, object).await;
+                    let (outcome, n) = serve_hit(session, hit, &ctx.reply).await?;
                     let result = match outcome {
                         HitOutcome::Served | HitOutcome::PreconditionFailed => RequestResult::Hit,
                         HitOutcome::NotModified => RequestResult::NotModified,
@@ -222,7 +241,8 @@ impl OriginPull {
                 Err(StoreError::Corrupt(why)) => log::error!("bucket {name}: {why}"),
                 Err(e) => {
                     log::error!("bucket {name}: opening {:?}: {e}", key.as_str());
-                    let n = write_error(session, ErrorCode::InternalError, None, &rid, &[]).await?;
+                    let n = write_error(session, ErrorCode::InternalError, None, &ctx.reply, &[])
+                        .await?;
                     return Ok((RequestResult::Error, n));
                 }
             }
@@ -233,18 +253,19 @@ impl OriginPull {
             .as_ref()
             .map(|pull| pull.policy_for(key.as_str()));
         let Some(policy) = policy.filter(|p| p.enabled) else {
-            let n = write_error(session, ErrorCode::NoSuchKey, None, &rid, &[]).await?;
+            let n = write_error(session, ErrorCode::NoSuchKey, None, &ctx.reply, &[]).await?;
             return Ok((RequestResult::NotFound, n));
         };
         let query = session.req_header().uri.query();
         if policy.mode == PullMode::Mirror {
             let Some(pull) = bucket.pull.as_ref() else {
-                let n = write_error(session, ErrorCode::NoSuchKey, None, &rid, &[]).await?;
+                let n = write_error(session, ErrorCode::NoSuchKey, None, &ctx.reply, &[]).await?;
                 return Ok((RequestResult::NotFound, n));
             };
             let miss = MirrorMiss {
                 filler: &self.filler,
                 store: self.store.as_ref(),
+                compressor: &self.compressor,
                 bucket: &bucket,
                 pull,
                 policy,
@@ -254,12 +275,12 @@ impl OriginPull {
                     query: query.map(str::to_string),
                 },
                 limits: &live.config.fill,
-                request_id: &rid,
+                reply: &ctx.reply,
             };
             return miss.answer(session).await;
         }
         let Some(origin) = policy.origins.first_choice(key.as_str()) else {
-            let n = write_error(session, ErrorCode::NoSuchKey, None, &rid, &[]).await?;
+            let n = write_error(session, ErrorCode::NoSuchKey, None, &ctx.reply, &[]).await?;
             return Ok((RequestResult::NotFound, n));
         };
         let target = location(
@@ -277,7 +298,7 @@ impl OriginPull {
             self.filler
                 .start_copy_after_redirect(&bucket, &key, source, &live.config.fill);
         }
-        let n = write_redirect(session, policy.redirect_code, target, &rid).await?;
+        let n = write_redirect(session, policy.redirect_code, target, &ctx.reply).await?;
         Ok((RequestResult::Redirect, n))
     }
 
@@ -290,13 +311,12 @@ impl OriginPull {
         bucket: &Arc<Bucket>,
         path: &str,
     ) -> Result<(RequestResult, u64)> {
-        let rid = ctx.request_id.clone();
         let policy = bucket.pull.as_ref().map(|pull| pull.policy_for(path));
         let origin = policy
             .filter(|p| p.enabled)
             .and_then(|p| Some((p, p.origins.first_choice(path)?)));
         let Some((policy, origin)) = origin else {
-            let n = write_error(session, ErrorCode::NoSuchKey, None, &rid, &[]).await?;
+            let n = write_error(session, ErrorCode::NoSuchKey, None, &ctx.reply, &[]).await?;
             return Ok((RequestResult::NotFound, n));
         };
         let target = location(
@@ -305,7 +325,7 @@ impl OriginPull {
             session.req_header().uri.query(),
         );
         ctx.origin = Some(origin.clone());
-        let n = write_redirect(session, policy.redirect_code, target, &rid).await?;
+        let n = write_redirect(session, policy.redirect_code, target, &ctx.reply).await?;
         Ok((RequestResult::Redirect, n))
     }
 }

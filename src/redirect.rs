@@ -13,7 +13,7 @@ use pingora::Result;
 
 use crate::config::OriginAddr;
 use crate::key::safe_query;
-use crate::respond::{response_header, write_complete};
+use crate::respond::{response_header, write_complete, Reply};
 
 /// The redirect target for `origin_path` (already encoded, with its leading `/`) at `origin`.
 pub fn location(origin: &OriginAddr, origin_path: &str, query: Option<&str>) -> String {
@@ -37,10 +37,10 @@ pub async fn write_redirect(
     session: &mut Session,
     status: u16,
     location: String,
-    request_id: &str,
+    reply: &Reply,
 ) -> Result<u64> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
-    let mut resp = response_header(status, request_id)?;
+    let mut resp = response_header(status, reply)?;
     resp.insert_header(header::LOCATION, location)?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
     write_complete(session, resp, Bytes::new()).await

@@ -1,6 +1,6 @@
 //! Writing responses: the one S3/COS-style XML error builder and the one header policy that
-//! every response originpull writes passes through (`Server`, `Date`, request id, an exact
-//! `Content-Length`; a 304 carries none).
+//! every response originpull writes passes through (`Server`, `Date`, request id, the request's
+//! CORS headers, an exact `Content-Length`; a 304 carries none).
 //!
 //! Responses carry a `Content-Length` because without it Pingora's HTTP/1 writer falls back to
 //! chunked encoding and flushes each write, and `respond_error` would turn keep-alive off.
@@ -11,6 +11,8 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::http::date::get_cached_date;
 use pingora::proxy::Session;
 use pingora::Result;
+
+use crate::cors::CorsReply;
 
 /// S3/COS error codes originpull answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,13 +29,18 @@ pub enum ErrorCode {
     BadGateway,
     /// Mirror mode: the origin did not answer in time.
     GatewayTimeout,
+    BadRequest,
+    AccessForbidden,
 }
 
 impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
             ErrorCode::NoSuchBucket | ErrorCode::NoSuchKey => StatusCode::NOT_FOUND,
-            ErrorCode::InvalidUri | ErrorCode::KeyTooLong => StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidUri | ErrorCode::KeyTooLong | ErrorCode::BadRequest => {
+                StatusCode::BAD_REQUEST
+            }
+            ErrorCode::AccessForbidden => StatusCode::FORBIDDEN,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ErrorCode::RequestHeaderSectionTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -55,6 +62,8 @@ impl ErrorCode {
             ErrorCode::InternalError => "InternalError",
             ErrorCode::BadGateway => "BadGateway",
             ErrorCode::GatewayTimeout => "GatewayTimeout",
+            ErrorCode::BadRequest => "BadRequest",
+            ErrorCode::AccessForbidden => "AccessForbidden",
         }
     }
 
@@ -76,6 +85,9 @@ impl ErrorCode {
             ErrorCode::InternalError => "We encountered an internal error. Please try again.",
             ErrorCode::BadGateway => "The origin of this bucket failed to provide the object.",
             ErrorCode::GatewayTimeout => "The origin of this bucket did not answer in time.",
+            ErrorCode::BadRequest => "The request is not valid.",
+            // S3 words every CORS refusal this way, with the reason after it.
+            ErrorCode::AccessForbidden => "CORSResponse:",
         }
     }
 }
@@ -121,17 +133,36 @@ fn xml_escape(text: &str) -> String {
 /// Carries each response's request id; a copy that sees it in an origin's answer has reached
 /// an originpull (a loop).
 pub const REQUEST_ID_HEADER: &str = "x-originpull-request-id";
+
 /// A new request id, for `x-originpull-request-id` and the access log.
 pub fn new_request_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// What every response to one request carries besides its own headers: the request id and the
+/// CORS headers, decided once after routing.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    pub request_id: String,
+    pub cors: CorsReply,
+}
+
+impl Reply {
+    pub fn new(request_id: String) -> Reply {
+        Reply {
+            request_id,
+            cors: CorsReply::Off,
+        }
+    }
+}
+
 /// A response header with the headers every originpull response carries.
-pub fn response_header(status: StatusCode, request_id: &str) -> Result<ResponseHeader> {
+pub fn response_header(status: StatusCode, reply: &Reply) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(status, Some(8))?;
     resp.insert_header(header::SERVER, "originpull")?;
     resp.insert_header(header::DATE, get_cached_date())?;
-    resp.insert_header(REQUEST_ID_HEADER, request_id)?;
+    resp.insert_header(REQUEST_ID_HEADER, reply.request_id.as_str())?;
+    reply.cors.apply(&mut resp)?;
     Ok(resp)
 }
 
@@ -159,16 +190,16 @@ pub async fn write_error(
     session: &mut Session,
     code: ErrorCode,
     detail: Option<&str>,
-    request_id: &str,
+    reply: &Reply,
     extra: &[(http::HeaderName, &str)],
 ) -> Result<u64> {
     let resource = session.req_header().uri.path().to_string();
-    let mut resp = response_header(code.status(), request_id)?;
+    let mut resp = response_header(code.status(), reply)?;
     resp.insert_header(header::CONTENT_TYPE, "application/xml")?;
     for (name, value) in extra {
         resp.insert_header(name.clone(), *value)?;
     }
-    let body = error_xml(code, detail, &resource, request_id);
+    let body = error_xml(code, detail, &resource, &reply.request_id);
     write_complete(session, resp, Bytes::from(body)).await
 }
 

@@ -1,7 +1,8 @@
 //! Serving a hit from the bucket: GET and HEAD with the object's stored headers, single byte
 //! ranges (206/416), and conditional requests (304 for If-None-Match / If-Modified-Since, 412 for
 //! If-Match / If-Unmodified-Since), streamed in fixed-size chunks so memory does not grow with
-//! object size.
+//! object size. The representation served (stored bytes or an encoded variant) was picked by
+//! [`crate::compress`]; validators are the representation's own.
 
 use std::time::SystemTime;
 
@@ -13,7 +14,8 @@ use pingora::protocols::http::conditional_filter::{
 use pingora::proxy::{range_header_filter, RangeType, Session};
 use pingora::{Error, ErrorType, Result};
 
-use crate::respond::{response_header, write_error, ErrorCode};
+use crate::compress::Representation;
+use crate::respond::{response_header, write_error, ErrorCode, Reply};
 use crate::store::{ObjectMeta, StoredObject};
 
 /// Bytes read from the store and written to the client per step.
@@ -28,25 +30,32 @@ pub enum HitOutcome {
     PreconditionFailed,
 }
 
-/// Answers the request from `object`; returns the outcome and the body bytes written.
+/// Answers the request from `hit`; returns the outcome and the body bytes written.
 pub async fn serve_hit(
     session: &mut Session,
-    mut object: Box<dyn StoredObject>,
-    request_id: &str,
+    hit: Representation,
+    reply: &Reply,
 ) -> Result<(HitOutcome, u64)> {
+    let Representation {
+        mut object,
+        encoding,
+        varies,
+    } = hit;
     let meta = object.meta().clone();
-    let mut resp = object_headers(&meta, request_id)?;
+    let mut resp = object_headers(&meta, reply)?;
+    if let Some(encoding) = encoding {
+        // A distinct strong ETag per encoding: each variant's bytes are fixed for the object's
+        // version (kept, never remade while kept) and never served in ranges.
+        resp.insert_header(header::ETAG, meta.variant_etag_header(encoding.as_str()))?;
+        resp.insert_header(header::CONTENT_ENCODING, encoding.as_str())?;
+    }
+    if varies {
+        resp.append_header("Vary", HeaderValue::from_static("Accept-Encoding"))?;
+    }
     let req = session.req_header();
 
-    if precondition_fails(req, &meta) {
-        let written = write_error(
-            session,
-            ErrorCode::PreconditionFailed,
-            None,
-            request_id,
-            &[],
-        )
-        .await?;
+    if precondition_fails(req, &resp, &meta) {
+        let written = write_error(session, ErrorCode::PreconditionFailed, None, reply, &[]).await?;
         return Ok((HitOutcome::PreconditionFailed, written));
     }
     if not_modified_filter(req, &resp) {
@@ -56,6 +65,12 @@ pub async fn serve_hit(
     }
 
     let range = byte_range(req, &mut resp, meta.size)?;
+
+    if encoding.is_some() {
+        // Ranges are cut from the stored bytes only (a Range request is never given a variant),
+        // so an encoded answer must not invite one.
+        resp.remove_header(&header::ACCEPT_RANGES);
+    }
 
     let is_head = req.method == Method::HEAD;
     if is_head || range.is_empty() {
@@ -96,8 +111,8 @@ pub fn byte_range(
 }
 
 /// The 200 header for an object: size, type, validators and the origin headers it kept.
-pub fn object_headers(meta: &ObjectMeta, request_id: &str) -> Result<ResponseHeader> {
-    let mut resp = response_header(StatusCode::OK, request_id)?;
+pub fn object_headers(meta: &ObjectMeta, reply: &Reply) -> Result<ResponseHeader> {
+    let mut resp = response_header(StatusCode::OK, reply)?;
     resp.insert_header(header::CONTENT_LENGTH, meta.size)?;
     resp.insert_header(header::CONTENT_TYPE, meta.content_type.as_str())?;
     resp.insert_header(header::ETAG, meta.etag_header())?;
@@ -130,16 +145,17 @@ fn make_unsatisfiable(resp: &mut ResponseHeader, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// If-Match (strong comparison) and If-Unmodified-Since, evaluated as RFC 9110 §13.2.2 orders.
-fn precondition_fails(req: &RequestHeader, meta: &ObjectMeta) -> bool {
+/// If-Match (strong comparison with the ETag of `resp`, the representation served) and
+/// If-Unmodified-Since, evaluated as RFC 9110 §13.2.2 orders.
+fn precondition_fails(req: &RequestHeader, resp: &ResponseHeader, meta: &ObjectMeta) -> bool {
     let mut if_match = req.headers.get_all(header::IF_MATCH).iter().peekable();
     if if_match.peek().is_some() {
-        let etag = meta.etag_header();
+        let etag = resp.headers.get(header::ETAG).and_then(|v| v.to_str().ok());
         let matched = if_match.any(|value| {
             value.to_str().is_ok_and(|list| {
                 list.split(',')
                     .map(str::trim)
-                    .any(|tag| tag == "*" || tag == etag)
+                    .any(|tag| tag == "*" || Some(tag) == etag)
             })
         });
         return !matched;

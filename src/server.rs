@@ -13,6 +13,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service as ListeningService;
 
 use crate::access_log::AccessLog;
+use crate::compress::Compressor;
 use crate::config::Config;
 use crate::connection::{ConnectionCounts, ConnectionGate, ConnectionLimits};
 use crate::fill::Filler;
@@ -107,6 +108,7 @@ pub fn build(
     let app = OriginPull {
         config: handle,
         filler: Filler::new(store.clone()),
+        compressor: Compressor::new(store.clone()),
         store,
         access_log: Arc::new(access_log),
     };

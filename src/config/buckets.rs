@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use serde_yaml::Value;
 
+use super::cors::{parse_cors, CorsRule};
 use super::errors::Errors;
 use super::origin_pull::{parse_origin_pull, LoopGuard, OriginPullConfig};
 use super::section::Section;
@@ -17,9 +18,11 @@ pub struct BucketConfig {
     pub origin_pull: Option<OriginPullConfig>,
     /// `website.index_document`: `/` and paths ending in `/` name this object in the folder.
     pub index_document: Option<String>,
+    /// CORS rules, first match wins; empty when the bucket has no `cors`.
+    pub cors: Vec<CorsRule>,
 }
 
-const BUCKET_KEYS: &[&str] = &["name", "origin_pull", "website"];
+const BUCKET_KEYS: &[&str] = &["name", "origin_pull", "website", "cors"];
 const WEBSITE_KEYS: &[&str] = &["index_document"];
 
 pub(crate) fn parse_buckets(
@@ -67,10 +70,12 @@ pub(crate) fn parse_buckets(
         }
         let origin_pull = parse_origin_pull(&bucket, guard, errors);
         let index_document = parse_website(&bucket, errors);
+        let cors = parse_cors(&bucket, errors);
         buckets.push(BucketConfig {
             name,
             origin_pull,
             index_document,
+            cors,
         });
     }
     buckets

@@ -7,6 +7,7 @@
 //! [`section`] is how each reads its mapping.
 
 mod buckets;
+mod cors;
 mod errors;
 mod fill;
 mod memory_cache;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde_yaml::Value;
 
 pub use buckets::{validate_bucket_name, BucketConfig};
+pub use cors::{CorsRule, WildcardPattern};
 pub use errors::{ConfigError, ConfigErrors};
 pub use fill::FillSettings;
 pub use memory_cache::MemoryCacheSettings;

@@ -12,6 +12,11 @@
 //!
 //! Reads use plain positional reads on the calling thread, as nginx does without `aio`: hot
 //! objects come from the page cache, and a thread hop per read would cost more than it saves.
+//!
+//! A variant of an object sits beside it as `<object file>.<variant>` (e.g. `….br`), in the
+//! same format, its metadata naming the version it was made from; one of an older version is
+//! ignored and then overwritten. Variants are renamed into place without `fsync`: one torn by
+//! a crash fails its trailer check, reads as absent and is made again.
 
 use std::fs::File;
 use std::io;
@@ -78,6 +83,33 @@ impl DiskStore {
             .join(&hash[2..4])
             .join(hash)
     }
+
+    /// The file holding `variant` of `key`, beside the object's file.
+    fn variant_path(&self, bucket: &str, key: &ObjectKey, variant: &str) -> io::Result<PathBuf> {
+        if variant.is_empty()
+            || !variant
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("variant name {variant:?} is not lower-case letters and digits"),
+            ));
+        }
+        let mut path = self.object_path(bucket, key).into_os_string();
+        path.push(".");
+        path.push(variant);
+        Ok(PathBuf::from(path))
+    }
+
+    /// A new temporary file's path in the bucket's `tmp/`, named after this process.
+    fn tmp_path(&self, bucket: &str) -> PathBuf {
+        self.bucket_dir(bucket).join("tmp").join(format!(
+            "{}-{:032x}",
+            std::process::id(),
+            rand::random::<u128>()
+        ))
+    }
 }
 
 #[async_trait]
@@ -102,13 +134,10 @@ impl BucketStore for DiskStore {
         bucket: &str,
         key: &ObjectKey,
     ) -> Result<Box<dyn ObjectWriter>, StoreError> {
-        let tmp_dir = self.bucket_dir(bucket).join("tmp");
-        tokio::fs::create_dir_all(&tmp_dir).await?;
-        let tmp_path = tmp_dir.join(format!(
-            "{}-{:032x}",
-            std::process::id(),
-            rand::random::<u128>()
-        ));
+        let tmp_path = self.tmp_path(bucket);
+        if let Some(tmp_dir) = tmp_path.parent() {
+            tokio::fs::create_dir_all(tmp_dir).await?;
+        }
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -124,6 +153,90 @@ impl BucketStore for DiskStore {
             written: 0,
         }))
     }
+
+    async fn open_variant(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+        of: &ObjectMeta,
+        variant: &str,
+    ) -> Result<Option<Box<dyn StoredObject>>, StoreError> {
+        let path = self.variant_path(bucket, key, variant)?;
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match read_trailer(&file, key) {
+            Ok(meta) if meta.is_variant_of(of) => Ok(Some(Box::new(DiskObject { file, meta }))),
+            // Made from an older version: as good as absent.
+            Ok(_) => Ok(None),
+            Err(StoreError::Corrupt(why)) => {
+                log::warn!("bucket {bucket}: variant {variant}: {why}; making it again");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_variant(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+        of: &ObjectMeta,
+        variant: &str,
+        body: Bytes,
+    ) -> Result<(), StoreError> {
+        let final_path = self.variant_path(bucket, key, variant)?;
+        let meta = ObjectMeta {
+            size: body.len() as u64,
+            ..of.clone()
+        };
+        let trailer = encode_trailer(&meta)?;
+        let tmp_path = self.tmp_path(bucket);
+        tokio::task::spawn_blocking(move || write_variant(&tmp_path, &final_path, &body, &trailer))
+            .await
+            .map_err(|e| StoreError::Io(io::Error::other(e)))??;
+        Ok(())
+    }
+}
+
+/// Writes a variant's file and renames it into place; no `fsync`, see the module docs.
+fn write_variant(
+    tmp_path: &Path,
+    final_path: &Path,
+    body: &[u8],
+    trailer: &[u8],
+) -> io::Result<()> {
+    use std::io::Write;
+    let written = (|| {
+        if let Some(dir) = tmp_path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut file = File::create(tmp_path)?;
+        file.write_all(body)?;
+        file.write_all(trailer)?;
+        drop(file);
+        std::fs::rename(tmp_path, final_path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(tmp_path);
+    }
+    written
+}
+
+/// The trailer that ends an object file: metadata JSON, its length, [`MAGIC`].
+fn encode_trailer(meta: &ObjectMeta) -> Result<Vec<u8>, StoreError> {
+    let meta_json = serde_json::to_vec(meta)
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode metadata: {e}")))?;
+    let meta_len = u32::try_from(meta_json.len())
+        .map_err(|_| StoreError::Corrupt("metadata too large".into()))?;
+    let mut trailer = meta_json;
+    let mut fixed = [0u8; TRAILER_FIXED];
+    fixed[0..4].copy_from_slice(&meta_len.to_le_bytes());
+    fixed[8..].copy_from_slice(MAGIC);
+    trailer.extend_from_slice(&fixed);
+    Ok(trailer)
 }
 
 /// Whether the temporary file at `path` belongs to another process that is still running.
@@ -233,16 +346,7 @@ impl ObjectWriter for DiskWriter {
             last_modified,
             headers: object.headers,
         };
-        let meta_json = serde_json::to_vec(&meta)
-            .map_err(|e| StoreError::Corrupt(format!("cannot encode metadata: {e}")))?;
-        let meta_len = u32::try_from(meta_json.len())
-            .map_err(|_| StoreError::Corrupt("metadata too large".into()))?;
-        let mut trailer = meta_json;
-        let mut fixed = [0u8; TRAILER_FIXED];
-        fixed[0..4].copy_from_slice(&meta_len.to_le_bytes());
-        fixed[8..].copy_from_slice(MAGIC);
-        trailer.extend_from_slice(&fixed);
-        self.body.finish(trailer).await?;
+        self.body.finish(encode_trailer(&meta)?).await?;
 
         let tmp_path = self.tmp_path.clone().unwrap_or_default();
         let final_path = self.final_path.clone();
@@ -330,6 +434,54 @@ mod tests {
         assert!(!tmp.join("stale").exists());
         assert!(!tmp.join(format!("{}-ab", u32::MAX)).exists());
         assert!(tmp.join("1-ab").exists(), "a running writer's file is kept");
+    }
+
+    #[tokio::test]
+    async fn a_variant_is_kept_beside_its_version_and_ignored_for_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        let put = |body: &'static [u8]| {
+            let store = store.clone();
+            async move {
+                let mut w = store.create("b-1", &key("a")).await.unwrap();
+                w.write(Bytes::from_static(body)).await.unwrap();
+                w.commit(NewObject::default()).await.unwrap()
+            }
+        };
+        let v1 = put(b"one").await;
+        assert!(store
+            .open_variant("b-1", &key("a"), &v1, "br")
+            .await
+            .unwrap()
+            .is_none());
+        store
+            .put_variant("b-1", &key("a"), &v1, "br", Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+        let mut variant = store
+            .open_variant("b-1", &key("a"), &v1, "br")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(variant.meta().size, 1);
+        assert_eq!(variant.meta().etag, v1.etag);
+        assert_eq!(&variant.read_at(0, 10).await.unwrap()[..], b"1");
+        assert!(store
+            .open_variant("b-1", &key("a"), &v1, "gzip")
+            .await
+            .unwrap()
+            .is_none());
+
+        let v2 = put(b"two").await;
+        assert!(store
+            .open_variant("b-1", &key("a"), &v2, "br")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store
+            .open_variant("b-1", &key("a"), &v1, "../x")
+            .await
+            .is_err());
     }
 
     #[tokio::test]

@@ -9,6 +9,10 @@
 //! version is never hidden behind an old one. Only one request at a time reads a given object
 //! into memory; requests meanwhile stream it from the store, so a burst of requests for a cold
 //! object does not hold one copy per request.
+//!
+//! Variants (see [`super`]) of up to `max_object_bytes` share the cache. They are keyed by the
+//! version they were made from, so they need no revalidation: a new version simply looks up a
+//! variant that is not there.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -35,6 +39,8 @@ pub struct HotTierLimits {
 
 struct HotObject {
     bucket: String,
+    /// `None` for the object itself, else the variant's name.
+    variant: Option<String>,
     meta: ObjectMeta,
     body: Bytes,
     loaded_at: Instant,
@@ -81,11 +87,55 @@ impl<S> Shared<S> {
         h.finish()
     }
 
+    fn variant_id(&self, bucket: &str, key: &ObjectKey, variant: &str) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        bucket.hash(&mut h);
+        key.as_str().hash(&mut h);
+        variant.hash(&mut h);
+        h.finish()
+    }
+
+    /// The cached `variant` made from version `of`, if any.
+    fn lookup_variant(
+        &self,
+        id: u64,
+        bucket: &str,
+        of: &ObjectMeta,
+        variant: &str,
+    ) -> Option<Arc<HotObject>> {
+        let hot = self.cache.get(&id)?;
+        let same = hot.bucket == bucket
+            && hot.variant.as_deref() == Some(variant)
+            && hot.meta.is_variant_of(of);
+        same.then_some(hot)
+    }
+
+    /// Caches a variant no larger than `max_object_bytes`, and returns it.
+    fn put_variant(
+        &self,
+        id: u64,
+        bucket: &str,
+        variant: &str,
+        meta: ObjectMeta,
+        body: Bytes,
+    ) -> Arc<HotObject> {
+        let weight = Self::weight(meta.size);
+        let hot = Arc::new(HotObject {
+            bucket: bucket.to_string(),
+            variant: Some(variant.to_string()),
+            meta,
+            body,
+            loaded_at: Instant::now(),
+        });
+        self.cache.put(id, hot.clone(), weight);
+        hot
+    }
+
     /// The cached object for exactly this bucket and key, and whether it is still within its
     /// revalidation time.
     fn lookup(&self, id: u64, bucket: &str, key: &ObjectKey) -> Option<(Arc<HotObject>, bool)> {
         let hot = self.cache.get(&id)?;
-        let same = hot.bucket == bucket && hot.meta.key == key.as_str();
+        let same = hot.bucket == bucket && hot.variant.is_none() && hot.meta.key == key.as_str();
         let fresh = hot.loaded_at.elapsed() < self.limits.revalidate;
         same.then_some((hot, fresh))
     }
@@ -155,6 +205,7 @@ impl<S: BucketStore> BucketStore for HotTier<S> {
             // Unchanged in the store: the bytes in memory are still right.
             let renewed = Arc::new(HotObject {
                 bucket: stale.bucket.clone(),
+                variant: None,
                 meta: stale.meta.clone(),
                 body: stale.body.clone(),
                 loaded_at: Instant::now(),
@@ -174,6 +225,7 @@ impl<S: BucketStore> BucketStore for HotTier<S> {
         }
         let hot = Arc::new(HotObject {
             bucket: bucket.to_string(),
+            variant: None,
             meta: object.meta().clone(),
             body,
             loaded_at: Instant::now(),
@@ -193,6 +245,61 @@ impl<S: BucketStore> BucketStore for HotTier<S> {
             shared: self.shared.clone(),
             id: self.shared.id(bucket, key),
         }))
+    }
+
+    async fn open_variant(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+        of: &ObjectMeta,
+        variant: &str,
+    ) -> Result<Option<Box<dyn StoredObject>>, StoreError> {
+        let shared = &self.shared;
+        let id = shared.variant_id(bucket, key, variant);
+        if let Some(hot) = shared.lookup_variant(id, bucket, of, variant) {
+            return Ok(Some(Box::new(MemoryObject(hot))));
+        }
+        let Some(mut object) = shared.inner.open_variant(bucket, key, of, variant).await? else {
+            return Ok(None);
+        };
+        let size = object.meta().size;
+        if size > shared.limits.max_object_bytes as u64 {
+            return Ok(Some(object));
+        }
+        // Small, and read by one request or a few at worst: no loading claim needed.
+        let body = object.read_at(0, size as usize).await?;
+        if body.len() as u64 != size {
+            return Err(StoreError::Corrupt(format!(
+                "variant {variant} of {:?} is shorter than its size",
+                key.as_str()
+            )));
+        }
+        let hot = shared.put_variant(id, bucket, variant, object.meta().clone(), body);
+        Ok(Some(Box::new(MemoryObject(hot))))
+    }
+
+    async fn put_variant(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+        of: &ObjectMeta,
+        variant: &str,
+        body: Bytes,
+    ) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        shared
+            .inner
+            .put_variant(bucket, key, of, variant, body.clone())
+            .await?;
+        if body.len() <= shared.limits.max_object_bytes {
+            let meta = ObjectMeta {
+                size: body.len() as u64,
+                ..of.clone()
+            };
+            let id = shared.variant_id(bucket, key, variant);
+            shared.put_variant(id, bucket, variant, meta, body);
+        }
+        Ok(())
     }
 }
 
@@ -334,6 +441,57 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(80)).await;
         let mut o = hot.open("b-1", &key("a")).await.unwrap().unwrap();
         assert_eq!(&o.read_at(0, 10).await.unwrap()[..], b"second");
+    }
+
+    #[tokio::test]
+    async fn variants_are_served_from_memory_for_their_version_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hot, path) = tier_and_file(&dir, Duration::from_secs(60), "a");
+        put(&hot, "a", b"one").await;
+        let v1 = hot
+            .open("b-1", &key("a"))
+            .await
+            .unwrap()
+            .unwrap()
+            .meta()
+            .clone();
+        hot.put_variant("b-1", &key("a"), &v1, "gzip", Bytes::from_static(b"g1"))
+            .await
+            .unwrap();
+        // Gone from disk, still served from memory: the put cached it.
+        let variant_file = format!("{}.gzip", path.display());
+        std::fs::remove_file(&variant_file).unwrap();
+        let mut v = hot
+            .open_variant("b-1", &key("a"), &v1, "gzip")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&v.read_at(0, 10).await.unwrap()[..], b"g1");
+        assert_eq!(v.meta().size, 2);
+        // Not the object itself, and not another version's.
+        assert_eq!(
+            &hot.open("b-1", &key("a"))
+                .await
+                .unwrap()
+                .unwrap()
+                .read_at(0, 10)
+                .await
+                .unwrap()[..],
+            b"one"
+        );
+        put(&hot, "a", b"two").await;
+        let v2 = hot
+            .open("b-1", &key("a"))
+            .await
+            .unwrap()
+            .unwrap()
+            .meta()
+            .clone();
+        assert!(hot
+            .open_variant("b-1", &key("a"), &v2, "gzip")
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -1,8 +1,14 @@
 //! The bucket store interface: what serving and filling need from wherever objects live.
 //!
-//! It is deliberately narrow (open an object, write a new one) so that an S3-compatible backend
-//! shared by many edge nodes can sit beside the disk one. A writer computes the ETag itself, as
-//! S3 does for a simple upload, and nothing written is visible until `commit` returns.
+//! It is deliberately narrow (open an object, write a new one, keep and open a variant of one)
+//! so that an S3-compatible backend shared by many edge nodes can sit beside the disk one. A
+//! writer computes the ETag itself, as S3 does for a simple upload, and nothing written is
+//! visible until `commit` returns.
+//!
+//! A *variant* is another form of one version of an object, derived from its bytes (today: a
+//! compressed encoding, named `br`, `zstd` or `gzip`). It is keyed by the version's ETag, so a
+//! new version of the object never serves an old version's variant, and it can always be made
+//! again, so a store may lose it (a crash, an eviction) at any time.
 
 pub mod disk;
 pub mod hot;
@@ -45,6 +51,21 @@ impl ObjectMeta {
     /// The `ETag` header value: the hex MD5 in quotes, as S3 sends it.
     pub fn etag_header(&self) -> String {
         format!("\"{}\"", self.etag)
+    }
+
+    /// The `ETag` of the object's `variant` (e.g. `br`): `"<md5>-br"`, distinct per variant.
+    pub fn variant_etag_header(&self, variant: &str) -> String {
+        format!("\"{}-{variant}\"", self.etag)
+    }
+
+    /// Whether `self`, the metadata of a variant, was made from the version `of` (everything
+    /// but the size is the same).
+    pub fn is_variant_of(&self, of: &ObjectMeta) -> bool {
+        self.etag == of.etag
+            && self.key == of.key
+            && self.last_modified == of.last_modified
+            && self.content_type == of.content_type
+            && self.headers == of.headers
     }
 
     pub fn last_modified_time(&self) -> SystemTime {
@@ -102,4 +123,26 @@ pub trait BucketStore: Send + Sync + 'static {
         bucket: &str,
         key: &ObjectKey,
     ) -> Result<Box<dyn ObjectWriter>, StoreError>;
+
+    /// Opens the `variant` (a lower-case name such as `br`) kept for the version of `key`
+    /// described by `of`; `Ok(None)` when none is kept for that version. Its metadata is `of`'s
+    /// with `size` the variant's.
+    async fn open_variant(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+        of: &ObjectMeta,
+        variant: &str,
+    ) -> Result<Option<Box<dyn StoredObject>>, StoreError>;
+
+    /// Keeps `body` as the `variant` of the version `of` of `key`, replacing any `variant` kept
+    /// for an older version.
+    async fn put_variant(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+        of: &ObjectMeta,
+        variant: &str,
+        body: Bytes,
+    ) -> Result<(), StoreError>;
 }

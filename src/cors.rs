@@ -1,0 +1,284 @@
+//! CORS as S3 and COS do it: a request's `Origin` (and, for a preflight, its
+//! `Access-Control-Request-Method` and `-Headers`) is matched against the bucket's rules in
+//! order, and the first rule that matches decides the headers.
+//!
+//! [`CorsReply::for_request`] is computed once per routed request and carried in the
+//! [`Reply`](crate::respond::Reply) that every response of the request is built from
+//! ([`crate::respond::response_header`]), so hits, 304s, 302s and errors all get the same headers
+//! from one place. [`answer_preflight`] answers `OPTIONS`.
+//!
+//! A bucket without rules costs one emptiness check per request; a bucket with rules but a
+//! request without `Origin` adds one static `Vary` value. Neither allocates.
+
+use http::header::{ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN};
+use http::{HeaderValue, Method, StatusCode};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::Result;
+
+use crate::config::{CorsRule, WildcardPattern};
+use crate::metrics::RequestResult;
+use crate::respond::{response_header, write_complete, write_error, ErrorCode, Reply};
+
+/// What CORS adds to every response of one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CorsReply {
+    /// The bucket has no CORS rules (or the host matched no bucket): nothing.
+    #[default]
+    Off,
+    /// The bucket has rules, none of which allows this request: `Vary: Origin` only.
+    VaryOnly,
+    /// A rule allows the request.
+    Allowed(Allowed),
+}
+
+/// The headers of a rule that allowed a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    /// The request's `Origin`, or `*` for a rule that allows every origin.
+    allow_origin: HeaderValue,
+    expose_headers: Option<HeaderValue>,
+}
+
+impl CorsReply {
+    /// The CORS headers for a request that is not a preflight: its `Origin` and its own method
+    /// must match a rule.
+    pub fn for_request(rules: &[CorsRule], req: &RequestHeader) -> CorsReply {
+        if rules.is_empty() {
+            return CorsReply::Off;
+        }
+        let Some(origin) = req.headers.get(ORIGIN) else {
+            return CorsReply::VaryOnly;
+        };
+        match first_match(rules, origin.as_bytes(), &req.method, &[]) {
+            Some((rule, any_origin)) => CorsReply::Allowed(Allowed::new(rule, origin, any_origin)),
+            None => CorsReply::VaryOnly,
+        }
+    }
+
+    /// Adds the headers to a response. Names are given as static strings: Pingora keeps the
+    /// wire case of each name, and copies names it does not know into a new buffer otherwise.
+    ///
+    /// `Vary: Origin` goes on every response of a bucket with rules, matched or not: a shared
+    /// cache (a CDN in front of the bucket) that stored an answer to a request without `Origin`
+    /// would otherwise hand it, without `Access-Control-Allow-Origin`, to a browser's CORS
+    /// request, or hand one origin's answer to another. S3 sends it only when a rule matched,
+    /// which is the known cause of exactly that failure behind CloudFront.
+    pub fn apply(&self, resp: &mut ResponseHeader) -> Result<()> {
+        match self {
+            CorsReply::Off => Ok(()),
+            CorsReply::VaryOnly => {
+                resp.append_header("Vary", HeaderValue::from_static("Origin"))?;
+                Ok(())
+            }
+            CorsReply::Allowed(allowed) => {
+                resp.insert_header("Access-Control-Allow-Origin", allowed.allow_origin.clone())?;
+                if allowed.allow_origin != "*" {
+                    // As S3 does: a named origin may send cookies; `*` forbids it by definition.
+                    resp.insert_header(
+                        "Access-Control-Allow-Credentials",
+                        HeaderValue::from_static("true"),
+                    )?;
+                }
+                if let Some(expose) = &allowed.expose_headers {
+                    resp.insert_header("Access-Control-Expose-Headers", expose.clone())?;
+                }
+                resp.append_header("Vary", HeaderValue::from_static("Origin"))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Allowed {
+    fn new(rule: &CorsRule, origin: &HeaderValue, any_origin: bool) -> Allowed {
+        Allowed {
+            allow_origin: if any_origin {
+                HeaderValue::from_static("*")
+            } else {
+                origin.clone()
+            },
+            expose_headers: rule.expose_headers_value.clone(),
+        }
+    }
+}
+
+/// An `OPTIONS` with an `Origin`: a browser's preflight. An `OPTIONS` without one is no CORS
+/// request and gets the 405 of any other method.
+pub fn is_preflight(req: &RequestHeader) -> bool {
+    req.method == Method::OPTIONS && req.headers.contains_key(ORIGIN)
+}
+
+/// Answers a preflight ([`is_preflight`]): `200` with the rule's methods, the requested headers
+/// and its max age and no body when a rule allows it; `403 AccessForbidden` (S3's
+/// CORSResponse) when none does or the bucket has no rules; `400 BadRequest` without a valid
+/// `Access-Control-Request-Method`, as S3 answers.
+pub async fn answer_preflight(
+    session: &mut Session,
+    rules: &[CorsRule],
+    reply: &mut Reply,
+) -> Result<(RequestResult, u64)> {
+    let req = session.req_header();
+    let origin = req.headers.get(ORIGIN).cloned();
+    let method = req
+        .headers
+        .get(ACCESS_CONTROL_REQUEST_METHOD)
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+    let (Some(origin), Some(method)) = (origin, method) else {
+        let detail =
+            "Insufficient information. Access-Control-Request-Method request header needed.";
+        let n = write_error(session, ErrorCode::BadRequest, Some(detail), reply, &[]).await?;
+        return Ok((RequestResult::BadRequest, n));
+    };
+    let requested: Vec<String> = req
+        .headers
+        .get_all(ACCESS_CONTROL_REQUEST_HEADERS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
+
+    let matched = first_match(rules, origin.as_bytes(), &method, &requested);
+    let Some((rule, any_origin)) = matched else {
+        let detail = if rules.is_empty() {
+            "CORS is not enabled for this bucket."
+        } else {
+            "This CORS request is not allowed. This is usually because the evaluation of Origin, request method / Access-Control-Request-Method or Access-Control-Request-Headers are not allowed by the resource's CORS spec."
+        };
+        let n = write_error(
+            session,
+            ErrorCode::AccessForbidden,
+            Some(detail),
+            reply,
+            &[],
+        )
+        .await?;
+        return Ok((RequestResult::CorsForbidden, n));
+    };
+
+    reply.cors = CorsReply::Allowed(Allowed::new(rule, &origin, any_origin));
+    let mut resp = response_header(StatusCode::OK, reply)?;
+    resp.insert_header(
+        "Access-Control-Allow-Methods",
+        rule.allow_methods_value.clone(),
+    )?;
+    if !requested.is_empty() {
+        resp.insert_header("Access-Control-Allow-Headers", requested.join(", "))?;
+    }
+    if let Some(max_age) = &rule.max_age_value {
+        resp.insert_header("Access-Control-Max-Age", max_age.clone())?;
+    }
+    // The answer also depends on what the preflight asked for.
+    resp.append_header(
+        "Vary",
+        "Access-Control-Request-Method, Access-Control-Request-Headers",
+    )?;
+    let n = write_complete(session, resp, bytes::Bytes::new()).await?;
+    Ok((RequestResult::Preflight, n))
+}
+
+/// The first rule allowing `origin`, `method` and every one of `headers` (lower-case), and
+/// whether it allowed the origin through a `*` pattern alone.
+fn first_match<'r>(
+    rules: &'r [CorsRule],
+    origin: &[u8],
+    method: &Method,
+    headers: &[String],
+) -> Option<(&'r CorsRule, bool)> {
+    rules.iter().find_map(|rule| {
+        let pattern = rule
+            .allowed_origins
+            .iter()
+            .find(|p| wildcard_match(p, origin))?;
+        let allowed = rule.allowed_methods.contains(method)
+            && headers.iter().all(|h| {
+                rule.allowed_headers
+                    .iter()
+                    .any(|p| wildcard_match(p, h.as_bytes()))
+            });
+        allowed.then_some((rule, pattern.is_any()))
+    })
+}
+
+/// Case-insensitive match of `text` against a pattern with at most one `*`.
+fn wildcard_match(pattern: &WildcardPattern, text: &[u8]) -> bool {
+    let prefix = pattern.prefix.as_bytes();
+    match &pattern.suffix {
+        None => text.eq_ignore_ascii_case(prefix),
+        Some(suffix) => {
+            let suffix = suffix.as_bytes();
+            text.len() >= prefix.len() + suffix.len()
+                && text[..prefix.len()].eq_ignore_ascii_case(prefix)
+                && text[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn rules(cors: &str) -> Vec<CorsRule> {
+        let text = format!(
+            "listen: 127.0.0.1:8080\ndata_dir: d\ndomain_suffix: file.myqcloud.com\nbuckets:\n  - name: example-1250000000\n    cors:\n{cors}"
+        );
+        Config::parse(&text).unwrap().buckets.remove(0).cors
+    }
+
+    fn request(method: &str, origin: Option<&str>) -> RequestHeader {
+        let mut req = RequestHeader::build(method, b"/a.js", None).unwrap();
+        if let Some(origin) = origin {
+            req.insert_header(ORIGIN, origin).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn one_wildcard_matches_any_run_but_not_across_the_fixed_parts() {
+        let r = rules("      - allowed_origins: [\"https://*.example.com\"]\n        allowed_methods: [GET]\n");
+        let p = &r[0].allowed_origins[0];
+        assert!(wildcard_match(p, b"https://a.example.com"));
+        assert!(wildcard_match(p, b"https://a.b.EXAMPLE.com"));
+        assert!(!wildcard_match(p, b"https://example.com"));
+        assert!(!wildcard_match(p, b"http://a.example.com"));
+        assert!(!wildcard_match(p, b"https://a.example.com.evil"));
+    }
+
+    #[test]
+    fn first_matching_rule_decides_and_method_must_be_allowed() {
+        let r = rules(
+            "      - allowed_origins: [\"https://a.example.com\"]\n        allowed_methods: [HEAD]\n      - allowed_origins: [\"*\"]\n        allowed_methods: [GET]\n        expose_headers: [ETag]\n",
+        );
+        let got = CorsReply::for_request(&r, &request("GET", Some("https://a.example.com")));
+        let CorsReply::Allowed(allowed) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(allowed.allow_origin, "*");
+        let got = CorsReply::for_request(&r, &request("HEAD", Some("https://a.example.com")));
+        let CorsReply::Allowed(allowed) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(allowed.allow_origin, "https://a.example.com");
+        assert_eq!(
+            CorsReply::for_request(&r, &request("GET", None)),
+            CorsReply::VaryOnly
+        );
+        assert_eq!(
+            CorsReply::for_request(&[], &request("GET", Some("https://a.example.com"))),
+            CorsReply::Off
+        );
+    }
+
+    #[test]
+    fn preflight_headers_must_all_be_allowed() {
+        let r = rules("      - allowed_origins: [\"*\"]\n        allowed_methods: [GET]\n        allowed_headers: [\"x-amz-*\", range]\n");
+        let ok = ["range".to_string(), "x-amz-date".to_string()];
+        assert!(first_match(&r, b"https://x", &Method::GET, &ok).is_some());
+        let bad = ["range".to_string(), "authorization".to_string()];
+        assert!(first_match(&r, b"https://x", &Method::GET, &bad).is_none());
+        assert!(first_match(&r, b"https://x", &Method::PUT, &[]).is_none());
+    }
+}
