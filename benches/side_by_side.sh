@@ -16,7 +16,10 @@
 # object is requested once (302 + background copy) and polled until
 # originpull answers 200; then the origin is stopped, so its port is unused and
 # the copies triggered by the redirect scenario fail fast (connection refused).
-# nginx serves the same files from a root dir and 302s misses with try_files.
+# nginx serves the same files from a root dir and 302s misses with try_files, tuned as an
+# operator would for static files (sendfile, open_file_cache with errors cached).
+# A bare Pingora responder (examples/bare_pingora: constant 4 KiB body, constant 302) shows
+# the floor of our own stack, so the table separates our code from Pingora's.
 #
 # Everything listens on 127.0.0.1 only. Servers, wrk and the benchmark share
 # the machine's cores, so the numbers compare the two servers on this box;
@@ -35,6 +38,9 @@
 #   ORIGINPULL_BIN=    path of a prebuilt originpull binary to use instead of
 #                      building with `cargo build --release` (default: build)
 #   ORIGINPULL_SKIP=0  1: DEBUGGING ONLY - do not build/run originpull, bench nginx alone
+#   BARE=1             0: leave out the bare Pingora responder (examples/bare_pingora), the
+#                      floor of our own stack, run for the 4 KiB hit and the 302
+#   BARE_PINGORA_BIN=  path of a prebuilt examples/bare_pingora
 #
 # Output (stdout): machine, command line, per-round raw numbers and a markdown
 # table of medians with ratio originpull/nginx. Progress goes to stderr.
@@ -65,6 +71,7 @@ WARMUP=${WARMUP:-1}
 LOGS=${LOGS:-off}
 KEEP_WORK=${KEEP_WORK:-0}
 ORIGINPULL_SKIP=${ORIGINPULL_SKIP:-0}
+BARE=${BARE:-1}
 ORIGINPULL_BIN=${ORIGINPULL_BIN:-}
 
 log() { printf '[side_by_side] %s\n' "$*" >&2; }
@@ -138,6 +145,7 @@ chmod 755 "$WORK"  # nginx workers (non-root user) must traverse it
 OP_PID=""
 NGINX_PID=""
 ORIGIN_PID=""
+BARE_PIDS=()
 
 stop_pid() {  # stop_pid PID NAME: TERM, wait up to 5 s, then KILL
   local pid=$1 name=$2
@@ -160,6 +168,7 @@ cleanup() {
   trap - EXIT INT TERM
   stop_pid "$ORIGIN_PID" "python origin"
   stop_pid "$OP_PID" originpull
+  for pid in "${BARE_PIDS[@]}"; do stop_pid "$pid" "bare pingora"; done
   if [ -n "$NGINX_PID" ]; then
     "$NGINX_BIN" -p "$WORK/" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" -s stop 2>/dev/null || true
     stop_pid "$NGINX_PID" nginx
@@ -323,6 +332,11 @@ http {
     sendfile on;
     tcp_nopush on;
     keepalive_requests 100000;
+    # As an operator tunes nginx for static files: descriptors and stat results are cached,
+    # misses included, so a hit or a 302 costs no open()/stat() (issue #13).
+    open_file_cache max=10000 inactive=60s;
+    open_file_cache_valid 60s;
+    open_file_cache_errors on;
     client_body_temp_path $WORK/nginx-temp/client_body;
     proxy_temp_path $WORK/nginx-temp/proxy;
     fastcgi_temp_path $WORK/nginx-temp/fastcgi;
@@ -350,14 +364,46 @@ log "starting nginx on $NGINX_URL"
 NGINX_PID=$!
 wait_listening "$NGINX_URL" "$NGINX_PID" nginx "$WORK/nginx-error.log"
 
+# ---------------------------------------------------------------- bare Pingora
+# The floor of our own stack: examples/bare_pingora answering a constant 4 KiB body and a
+# constant 302 (two processes), same thread count, no originpull code at all.
+if [ "$BARE" = 1 ]; then
+  if [ -n "${BARE_PINGORA_BIN:-}" ]; then BARE_BIN=$BARE_PINGORA_BIN; else
+    (cd "$REPO_ROOT" && cargo build --release --example bare_pingora -q) || die "cannot build examples/bare_pingora"
+    BARE_BIN="$REPO_ROOT/target/release/examples/bare_pingora"
+  fi
+  PORT_BARE_4K=$(free_port); PORT_BARE_302=$(free_port)
+  BARE_4K_URL="http://127.0.0.1:$PORT_BARE_4K"; BARE_302_URL="http://127.0.0.1:$PORT_BARE_302"
+  "$BARE_BIN" 4k "127.0.0.1:$PORT_BARE_4K" 2 >"$WORK/bare-4k.log" 2>&1 & BARE_PIDS+=($!)
+  "$BARE_BIN" 302 "127.0.0.1:$PORT_BARE_302" 2 >"$WORK/bare-302.log" 2>&1 & BARE_PIDS+=($!)
+  wait_listening "$BARE_4K_URL" "${BARE_PIDS[0]}" bare-4k "$WORK/bare-4k.log"
+  wait_listening "$BARE_302_URL" "${BARE_PIDS[1]}" bare-302 "$WORK/bare-302.log"
+fi
+
 # ---------------------------------------------------------------- sanity checks
 SERVERS=()
 [ "$ORIGINPULL_SKIP" != 1 ] && SERVERS+=(originpull)
 SERVERS+=(nginx)
-url_of() { if [ "$1" = originpull ]; then echo "$OP_URL"; else echo "$NGINX_URL"; fi; }
+[ "$BARE" = 1 ] && SERVERS+=(pingora)
+# url_of SERVER [SCENARIO]: the bare responder has one process per scenario it can answer.
+url_of() {
+  case "$1" in
+    originpull) echo "$OP_URL" ;;
+    nginx) echo "$NGINX_URL" ;;
+    pingora) if [ "${2:-}" = redirect ]; then echo "$BARE_302_URL"; else echo "$BARE_4K_URL"; fi ;;
+  esac
+}
+# The bare responder only has a 4 KiB body and a 302.
+serves() { [ "$1" != pingora ] || [ "$2" = hit4k ] || [ "$2" = redirect ]; }
 
 log "sanity checks"
 for s in "${SERVERS[@]}"; do
+  if [ "$s" = pingora ]; then
+    res=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 10 "$BARE_4K_URL/obj4k" || true)
+    [ "$res" = "200 4096" ] || die "bare pingora: GET /obj4k gave '$res', expected '200 4096'"
+    [ "$(http_code "$BARE_302_URL$MISS_PATH")" = 302 ] || die "bare pingora: no 302"
+    continue
+  fi
   u=$(url_of "$s")
   for spec in "obj4k 4096 $MD5_4K" "obj1m 1048576 $MD5_1M"; do
     read -r obj size md5 <<<"$spec"
@@ -403,7 +449,7 @@ path_of() { case "$1" in hit4k) echo /obj4k ;; hit1m) echo /obj1m ;; hitjs_gzip)
 # run_wrk SERVER SCENARIO SECONDS OUTFILE
 run_wrk() {
   local url extra=()
-  url="$(url_of "$1")$(path_of "$2")"
+  url="$(url_of "$1" "$2")$(path_of "$2")"
   [ "$2" = hitjs_gzip ] && extra=(-H 'Accept-Encoding: gzip')
   wrk -t "$THREADS" -c "$CONNECTIONS" -d "${3}s" --timeout 5s --latency \
     -H "Host: $HOST_HDR" "${extra[@]}" -s "$LUA" "$url" >"$4" 2>&1 || { cat "$4" >&2; die "wrk failed against $1 ($url)"; }
@@ -415,12 +461,14 @@ SCENARIOS=(hit4k hit1m hitjs_gzip redirect)
 for sc in "${SCENARIOS[@]}"; do
   if [ "$WARMUP" -gt 0 ]; then
     for s in "${SERVERS[@]}"; do
+      serves "$s" "$sc" || continue
       log "warm-up $sc $s (${WARMUP}s)"
       run_wrk "$s" "$sc" "$WARMUP" "$WORK/wrk/warmup-$sc-$s.txt"
     done
   fi
   for r in $(seq "$ROUNDS"); do
     for s in "${SERVERS[@]}"; do
+      serves "$s" "$sc" || continue
       out="$WORK/wrk/$sc-$r-$s.txt"
       log "round $r/$ROUNDS $sc $s (${DURATION}s, $THREADS threads, $CONNECTIONS connections)"
       run_wrk "$s" "$sc" "$DURATION" "$out"
@@ -464,7 +512,7 @@ CMDLINE=$(printf '%q ' "$0" "${ORIG_ARGS[@]}")
   echo "- machine: $(nproc) CPU(s), $(uname -srm), $(awk '/^model name/ { sub(/^[^:]*: /, ""); print; exit }' /proc/cpuinfo 2>/dev/null || true)"
   echo "- command: \`ROUNDS=$ROUNDS DURATION=$DURATION THREADS=$THREADS CONNECTIONS=$CONNECTIONS WARMUP=$WARMUP LOGS=$LOGS ORIGINPULL_SKIP=$ORIGINPULL_SKIP${ORIGINPULL_BIN:+ ORIGINPULL_BIN=$ORIGINPULL_BIN} ${CMDLINE% }\`"
   echo "- wrk: \`wrk -t $THREADS -c $CONNECTIONS -d ${DURATION}s --timeout 5s --latency -H 'Host: $HOST_HDR' -s report.lua URL\` ($(wrk -v 2>&1 | head -n 1 | awk '{ print $1, $2 }'))"
-  echo "- nginx: $("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //'), worker_processes 2; originpull: server.threads 2; access logs: $LOGS"
+  echo "- nginx: $("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //'), worker_processes 2, sendfile, open_file_cache (errors cached); originpull: server.threads 2; bare Pingora (examples/bare_pingora): 2 threads; access logs: $LOGS"
   if [ "$ORIGINPULL_SKIP" = 1 ]; then
     echo "- **ORIGINPULL_SKIP=1: debugging run, originpull was not benchmarked**"
   fi
