@@ -15,53 +15,28 @@ SIZE_MIB=${SIZE_MIB:-1024}
 CLIENTS=${CLIENTS:-8}
 REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
-log() { echo "[copy_1gib] $*" >&2; }
-die() { log "error: $*"; exit 1; }
-need() { command -v "$1" >/dev/null 2>&1 || { log "installing $2"; apt-get install -y -qq "$2" >/dev/null; }; }
-need nginx nginx
+BENCH=copy_1gib
+# shellcheck source=benches/lib.sh
+. "$REPO_ROOT/benches/lib.sh"
 need curl curl
-NGINX_BIN=$(command -v nginx)
-
-if [ -n "${ORIGINPULL_BIN:-}" ]; then
-  OP_BIN=$ORIGINPULL_BIN
-else
-  (cd "$REPO_ROOT" && cargo build --release -q)
-  OP_BIN="$REPO_ROOT/target/release/originpull"
-fi
+originpull_bin
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/originpull-copy.XXXXXX")
 chmod 755 "$WORK"
 OP_PID=""
 cleanup() {
   if [ -n "$OP_PID" ]; then kill "$OP_PID" 2>/dev/null || true; wait "$OP_PID" 2>/dev/null || true; fi
-  if [ -f "$WORK/nginx.pid" ]; then "$NGINX_BIN" -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; fi
+  stop_nginx
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 ORIGIN_PORT=$(free_port); OP_PORT=$(free_port); METRICS_PORT=$(free_port)
 mkdir -p "$WORK/www" "$WORK/data"
 log "writing a ${SIZE_MIB} MiB object"
 head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom >"$WORK/www/big.bin"
 chmod 644 "$WORK/www/big.bin"
-USER_LINE=""; [ "$(id -u)" = 0 ] && USER_LINE="user root;"
-cat >"$WORK/nginx.conf" <<EOF
-$USER_LINE
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 1024; }
-http {
-  access_log off; sendfile on; tcp_nopush on;
-  client_body_temp_path $WORK/tmp-body; proxy_temp_path $WORK/tmp-proxy;
-  fastcgi_temp_path $WORK/tmp-fcgi; uwsgi_temp_path $WORK/tmp-uwsgi; scgi_temp_path $WORK/tmp-scgi;
-  server { listen 127.0.0.1:$ORIGIN_PORT; root $WORK/www; }
-}
-EOF
-"$NGINX_BIN" -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
+start_nginx "access_log off; sendfile on; tcp_nopush on;" "server { listen 127.0.0.1:$ORIGIN_PORT; root $WORK/www; }"
 
 HOST=bench-1250000000.bench.local
 start_originpull() {

@@ -10,43 +10,24 @@ set -euo pipefail
 
 KEYS=${KEYS:-1000000}
 REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
-log() { echo "[scanner] $*" >&2; }
-die() { log "error: $*"; exit 1; }
-need() { command -v "$1" >/dev/null 2>&1 || { log "installing $2"; apt-get install -y -qq "$2" >/dev/null; }; }
-need nginx nginx
+BENCH=scanner
+# shellcheck source=benches/lib.sh
+. "$REPO_ROOT/benches/lib.sh"
 need wrk wrk
 need curl curl
-NGINX_BIN=$(command -v nginx)
-if [ -n "${ORIGINPULL_BIN:-}" ]; then OP_BIN=$ORIGINPULL_BIN; else
-  (cd "$REPO_ROOT" && cargo build --release -q); OP_BIN="$REPO_ROOT/target/release/originpull"; fi
+originpull_bin
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/originpull-scan.XXXXXX"); chmod 755 "$WORK"
 OP_PID=""
 cleanup() {
   if [ -n "$OP_PID" ]; then kill "$OP_PID" 2>/dev/null || true; wait "$OP_PID" 2>/dev/null || true; fi
-  if [ -f "$WORK/nginx.pid" ]; then "$NGINX_BIN" -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; fi
+  stop_nginx
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 ORIGIN_PORT=$(free_port); OP_PORT=$(free_port); METRICS_PORT=$(free_port)
-USER_LINE=""; [ "$(id -u)" = 0 ] && USER_LINE="user root;"
-cat >"$WORK/nginx.conf" <<EOF
-$USER_LINE
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/tmp-body; proxy_temp_path $WORK/tmp-proxy;
-  fastcgi_temp_path $WORK/tmp-fcgi; uwsgi_temp_path $WORK/tmp-uwsgi; scgi_temp_path $WORK/tmp-scgi;
-  server { listen 127.0.0.1:$ORIGIN_PORT; location / { return 404; } }
-}
-EOF
-"$NGINX_BIN" -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
+start_nginx "access_log off;" "server { listen 127.0.0.1:$ORIGIN_PORT; location / { return 404; } }"
 mkdir -p "$WORK/data"
 cat >"$WORK/originpull.yaml" <<EOF
 listen: 127.0.0.1:$OP_PORT
@@ -73,8 +54,10 @@ setup = function(thread) thread:set("id", counter); counter = counter + 1 end
 init = function() n = 0 end
 request = function()
   n = n + 1
-  if n > per_thread then wrk.thread:stop() end
   return wrk.format("GET", "/scan/" .. id .. "/" .. n .. ".php", {Host = "bench-1250000000.bench.local"})
+end
+response = function()
+  if n >= per_thread then wrk.thread:stop() end
 end
 EOF
 before=$(rss_kib "$OP_PID"); peak=$before

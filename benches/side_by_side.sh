@@ -74,6 +74,8 @@ ORIGINPULL_SKIP=${ORIGINPULL_SKIP:-0}
 BARE=${BARE:-1}
 ORIGINPULL_BIN=${ORIGINPULL_BIN:-}
 
+# shellcheck source=benches/lib.sh
+. "$(dirname "$0")/lib.sh"
 log() { printf '[side_by_side] %s\n' "$*" >&2; }
 die() { printf '[side_by_side] ERROR: %s\n' "$*" >&2; exit 1; }
 

@@ -11,34 +11,6 @@ use common::*;
 const BUCKET: &str = "example-1250000000";
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Status of a HEAD for `path`: 200 once stored, 302 while missing.
-async fn head_status(server: &Originpull, path: &str) -> u16 {
-    server
-        .request(reqwest::Method::HEAD, BUCKET, path)
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
-async fn wait_stored(server: &Originpull, path: &str) -> bool {
-    wait_until(WAIT, || async { head_status(server, path).await == 200 }).await
-}
-
-/// Waits until `outcome` has been counted `count` times for the bucket.
-async fn wait_fill_outcome(server: &Originpull, outcome: &str, count: f64) -> bool {
-    wait_until(WAIT, || async {
-        server
-            .metric(
-                "originpull_fills_total",
-                &[("bucket", BUCKET), ("outcome", outcome)],
-            )
-            .await
-            >= count
-    })
-    .await
-}
-
 fn config_with(origin: &TestOrigin, fill_yaml: &str) -> OriginpullConfig {
     OriginpullConfig::new()
         .with_bucket(BUCKET, &origin.authority())
@@ -72,7 +44,7 @@ async fn seed_example_end_to_end_stores_the_origins_bytes_and_headers() {
         first.headers()["location"],
         format!("http://{}/1.jpg", origin.authority()).as_str()
     );
-    assert!(wait_stored(&server, "/1.jpg").await, "copy did not land");
+    assert!(server.wait_stored(BUCKET, "/1.jpg").await, "copy did not land");
 
     let second = get(&server, BUCKET, "/1.jpg").await;
     assert_eq!(second.status(), 200);
@@ -124,7 +96,7 @@ async fn chunked_bodies_and_encoded_keys_are_stored() {
             .status(),
         302
     );
-    assert!(wait_stored(&server, "/dir/a%20b.txt").await);
+    assert!(server.wait_stored(BUCKET, "/dir/a%20b.txt").await);
     assert_eq!(
         get_body(&server, BUCKET, "/dir/a%20b.txt").await,
         (200, body)
@@ -145,13 +117,13 @@ async fn head_misses_copy_nothing_and_range_misses_copy_the_whole_object() {
     let server =
         Originpull::start(OriginpullConfig::new().with_bucket(BUCKET, &origin.authority()));
 
-    assert_eq!(head_status(&server, "/h.bin").await, 302);
+    assert_eq!(server.head_status(BUCKET, "/h.bin").await, 302);
     let ranged = get_range(&server, BUCKET, "/r.bin", "bytes=0-99").await;
     assert_eq!(ranged.status(), 302);
-    assert!(wait_stored(&server, "/r.bin").await);
+    assert!(server.wait_stored(BUCKET, "/r.bin").await);
     assert_eq!(get_body(&server, BUCKET, "/r.bin").await, (200, body));
     assert_eq!(origin.hits("/h.bin"), 0, "a HEAD miss must not copy");
-    assert_eq!(head_status(&server, "/h.bin").await, 302);
+    assert_eq!(server.head_status(BUCKET, "/h.bin").await, 302);
 }
 
 /// Every fault stores nothing and counts its outcome; once the origin answers well, the next
@@ -243,11 +215,11 @@ async fn origin_faults_store_nothing_and_a_later_good_answer_is_stored() {
         assert_eq!(get(&server, BUCKET, path).await.status(), 302, "{path}");
         *expected.entry(outcome).or_default() += 1.0;
         assert!(
-            wait_fill_outcome(&server, outcome, expected[outcome]).await,
+            server.wait_fill_outcome(BUCKET, outcome, expected[outcome]).await,
             "{path}: outcome {outcome} not counted"
         );
         assert_eq!(
-            head_status(&server, path).await,
+            server.head_status(BUCKET, path).await,
             302,
             "{path} must not be stored"
         );
@@ -273,7 +245,7 @@ async fn origin_faults_store_nothing_and_a_later_good_answer_is_stored() {
         origin.route(path, Behavior::ok(body.clone()));
         assert_eq!(get(&server, BUCKET, path).await.status(), 302);
         assert!(
-            wait_stored(&server, path).await,
+            server.wait_stored(BUCKET, path).await,
             "{path} not stored after recovery"
         );
         assert_eq!(
@@ -291,8 +263,8 @@ async fn refused_connections_are_origin_errors() {
         OriginpullConfig::new().with_bucket(BUCKET, &format!("127.0.0.1:{closed_port}")),
     );
     assert_eq!(get(&server, BUCKET, "/x").await.status(), 302);
-    assert!(wait_fill_outcome(&server, "origin_error", 1.0).await);
-    assert_eq!(head_status(&server, "/x").await, 302);
+    assert!(server.wait_fill_outcome(BUCKET, "origin_error", 1.0).await);
+    assert_eq!(server.head_status(BUCKET, "/x").await, 302);
 }
 
 #[tokio::test]
@@ -317,7 +289,7 @@ async fn a_hundred_concurrent_misses_make_one_origin_request() {
     );
     assert!(wait_until(WAIT, || async { origin.gate_waiting("/hot.jpg") == 1 }).await);
     origin.open_gate("/hot.jpg");
-    assert!(wait_stored(&server, "/hot.jpg").await);
+    assert!(server.wait_stored(BUCKET, "/hot.jpg").await);
     assert_eq!(
         origin.hits("/hot.jpg"),
         1,
@@ -370,20 +342,20 @@ async fn concurrency_and_queue_bounds_drop_the_overflow_but_still_redirect() {
         origin.open_gate(&format!("/q{i}"));
     }
     for i in 0..3 {
-        assert!(wait_stored(&server, &format!("/q{i}")).await, "q{i}");
+        assert!(server.wait_stored(BUCKET, &format!("/q{i}")).await, "q{i}");
     }
     assert_eq!(
         origin.hits("/q3"),
         0,
         "the dropped copy never reached the origin"
     );
-    assert_eq!(head_status(&server, "/q3").await, 302);
+    assert_eq!(server.head_status(BUCKET, "/q3").await, 302);
     assert_eq!(server.metric("originpull_fill_queue_depth", &[]).await, 0.0);
     assert_eq!(server.metric("originpull_fills_in_flight", &[]).await, 0.0);
     // A later miss of the dropped key copies it.
     origin.open_gate("/q3");
     assert_eq!(get(&server, BUCKET, "/q3").await.status(), 302);
-    assert!(wait_stored(&server, "/q3").await);
+    assert!(server.wait_stored(BUCKET, "/q3").await);
 }
 
 #[tokio::test]
@@ -392,7 +364,7 @@ async fn failed_keys_are_not_retried_within_the_negative_ttl() {
     origin.route("/gone", Behavior::status(404));
     let server = Originpull::start(config_with(&origin, "fill:\n  negative_ttl_secs: 2\n"));
     assert_eq!(get(&server, BUCKET, "/gone").await.status(), 302);
-    assert!(wait_fill_outcome(&server, "origin_status", 1.0).await);
+    assert!(server.wait_fill_outcome(BUCKET, "origin_status", 1.0).await);
     for _ in 0..5 {
         assert_eq!(get(&server, BUCKET, "/gone").await.status(), 302);
     }
@@ -409,7 +381,7 @@ async fn failed_keys_are_not_retried_within_the_negative_ttl() {
     origin.route("/gone", Behavior::ok("back"));
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(get(&server, BUCKET, "/gone").await.status(), 302);
-    assert!(wait_stored(&server, "/gone").await);
+    assert!(server.wait_stored(BUCKET, "/gone").await);
     assert_eq!(origin.hits("/gone"), 2);
 }
 
@@ -430,12 +402,12 @@ async fn objects_over_max_object_bytes_are_not_stored_and_the_transfer_is_cut() 
     for path in ["/declared-big", "/chunked-big"] {
         assert_eq!(get(&server, BUCKET, path).await.status(), 302);
     }
-    assert!(wait_fill_outcome(&server, "too_large", 2.0).await);
-    assert_eq!(head_status(&server, "/declared-big").await, 302);
-    assert_eq!(head_status(&server, "/chunked-big").await, 302);
+    assert!(server.wait_fill_outcome(BUCKET, "too_large", 2.0).await);
+    assert_eq!(server.head_status(BUCKET, "/declared-big").await, 302);
+    assert_eq!(server.head_status(BUCKET, "/chunked-big").await, 302);
     // Exactly the limit is allowed.
     assert_eq!(get(&server, BUCKET, "/small").await.status(), 302);
-    assert!(wait_stored(&server, "/small").await);
+    assert!(server.wait_stored(BUCKET, "/small").await);
 }
 
 #[tokio::test]
@@ -462,7 +434,7 @@ async fn the_client_hanging_up_does_not_cancel_the_copy() {
         assert_eq!(conn.request(req.as_bytes()).await.unwrap().status, 302);
         // Dropped here: the client goes away while the copy runs.
     }
-    assert!(wait_stored(&server, "/slow.bin").await);
+    assert!(server.wait_stored(BUCKET, "/slow.bin").await);
     assert_eq!(get_body(&server, BUCKET, "/slow.bin").await.1, body);
 }
 
@@ -503,13 +475,13 @@ async fn graceful_shutdown_finishes_or_discards_running_copies() {
     );
     server.restart();
     assert_eq!(
-        head_status(&server, "/quick.bin").await,
+        server.head_status(BUCKET, "/quick.bin").await,
         200,
         "finished within the grace period"
     );
     assert_eq!(get_body(&server, BUCKET, "/quick.bin").await.1, quick);
     assert_eq!(
-        head_status(&server, "/endless.bin").await,
+        server.head_status(BUCKET, "/endless.bin").await,
         302,
         "unfinished copy discarded"
     );

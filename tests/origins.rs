@@ -14,32 +14,6 @@ use common::*;
 const BUCKET: &str = "example-1250000000";
 const WAIT: Duration = Duration::from_secs(15);
 
-async fn head_status(server: &Originpull, path: &str) -> u16 {
-    server
-        .request(reqwest::Method::HEAD, BUCKET, path)
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
-async fn wait_stored(server: &Originpull, path: &str) -> bool {
-    wait_until(WAIT, || async { head_status(server, path).await == 200 }).await
-}
-
-async fn wait_fill_outcome(server: &Originpull, outcome: &str, count: f64) -> bool {
-    wait_until(WAIT, || async {
-        server
-            .metric(
-                "originpull_fills_total",
-                &[("bucket", BUCKET), ("outcome", outcome)],
-            )
-            .await
-            >= count
-    })
-    .await
-}
-
 fn location(response: &reqwest::Response) -> String {
     response
         .headers()
@@ -86,7 +60,7 @@ async fn https_origin_redirect_and_copy_verify_against_the_configured_ca() {
         format!("https://localhost:{}/img/1.jpg", origin.addr().port())
     );
     assert!(
-        wait_stored(&server, "/img/1.jpg").await,
+        server.wait_stored(BUCKET, "/img/1.jpg").await,
         "copy over TLS did not land"
     );
     let (status, stored) = get_body(&server, BUCKET, "/img/1.jpg").await;
@@ -131,14 +105,14 @@ async fn a_certificate_from_another_ca_stores_nothing_and_still_redirects() {
 
     let first = get(&server, BUCKET, "/a.txt").await;
     assert_eq!(first.status(), 302);
-    assert!(wait_fill_outcome(&server, "origin_error", 1.0).await);
+    assert!(server.wait_fill_outcome(BUCKET, "origin_error", 1.0).await);
     assert_eq!(
         origin.hits("/a.txt"),
         0,
         "no request may pass an unverified handshake"
     );
     assert!(origin.tls_handshake_failures() >= 1);
-    assert_eq!(head_status(&server, "/a.txt").await, 302);
+    assert_eq!(server.head_status(BUCKET, "/a.txt").await, 302);
     assert!(
         server.stderr_text().contains("certificate") || server.stderr_text().contains("Cert"),
         "the log says why: {}",
@@ -156,7 +130,7 @@ async fn without_the_ca_file_a_private_ca_is_not_trusted() {
         origin.addr().port()
     )));
     assert_eq!(get(&server, BUCKET, "/a.txt").await.status(), 302);
-    assert!(wait_fill_outcome(&server, "origin_error", 1.0).await);
+    assert!(server.wait_fill_outcome(BUCKET, "origin_error", 1.0).await);
     assert_eq!(origin.hits("/a.txt"), 0);
 }
 
@@ -184,13 +158,13 @@ async fn failover_to_the_backup_and_back_to_the_primary() {
     let first = get(&server, BUCKET, "/k0").await;
     assert_eq!(location(&first), format!("{primary_label}/k0"));
     assert!(
-        wait_stored(&server, "/k0").await,
+        server.wait_stored(BUCKET, "/k0").await,
         "the backup did not serve the copy"
     );
 
     // Two failed connects mark the primary down: new redirects point at the backup.
     assert_eq!(get(&server, BUCKET, "/k1").await.status(), 302);
-    assert!(wait_stored(&server, "/k1").await);
+    assert!(server.wait_stored(BUCKET, "/k1").await);
     let moved = get(&server, BUCKET, "/k2").await;
     assert_eq!(
         location(&moved),
@@ -355,13 +329,13 @@ async fn copies_follow_redirects_on_the_same_host_and_to_other_origins_of_the_bu
 
     assert_eq!(get(&server, BUCKET, "/a.txt").await.status(), 302);
     assert!(
-        wait_stored(&server, "/a.txt").await,
+        server.wait_stored(BUCKET, "/a.txt").await,
         "301 to the https origin not followed"
     );
     assert_eq!(get_body(&server, BUCKET, "/a.txt").await.1, b"from https");
     assert_eq!(get(&server, BUCKET, "/b.txt").await.status(), 302);
     assert!(
-        wait_stored(&server, "/b.txt").await,
+        server.wait_stored(BUCKET, "/b.txt").await,
         "same-host redirect not followed"
     );
     assert_eq!(get_body(&server, BUCKET, "/b.txt").await.1, b"moved b");
@@ -404,19 +378,19 @@ async fn a_redirect_to_a_foreign_host_is_not_followed_and_hops_are_limited() {
     )));
 
     assert_eq!(get(&server, BUCKET, "/x.txt").await.status(), 302);
-    assert!(wait_fill_outcome(&server, "redirect_refused", 1.0).await);
+    assert!(server.wait_fill_outcome(BUCKET, "redirect_refused", 1.0).await);
     assert_eq!(
         elsewhere.total_hits(),
         0,
         "the edge was led to a foreign host"
     );
-    assert_eq!(head_status(&server, "/x.txt").await, 302);
+    assert_eq!(server.head_status(BUCKET, "/x.txt").await, 302);
 
     // Three hops with a limit of two: nothing stored.
     assert_eq!(get(&server, BUCKET, "/hop0").await.status(), 302);
-    assert!(wait_fill_outcome(&server, "origin_status", 1.0).await);
+    assert!(server.wait_fill_outcome(BUCKET, "origin_status", 1.0).await);
     assert_eq!(origin.hits("/hop3"), 0);
-    assert_eq!(head_status(&server, "/hop0").await, 302);
+    assert_eq!(server.head_status(BUCKET, "/hop0").await, 302);
 }
 
 #[tokio::test]
@@ -435,7 +409,7 @@ async fn follow_redirects_zero_stores_nothing_for_a_3xx() {
         origin.authority()
     )));
     assert_eq!(get(&server, BUCKET, "/a").await.status(), 302);
-    assert!(wait_fill_outcome(&server, "origin_status", 1.0).await);
+    assert!(server.wait_fill_outcome(BUCKET, "origin_status", 1.0).await);
     assert_eq!(origin.hits("/b"), 0);
 }
 
@@ -458,7 +432,7 @@ async fn rules_override_by_key_prefix_and_suffix() {
     assert!(off.text().await.unwrap().contains("<Code>NoSuchKey</Code>"));
     // Only keys with both prefix and suffix match: this one is pulled.
     assert_eq!(get(&server, BUCKET, "/video/small.png").await.status(), 302);
-    assert!(wait_stored(&server, "/video/small.png").await);
+    assert!(server.wait_stored(BUCKET, "/video/small.png").await);
 
     // origins + replace_prefix + redirect_code.
     let rewritten = get(&server, BUCKET, "/static/app.js").await;
@@ -467,7 +441,7 @@ async fn rules_override_by_key_prefix_and_suffix() {
         location(&rewritten),
         format!("http://{}/assets/app.js", old_cdn.authority())
     );
-    assert!(wait_stored(&server, "/static/app.js").await);
+    assert!(server.wait_stored(BUCKET, "/static/app.js").await);
     assert_eq!(get_body(&server, BUCKET, "/static/app.js").await.1, b"app");
     assert_eq!(main.hits("/static/app.js") + main.hits("/assets/app.js"), 0);
 
@@ -501,7 +475,7 @@ async fn origin_headers_and_the_query_string_reach_the_copy_when_asked() {
         get(&server, BUCKET, "/q.txt?sign=a%2Fb&t=1").await.status(),
         302
     );
-    assert!(wait_stored(&server, "/q.txt").await);
+    assert!(server.wait_stored(BUCKET, "/q.txt").await);
     let request = &origin.requests("/q.txt")[0];
     assert_eq!(request.target, "/q.txt?sign=a%2Fb&t=1");
     assert_eq!(request.header("x-pull-from"), Some("edge"));
@@ -533,8 +507,8 @@ async fn an_answer_from_an_originpull_is_a_loop_and_stores_nothing() {
     );
     let server = Originpull::start(bucket(&format!("origin: {}\n", origin.authority())));
     assert_eq!(get(&server, BUCKET, "/loop.txt").await.status(), 302);
-    assert!(wait_fill_outcome(&server, "loop", 1.0).await);
-    assert_eq!(head_status(&server, "/loop.txt").await, 302);
+    assert!(server.wait_fill_outcome(BUCKET, "loop", 1.0).await);
+    assert_eq!(server.head_status(BUCKET, "/loop.txt").await, 302);
 }
 
 #[tokio::test]
@@ -748,14 +722,14 @@ async fn index_documents_serve_folders_and_without_them_folders_redirect() {
     let home = get(&server, BUCKET, "/").await;
     assert_eq!(home.status(), 302);
     assert_eq!(location(&home), format!("http://{}/", origin.authority()));
-    assert!(wait_stored(&server, "/").await);
+    assert!(server.wait_stored(BUCKET, "/").await);
     assert_eq!(get_body(&server, BUCKET, "/").await.1, b"<h1>home</h1>");
     assert_eq!(
         get_body(&server, BUCKET, "/index.html").await.1,
         b"<h1>home</h1>"
     );
     assert_eq!(get(&server, BUCKET, "/docs/").await.status(), 302);
-    assert!(wait_stored(&server, "/docs/").await);
+    assert!(server.wait_stored(BUCKET, "/docs/").await);
     assert_eq!(
         get_body(&server, BUCKET, "/docs/index.html").await.1,
         b"<h1>docs</h1>"

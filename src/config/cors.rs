@@ -72,35 +72,22 @@ pub struct CorsRule {
 
 /// Reads `cors:` of one bucket; an absent key means no rules (no CORS headers, preflights 403).
 pub(crate) fn parse_cors(bucket: &Section<'_>, errors: &mut Errors) -> Vec<CorsRule> {
-    let Some(value) = bucket.get("cors") else {
-        return Vec::new();
-    };
-    let Some(items) = value.as_sequence() else {
-        errors.push(&bucket.scope, "cors", "expected a list of rules");
-        return Vec::new();
-    };
-    if items.len() > MAX_RULES {
+    let mut rules = Vec::new();
+    let shape = (
+        "a list of rules",
+        "a mapping with `allowed_origins` and `allowed_methods`",
+    );
+    let count = bucket.each_mapping("cors", RULE_KEYS, shape, errors, |rule, errors| {
+        if let Some(rule) = parse_rule(rule, errors) {
+            rules.push(rule);
+        }
+    });
+    if let Some(count) = count.filter(|n| *n > MAX_RULES) {
         errors.push(
             &bucket.scope,
             "cors",
-            format!("has {} rules; at most {MAX_RULES} are allowed", items.len()),
+            format!("has {count} rules; at most {MAX_RULES} are allowed"),
         );
-    }
-    let mut rules = Vec::new();
-    for (index, item) in items.iter().enumerate() {
-        let prefix = format!("cors[{index}].");
-        let Some(map) = item.as_mapping() else {
-            errors.push(
-                &bucket.scope,
-                &format!("cors[{index}]"),
-                "expected a mapping with `allowed_origins` and `allowed_methods`",
-            );
-            continue;
-        };
-        let rule = Section::new(bucket.scope.clone(), &prefix, map, RULE_KEYS, errors);
-        if let Some(rule) = parse_rule(&rule, errors) {
-            rules.push(rule);
-        }
     }
     rules
 }

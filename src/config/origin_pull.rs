@@ -368,33 +368,16 @@ fn parse_rules(
     guard: &LoopGuard<'_>,
     errors: &mut Errors,
 ) -> Vec<PullRule> {
-    let Some(value) = section.get("rules") else {
-        return Vec::new();
-    };
-    let Some(items) = value.as_sequence() else {
-        errors.push(
-            &section.scope,
-            "origin_pull.rules",
-            "expected a list of rules",
-        );
-        return Vec::new();
-    };
     let mut rules = Vec::new();
-    for (index, item) in items.iter().enumerate() {
-        let prefix_text = format!("origin_pull.rules[{index}].");
-        let Some(map) = item.as_mapping() else {
-            errors.push(
-                &section.scope,
-                &format!("origin_pull.rules[{index}]"),
-                "expected a mapping with prefix and/or suffix and the settings to override",
-            );
-            continue;
-        };
-        let rule = Section::new(section.scope.clone(), &prefix_text, map, RULE_KEYS, errors);
-        let prefix = non_empty(&rule, "prefix", errors);
-        let suffix = non_empty(&rule, "suffix", errors);
+    let shape = (
+        "a list of rules",
+        "a mapping with prefix and/or suffix and the settings to override",
+    );
+    section.each_mapping("rules", RULE_KEYS, shape, errors, |rule, errors| {
+        let prefix = non_empty(rule, "prefix", errors);
+        let suffix = non_empty(rule, "suffix", errors);
         let enabled = rule.typed::<bool>("enabled", errors);
-        let origins = parse_origins(&rule, "origins", errors);
+        let origins = parse_origins(rule, "origins", errors);
         if let Some(list) = &origins {
             refuse_loops(&rule.scope, &rule.field("origins"), list, guard, errors);
         }
@@ -415,11 +398,11 @@ fn parse_rules(
                 );
             }
         }
-        let redirect_code = redirect_code(&rule, errors);
+        let redirect_code = redirect_code(rule, errors);
         let follow_redirects = rule
             .at_most("follow_redirects", MAX_FOLLOW_REDIRECTS, errors)
             .map(|n| n as u32);
-        let mode = pull_mode(&rule, errors);
+        let mode = pull_mode(rule, errors);
         let pulls = enabled.unwrap_or(bucket_enabled);
         let has_origins = origins
             .as_ref()
@@ -441,7 +424,7 @@ fn parse_rules(
             follow_redirects,
             mode,
         });
-    }
+    });
     rules
 }
 

@@ -86,28 +86,13 @@ pub(crate) fn parse_origins(
     key: &str,
     errors: &mut Errors,
 ) -> Option<Vec<OriginConfig>> {
-    let value = section.get(key)?;
     let field = section.field(key);
-    let Some(items) = value.as_sequence() else {
-        errors.push(
-            &section.scope,
-            &field,
-            "expected a list of origins, e.g. [{address: abc.example.com, protocol: https}]",
-        );
-        return Some(Vec::new());
-    };
     let mut origins = Vec::new();
-    for (index, item) in items.iter().enumerate() {
-        let prefix = format!("{field}[{index}].");
-        let Some(map) = item.as_mapping() else {
-            errors.push(
-                &section.scope,
-                &format!("{field}[{index}]"),
-                "expected a mapping with `address` (and optionally protocol, weight, backup)",
-            );
-            continue;
-        };
-        let origin = Section::new(section.scope.clone(), &prefix, map, ORIGIN_KEYS, errors);
+    let shape = (
+        "a list of origins, e.g. [{address: abc.example.com, protocol: https}]",
+        "a mapping with `address` (and optionally protocol, weight, backup)",
+    );
+    section.each_mapping(key, ORIGIN_KEYS, shape, errors, |origin, errors| {
         let protocol = match origin.typed::<String>("protocol", errors).as_deref() {
             None | Some("http") => Protocol::Http,
             Some("https") => Protocol::Https,
@@ -140,13 +125,13 @@ pub(crate) fn parse_origins(
                     &origin.field("address"),
                     format!("is required; {HINT}"),
                 );
-                continue;
+                return;
             }
             Some(text) => match parse_origin_with(&text, protocol) {
                 Ok(addr) => addr,
                 Err(why) => {
                     errors.push(&origin.scope, &origin.field("address"), why);
-                    continue;
+                    return;
                 }
             },
         };
@@ -155,7 +140,7 @@ pub(crate) fn parse_origins(
             weight,
             backup,
         });
-    }
+    })?;
     if !origins.is_empty() && origins.iter().all(|o| o.backup) {
         errors.push(
             &section.scope,

@@ -67,6 +67,39 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// Reads `key` as a list of mappings, calling `each` with every item as a section whose
+    /// fields are named `<key>[<index>].<field>`. A value that is no list, or an item that is no
+    /// mapping, is reported with `list` or `item`, which say what was expected. Returns the number
+    /// of items, or `None` when the key is absent.
+    pub(crate) fn each_mapping(
+        &self,
+        key: &str,
+        known: &[&str],
+        (list, item): (&str, &str),
+        errors: &mut Errors,
+        mut each: impl FnMut(&Section<'_>, &mut Errors),
+    ) -> Option<usize> {
+        let field = self.field(key);
+        let Some(items) = self.get(key)?.as_sequence() else {
+            errors.push(&self.scope, &field, format!("expected {list}"));
+            return Some(0);
+        };
+        for (index, value) in items.iter().enumerate() {
+            let Some(map) = value.as_mapping() else {
+                errors.push(
+                    &self.scope,
+                    &format!("{field}[{index}]"),
+                    format!("expected {item}"),
+                );
+                continue;
+            };
+            let prefix = format!("{field}[{index}].");
+            let section = Section::new(self.scope.clone(), &prefix, map, known, errors);
+            each(&section, errors);
+        }
+        Some(items.len())
+    }
+
     pub(crate) fn nested(
         &self,
         key: &str,

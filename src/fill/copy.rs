@@ -26,7 +26,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::FillEnd;
-use crate::config::{FillSettings, OriginHost, Protocol};
+use crate::config::{parse_origin_with, FillSettings, OriginAddr, OriginHost, Protocol};
 use crate::key::ObjectKey;
 use crate::origin_choice::{BucketPull, Origin, PullPolicy};
 use crate::respond::REQUEST_ID_HEADER;
@@ -240,22 +240,9 @@ async fn fetch_from(
 /// Where one request of a copy goes: the configured origin, or a host it redirected to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
-    protocol: Protocol,
-    host: OriginHost,
-    port: u16,
-    /// `host[:port]` for the `Host` header.
-    authority: String,
+    /// Parsed and checked as a configured origin is.
+    origin: OriginAddr,
     path_and_query: String,
-}
-
-impl Target {
-    fn host_text(&self) -> String {
-        match &self.host {
-            OriginHost::Domain(name) => name.clone(),
-            OriginHost::Ipv4(ip) => ip.to_string(),
-            OriginHost::Ipv6(ip) => ip.to_string(),
-        }
-    }
 }
 
 /// One origin: the request, then each redirect hop allowed; returns the session positioned at
@@ -267,12 +254,8 @@ async fn open_response(
     limits: &FillSettings,
     method: &str,
 ) -> Result<(HttpSession, ResponseHeader, HttpPeer), CopyError> {
-    let addr = origin.addr();
     let mut target = Target {
-        protocol: addr.protocol,
-        host: addr.host.clone(),
-        port: addr.port,
-        authority: addr.authority.clone(),
+        origin: origin.addr().clone(),
         path_and_query: request.path_and_query.clone(),
     };
     let mut hops = 0;
@@ -371,7 +354,7 @@ fn redirect_target(
         });
     }
     let absolute = if location.starts_with("//") {
-        format!("{}:{location}", from.protocol.as_str())
+        format!("{}:{location}", from.origin.protocol.as_str())
     } else {
         location.to_string()
     };
@@ -384,10 +367,7 @@ fn redirect_target(
             let folder_end = from.path_and_query.split('?').next().unwrap_or("/");
             let folder = &folder_end[..folder_end.rfind('/').map_or(1, |i| i + 1)];
             let joined: Uri = format!("{folder}{location}").parse().map_err(|_| bad())?;
-            let path_and_query = joined
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string();
+            let path_and_query = joined.path_and_query().map_or("/", |p| p.as_str()).to_string();
             return Ok(Target {
                 path_and_query,
                 ..from.clone()
@@ -395,29 +375,14 @@ fn redirect_target(
         }
         _ => return Err(bad()),
     };
-    let host_text = uri.host().ok_or_else(bad)?.to_ascii_lowercase();
-    let bare = host_text.trim_start_matches('[').trim_end_matches(']');
-    if !pull.may_follow_to(bare) {
-        return Err(CopyError::RedirectRefused(host_text));
+    // The same parser as the configuration's: user info, odd hosts and bad ports are refused.
+    let authority = uri.authority().ok_or_else(bad)?.as_str();
+    let origin = parse_origin_with(authority, protocol).map_err(|_| bad())?;
+    if !pull.may_follow_to(&origin.host_text()) {
+        return Err(CopyError::RedirectRefused(origin.authority));
     }
-    let host = if let Ok(ip) = bare.parse::<std::net::Ipv4Addr>() {
-        OriginHost::Ipv4(ip)
-    } else if let Ok(ip) = bare.parse::<std::net::Ipv6Addr>() {
-        OriginHost::Ipv6(ip)
-    } else {
-        OriginHost::Domain(bare.to_string())
-    };
-    let port = uri.port_u16().unwrap_or(protocol.default_port());
-    let authority = if port == protocol.default_port() {
-        host_text
-    } else {
-        format!("{host_text}:{port}")
-    };
     Ok(Target {
-        protocol,
-        host,
-        port,
-        authority,
+        origin,
         path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
     })
 }
@@ -431,11 +396,12 @@ async fn target_peer(
     limits: &FillSettings,
 ) -> Result<HttpPeer, CopyError> {
     let connect_timeout = Duration::from_millis(limits.connect_timeout_ms);
-    let addr: SocketAddr = match &target.host {
-        OriginHost::Ipv4(ip) => SocketAddr::from((*ip, target.port)),
-        OriginHost::Ipv6(ip) => SocketAddr::from((*ip, target.port)),
+    let origin = &target.origin;
+    let addr: SocketAddr = match &origin.host {
+        OriginHost::Ipv4(ip) => SocketAddr::from((*ip, origin.port)),
+        OriginHost::Ipv6(ip) => SocketAddr::from((*ip, origin.port)),
         OriginHost::Domain(name) => {
-            let lookup = tokio::net::lookup_host((name.as_str(), target.port));
+            let lookup = tokio::net::lookup_host((name.as_str(), origin.port));
             let mut addrs = tokio::time::timeout(connect_timeout, lookup)
                 .await
                 .map_err(|_| CopyError::Unreachable {
@@ -452,9 +418,9 @@ async fn target_peer(
             })?
         }
     };
-    let tls = target.protocol == Protocol::Https;
+    let tls = origin.protocol == Protocol::Https;
     let sni = if tls {
-        target.host_text()
+        origin.host_text()
     } else {
         String::new()
     };
@@ -481,7 +447,7 @@ async fn send_request(
     session.set_read_timeout(io_timeout);
     session.set_write_timeout(io_timeout);
     let mut req = RequestHeader::build(method, target.path_and_query.as_bytes(), Some(8))?;
-    req.insert_header(header::HOST, target.authority.as_str())?;
+    req.insert_header(header::HOST, target.origin.authority.as_str())?;
     req.insert_header(header::ACCEPT_ENCODING, "identity")?;
     req.insert_header(header::USER_AGENT, USER_AGENT)?;
     for (name, value) in &request.pull.origin_headers {

@@ -2011,6 +2011,36 @@ impl Originpull {
     }
 
     /// [`metric_sum`] over a fresh scrape; 0.0 when no sample matches.
+    /// Status of a HEAD for `path`: 200 once stored, 302 while missing (redirect mode).
+    pub async fn head_status(&self, bucket: &str, path: &str) -> u16 {
+        self.request(reqwest::Method::HEAD, bucket, path)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
+    /// Waits up to 15 s for `path` to be stored (answered 200 to a HEAD).
+    pub async fn wait_stored(&self, bucket: &str, path: &str) -> bool {
+        wait_until(Duration::from_secs(15), || async {
+            self.head_status(bucket, path).await == 200
+        })
+        .await
+    }
+
+    /// Waits up to 15 s until copies of `bucket` ended with `outcome` `count` times.
+    pub async fn wait_fill_outcome(&self, bucket: &str, outcome: &str, count: f64) -> bool {
+        wait_until(Duration::from_secs(15), || async {
+            self.metric(
+                "originpull_fills_total",
+                &[("bucket", bucket), ("outcome", outcome)],
+            )
+            .await
+                >= count
+        })
+        .await
+    }
+
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric_sum(&self.metrics_text().await, name, labels).unwrap_or(0.0)
     }

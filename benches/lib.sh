@@ -1,0 +1,51 @@
+# Shared by the benchmark scripts in benches/ (source it; it defines functions only):
+# logging, installing a missing tool, free loopback ports, resident memory, the originpull
+# binary, and an nginx on loopback with a given server block.
+#
+# A script sets BENCH (its name, for log lines) and WORK (its temp dir) before using these.
+
+log() { echo "[$BENCH] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# need CMD PACKAGE: installs PACKAGE from Debian when CMD is missing.
+need() { command -v "$1" >/dev/null 2>&1 || { log "installing $2"; apt-get install -y -qq "$2" >/dev/null; }; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# rss_kib PID: resident memory now, in KiB.
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# Sets OP_BIN: $ORIGINPULL_BIN, or a fresh release build of this checkout.
+originpull_bin() {
+  if [ -n "${ORIGINPULL_BIN:-}" ]; then OP_BIN=$ORIGINPULL_BIN; else
+    (cd "$(dirname "${BASH_SOURCE[0]}")/.." && cargo build --release -q)
+    OP_BIN="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/release/originpull"
+  fi
+}
+
+# start_nginx HTTP_LINES SERVER_BLOCK: one worker on loopback, logs and temp files in $WORK.
+# Sets NGINX_BIN; stop_nginx stops it.
+start_nginx() {
+  need nginx nginx
+  NGINX_BIN=$(command -v nginx)
+  local user_line=""
+  [ "$(id -u)" = 0 ] && user_line="user root;"
+  cat >"$WORK/nginx.conf" <<EOF
+$user_line
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  $1
+  client_body_temp_path $WORK/tmp-body; proxy_temp_path $WORK/tmp-proxy;
+  fastcgi_temp_path $WORK/tmp-fcgi; uwsgi_temp_path $WORK/tmp-uwsgi; scgi_temp_path $WORK/tmp-scgi;
+  $2
+}
+EOF
+  "$NGINX_BIN" -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
+}
+
+stop_nginx() {
+  if [ -f "$WORK/nginx.pid" ]; then "$NGINX_BIN" -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; fi
+}
