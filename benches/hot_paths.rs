@@ -61,6 +61,7 @@ fn hot_paths(c: &mut Criterion) {
             .commit(NewObject {
                 content_type: Some("image/jpeg".into()),
                 headers: vec![("cache-control".into(), "max-age=60".into())],
+                ..NewObject::default()
             })
             .await
             .expect("commit");

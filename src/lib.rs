@@ -7,9 +7,11 @@
 //! for redirects and copies alike, which origin and path a key is pulled from; [`proxy`] ties them into
 //! Pingora, [`respond`] writes errors and the common headers, [`metrics`] and [`access_log`]
 //! record what happened, [`reload`] swaps configurations, [`server`] starts it all, with one
-//! [`listener`] per worker thread.
+//! [`listener`] per worker thread. [`admin`] is the separate admin API for finishing a migration
+//! (purge, prefetch jobs, progress); `prefetch` in the binary is its command-line client.
 
 pub mod access_log;
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod fill;
@@ -17,6 +19,7 @@ pub mod key;
 pub mod listener;
 pub mod metrics;
 pub mod origin_choice;
+pub mod prefetch;
 pub mod proxy;
 pub mod redirect;
 pub mod reload;

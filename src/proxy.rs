@@ -202,6 +202,9 @@ impl OriginPull {
         if !known_missing {
             match self.store.open(name, &key).await {
                 Ok(Some(object)) => {
+                    let fill = &live.config.fill;
+                    self.filler
+                        .revalidate_if_due(&bucket, &key, object.meta(), fill);
                     let (outcome, n) = serve_hit(session, object, &rid).await?;
                     let result = match outcome {
                         HitOutcome::Served | HitOutcome::PreconditionFailed => RequestResult::Hit,
@@ -244,6 +247,7 @@ impl OriginPull {
             let source = CopySource {
                 folder,
                 query: query.map(str::to_string),
+                revalidate: None,
             };
             self.filler
                 .start_copy_after_redirect(&bucket, &key, source, &live.config.fill);

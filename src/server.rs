@@ -10,13 +10,15 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 
 use crate::access_log::AccessLog;
+use crate::admin::progress::{ProgressService, Samples};
+use crate::admin::AdminApi;
 use crate::config::Config;
 use crate::fill::Filler;
 use crate::listener::{check_address_free, WorkerListener};
 use crate::origin_choice::probe::OriginProbes;
 use crate::proxy::OriginPull;
 use crate::reload::{ConfigHandle, LiveConfig, ReloadWatcher};
-use crate::store::{BucketStore, DiskStore, HotTier, HotTierLimits};
+use crate::store::{BucketCounts, BucketStore, CountedStore, DiskStore, HotTier, HotTierLimits};
 
 /// Per-connection socket buffers of the data plane (Pingora's default read size).
 const READ_BUFFER: usize = 64 * 1024;
@@ -51,16 +53,24 @@ pub fn build(
         source,
     })?;
     let cache = &config.memory_cache;
+    // Objects and bytes per bucket are counted as copies and purges pass through the store.
+    let counts = BucketCounts::default();
     let store: Arc<dyn BucketStore> = if cache.max_bytes > 0 {
         let limits = HotTierLimits {
             max_bytes: cache.max_bytes as usize,
             max_object_bytes: cache.max_object_bytes as usize,
             revalidate: Duration::from_secs(cache.revalidate_secs),
         };
-        Arc::new(HotTier::new(store, limits))
+        Arc::new(CountedStore::new(
+            HotTier::new(store, limits),
+            counts.clone(),
+        ))
     } else {
-        Arc::new(store)
+        Arc::new(CountedStore::new(store, counts.clone()))
     };
+    if let Some(admin) = &config.admin {
+        admin.read_token().map_err(StartError::AdminToken)?;
+    }
     let access_log = AccessLog::open(&config.access_log).map_err(StartError::AccessLog)?;
 
     let mut server_conf = ServerConf {
@@ -89,6 +99,7 @@ pub fn build(
     let listen = config.listen;
     let threads = config.server.threads;
     let metrics_listen = config.metrics_listen;
+    let admin_listen = config.admin.as_ref().map(|a| a.listen);
     let live = LiveConfig::new(config).map_err(StartError::Config)?;
     let handle = ConfigHandle::new(live, config_path, &base_dir);
     server.add_service(pingora::services::background::background_service(
@@ -100,9 +111,31 @@ pub fn build(
         OriginProbes(handle.clone()),
     ));
 
+    let samples = Samples::default();
+    server.add_service(pingora::services::background::background_service(
+        "migration progress",
+        ProgressService {
+            config: handle.clone(),
+            store: store.clone(),
+            counts: counts.clone(),
+            samples: samples.clone(),
+        },
+    ));
+
+    let filler = Filler::new(store.clone());
+    if let Some(addr) = admin_listen {
+        let admin = AdminApi::new(
+            handle.clone(),
+            store.clone(),
+            filler.clone(),
+            counts,
+            samples,
+        );
+        server.add_service(admin.service(addr));
+    }
     let app = OriginPull {
         config: handle,
-        filler: Filler::new(store.clone()),
+        filler,
         store,
         access_log: Arc::new(access_log),
     };
@@ -143,6 +176,8 @@ pub enum StartError {
     },
     #[error("configuration: {0}")]
     Config(crate::config::ConfigErrors),
+    #[error("admin_token_file: {0}")]
+    AdminToken(String),
     #[error("cannot read the working directory: {0}")]
     WorkingDirectory(std::io::Error),
 }

@@ -6,6 +6,7 @@
 //! section of the file has its own module here; [`errors`] collects what they find and
 //! [`section`] is how each reads its mapping.
 
+mod admin;
 mod buckets;
 mod errors;
 mod fill;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
+pub use admin::{read_token_file, AdminSettings};
 pub use buckets::{validate_bucket_name, BucketConfig};
 pub use errors::{ConfigError, ConfigErrors};
 pub use fill::FillSettings;
@@ -31,6 +33,7 @@ pub use origins::{
 };
 pub use server::ServerSettings;
 
+use admin::parse_admin;
 use buckets::parse_buckets;
 use errors::Errors;
 use fill::parse_fill;
@@ -44,6 +47,8 @@ use server::parse_server;
 pub struct Config {
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
+    /// The admin API; `None` when `admin_listen` is not set.
+    pub admin: Option<AdminSettings>,
     pub data_dir: PathBuf,
     /// Lower-case, without a leading or trailing dot.
     pub domain_suffix: String,
@@ -64,6 +69,8 @@ pub enum AccessLogTarget {
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "metrics_listen",
+    "admin_listen",
+    "admin_token_file",
     "data_dir",
     "domain_suffix",
     "access_log",
@@ -109,6 +116,7 @@ impl Config {
 
         let listen = top.socket_addr("listen", &mut errors, true);
         let metrics_listen = top.socket_addr("metrics_listen", &mut errors, false);
+        let admin = parse_admin(&top, &mut errors);
         let data_dir = top
             .typed::<String>("data_dir", &mut errors)
             .filter(|d| {
@@ -157,6 +165,7 @@ impl Config {
             (Some(listen), Some(data_dir), Some(domain_suffix)) => Ok(Config {
                 listen,
                 metrics_listen,
+                admin,
                 data_dir,
                 domain_suffix,
                 access_log,
@@ -190,6 +199,9 @@ impl Config {
         if let AccessLogTarget::File(path) = &mut self.access_log {
             *path = base.join(&*path);
         }
+        if let Some(admin) = &mut self.admin {
+            admin.token_file = base.join(&admin.token_file);
+        }
     }
 
     /// For a reload: puts back the running values of the settings only a restart can change
@@ -215,6 +227,18 @@ impl Config {
             &running.metrics_listen,
             &mut changed,
         );
+        // The admin listener is fixed at start; its token file is re-read on every reload.
+        let mut admin_listen = self.admin.as_ref().map(|a| a.listen);
+        keep(
+            "admin_listen",
+            &mut admin_listen,
+            &running.admin.as_ref().map(|a| a.listen),
+            &mut changed,
+        );
+        match (&mut self.admin, admin_listen) {
+            (Some(admin), Some(listen)) => admin.listen = listen,
+            (admin, _) => *admin = running.admin.clone(),
+        }
         keep(
             "data_dir",
             &mut self.data_dir,

@@ -29,6 +29,9 @@ pub struct OriginPullConfig {
     /// Set on every copy request: (lower-case name, value).
     pub origin_headers: Vec<(String, String)>,
     pub rules: Vec<PullRule>,
+    /// A hit on an object last checked longer ago than this starts a conditional GET to the
+    /// origin; 0: never.
+    pub revalidate_after_secs: u64,
 }
 
 /// One entry of `origin_pull.rules`: which keys it matches and what it overrides.
@@ -42,6 +45,7 @@ pub struct PullRule {
     pub replace_prefix: Option<String>,
     pub redirect_code: Option<u16>,
     pub follow_redirects: Option<u32>,
+    pub revalidate_after_secs: Option<u64>,
 }
 
 impl PullRule {
@@ -104,6 +108,7 @@ const ORIGIN_PULL_KEYS: &[&str] = &[
     "pass_query_string",
     "origin_headers",
     "rules",
+    "revalidate_after_secs",
 ];
 const TLS_KEYS: &[&str] = &["ca_file"];
 const RULE_KEYS: &[&str] = &[
@@ -114,7 +119,11 @@ const RULE_KEYS: &[&str] = &[
     "replace_prefix",
     "redirect_code",
     "follow_redirects",
+    "revalidate_after_secs",
 ];
+
+/// A year: longer is "never", which is 0.
+const MAX_REVALIDATE_AFTER_SECS: u64 = 365 * 24 * 3600;
 
 const DEFAULT_REDIRECT_CODE: u16 = 302;
 /// Enough for `http://` → `https://` → `https://www.`; a longer chain is usually a loop.
@@ -230,6 +239,9 @@ pub(crate) fn parse_origin_pull(
         .unwrap_or(false);
     let origin_headers = parse_origin_headers(&section, errors);
     let rules = parse_rules(&section, enabled, !origins.is_empty(), guard, errors);
+    let revalidate_after_secs = section
+        .at_most("revalidate_after_secs", MAX_REVALIDATE_AFTER_SECS, errors)
+        .unwrap_or(0);
 
     Some(OriginPullConfig {
         enabled,
@@ -240,6 +252,7 @@ pub(crate) fn parse_origin_pull(
         pass_query_string,
         origin_headers,
         rules,
+        revalidate_after_secs,
     })
 }
 
@@ -388,6 +401,8 @@ fn parse_rules(
         let follow_redirects = rule
             .at_most("follow_redirects", MAX_FOLLOW_REDIRECTS, errors)
             .map(|n| n as u32);
+        let revalidate_after_secs =
+            rule.at_most("revalidate_after_secs", MAX_REVALIDATE_AFTER_SECS, errors);
         let pulls = enabled.unwrap_or(bucket_enabled);
         let has_origins = origins
             .as_ref()
@@ -407,6 +422,7 @@ fn parse_rules(
             replace_prefix,
             redirect_code,
             follow_redirects,
+            revalidate_after_secs,
         });
     }
     rules

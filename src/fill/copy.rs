@@ -25,6 +25,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::config::{FillSettings, OriginHost, Protocol};
 use crate::key::ObjectKey;
+use crate::origin_choice::guard::guard_of;
 use crate::origin_choice::{BucketPull, Origin, PullPolicy};
 use crate::respond::REQUEST_ID_HEADER;
 use crate::store::{BucketStore, NewObject, ObjectMeta, StoreError, KEPT_ORIGIN_HEADERS};
@@ -97,6 +98,16 @@ pub struct CopyRequest<'a> {
     pub key: &'a ObjectKey,
     /// Encoded path, with `?query` when `pass_query_string` is on.
     pub path_and_query: String,
+    /// For a revalidation: the stored object's origin validators, sent as `If-None-Match` /
+    /// `If-Modified-Since` (a `304` then ends the copy as `OriginStatus(304)`).
+    pub conditional: Option<Validators>,
+}
+
+/// The origin's validators of a stored object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
 }
 
 /// Copies the request's object into `bucket` from the first of its origins that can be
@@ -114,7 +125,12 @@ pub async fn copy_object(
         None,
     );
     for origin in request.policy.origins.candidates(request.key.as_str()) {
+        let guard = guard_of(bucket, &origin.label);
+        let permit = guard.admit(limits).await;
         let result = copy_from(connector, store, bucket, request, &origin, limits).await;
+        drop(permit);
+        let unwell = matches!(&result, Err(e) if e.counts_against_origin());
+        guard.record(unwell, limits, &origin.label);
         match &result {
             Err(e) if e.counts_against_origin() => origin.health.record_failure(
                 limits.origin_down_after_failures,
@@ -389,6 +405,14 @@ async fn send_request(
     for (name, value) in &request.pull.origin_headers {
         req.insert_header(name.clone(), value.as_str())?;
     }
+    if let Some(validators) = &request.conditional {
+        if let Some(etag) = &validators.etag {
+            req.insert_header(header::IF_NONE_MATCH, etag.as_str())?;
+        }
+        if let Some(date) = &validators.last_modified {
+            req.insert_header(header::IF_MODIFIED_SINCE, date.as_str())?;
+        }
+    }
     session.write_request_header(Box::new(req)).await?;
     session.finish_request_body().await?;
     session.read_response_header().await?;
@@ -480,6 +504,8 @@ fn new_object(response: &ResponseHeader) -> NewObject {
             .iter()
             .filter_map(|name| header_text(name).map(|v| (name.to_string(), v)))
             .collect(),
+        origin_etag: header_text("etag"),
+        origin_last_modified: header_text("last-modified"),
     }
 }
 

@@ -12,19 +12,21 @@
 //! and their unfinished temporary files with them.
 
 pub mod copy;
+pub mod failures;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pingora::connectors::http::Connector;
+use tokio::sync::oneshot;
 
 use crate::config::FillSettings;
 use crate::key::{safe_query, ObjectKey};
 use crate::metrics::{FillOutcome, METRICS};
 use crate::route::Bucket;
-use crate::store::BucketStore;
-use copy::{copy_object, CopyError, CopyRequest};
+use crate::store::{BucketStore, ObjectMeta};
+use copy::{copy_object, CopyError, CopyRequest, Validators};
 
 /// What happened to a copy request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +39,20 @@ pub enum CopyDecision {
     RecentlyFailed,
     /// Concurrency and queue are full.
     Dropped,
+}
+
+/// How a copy ended, for whoever waits on it (a prefetch job).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyEnd {
+    /// Copied now; the object's size.
+    Stored {
+        bytes: u64,
+    },
+    /// The object was already in the bucket.
+    AlreadyStored,
+    Failed {
+        reason: String,
+    },
 }
 
 /// Identifies a copy: bucket name and key.
@@ -81,6 +97,8 @@ pub struct CopySource {
     /// The folder as requested (`docs/`), asked of the origin instead of the key.
     pub folder: Option<String>,
     pub query: Option<String>,
+    /// Set for a revalidation of a stored object: its origin validators.
+    pub revalidate: Option<Validators>,
 }
 
 struct CopyJob {
@@ -93,8 +111,12 @@ struct CopyJob {
 struct Schedule {
     running: usize,
     waiting: VecDeque<CopyJob>,
-    /// Keys running or waiting.
+    /// Keys running or waiting (revalidations excepted: their object is in the bucket).
     in_flight: HashSet<CopyKey>,
+    /// Keys whose stored object is being revalidated, running or waiting.
+    revalidating: HashSet<CopyKey>,
+    /// Whoever waits for a key's copy to end.
+    waiters: HashMap<CopyKey, Vec<oneshot::Sender<CopyEnd>>>,
     /// Keys whose last copy failed, with when they may be tried again.
     failed_until: HashMap<CopyKey, Instant>,
     /// The same entries in expiry order, so expired ones are dropped without a scan.
@@ -165,10 +187,125 @@ impl Filler {
         source: CopySource,
         limits: &FillSettings,
     ) -> CopyDecision {
+        self.request_copy(bucket, key, source, limits, None)
+    }
+
+    /// A prefetch job's copy of `key`: through the same schedule as misses (single flight,
+    /// concurrency, queue, negative TTL, origin guardrails); returns how it ended. A key whose
+    /// copy is already running or waiting is waited for, not copied twice.
+    pub async fn copy_and_wait(
+        &self,
+        bucket: &Arc<Bucket>,
+        key: &ObjectKey,
+        limits: &FillSettings,
+    ) -> CopyEnd {
+        if let Ok(Some(_)) = self.shared.store.open(&bucket.config.name, key).await {
+            return CopyEnd::AlreadyStored;
+        }
+        let (tx, rx) = oneshot::channel();
+        let decision = self.request_copy(bucket, key, CopySource::default(), limits, Some(tx));
+        match decision {
+            CopyDecision::RecentlyFailed => CopyEnd::Failed {
+                reason: format!(
+                    "failed within the last {}s (fill.negative_ttl_secs); try again later",
+                    limits.negative_ttl_secs
+                ),
+            },
+            CopyDecision::Dropped => CopyEnd::Failed {
+                reason: "the copy queue is full (fill.queue)".into(),
+            },
+            _ => rx.await.unwrap_or_else(|_| CopyEnd::Failed {
+                reason: "the copy was abandoned (shutting down)".into(),
+            }),
+        }
+    }
+
+    /// The hit path's hook: when the key's policy has `revalidate_after_secs` and `meta` was
+    /// last checked longer ago than that, starts a revalidation. Never waits.
+    pub fn revalidate_if_due(
+        &self,
+        bucket: &Arc<Bucket>,
+        key: &ObjectKey,
+        meta: &ObjectMeta,
+        limits: &FillSettings,
+    ) {
+        let Some(pull) = &bucket.pull else { return };
+        let after = pull.policy_for(key.as_str()).revalidate_after_secs;
+        if after == 0 {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now.saturating_sub(meta.checked_at()) >= after {
+            self.start_revalidation(bucket, key, meta, limits);
+        }
+    }
+
+    /// A hit on `meta`, last checked against its origin longer ago than the policy allows:
+    /// starts a conditional GET for it unless one (or a copy of the key) is running or waiting.
+    /// Never waits.
+    pub fn start_revalidation(
+        &self,
+        bucket: &Arc<Bucket>,
+        key: &ObjectKey,
+        meta: &ObjectMeta,
+        limits: &FillSettings,
+    ) {
+        let id = CopyKey::new(bucket, key);
+        let job = CopyJob {
+            id: id.clone(),
+            source: CopySource {
+                revalidate: Some(Validators {
+                    etag: meta.origin_etag.clone(),
+                    last_modified: meta.origin_last_modified.clone(),
+                }),
+                ..CopySource::default()
+            },
+            limits: limits.clone(),
+        };
+        let start = {
+            let mut schedule = self.shared.lock();
+            if schedule.in_flight.contains(&id) || schedule.revalidating.contains(&id) {
+                return;
+            }
+            if schedule.running < limits.concurrency {
+                schedule.running += 1;
+                schedule.revalidating.insert(id);
+                true
+            } else if schedule.waiting.len() < limits.queue {
+                schedule.revalidating.insert(id);
+                schedule.waiting.push_back(job);
+                METRICS.fill_queue_depth.set(schedule.waiting.len() as i64);
+                return;
+            } else {
+                count_revalidation(bucket, "skipped");
+                return;
+            }
+        };
+        if start {
+            self.spawn(job);
+        }
+    }
+
+    /// Forgets that `key`'s last copy failed (a purge: the next miss copies it again).
+    pub fn forget_failure(&self, bucket: &Arc<Bucket>, key: &ObjectKey) {
+        let id = CopyKey::new(bucket, key);
+        self.shared.lock().failed_until.remove(&id);
+    }
+
+    fn request_copy(
+        &self,
+        bucket: &Arc<Bucket>,
+        key: &ObjectKey,
+        source: CopySource,
+        limits: &FillSettings,
+        waiter: Option<oneshot::Sender<CopyEnd>>,
+    ) -> CopyDecision {
         let id = CopyKey::new(bucket, key);
         let decision = {
             let mut schedule = self.shared.lock();
-            if let Some(blocked) = schedule.blocked(&id, Instant::now()) {
+            let decision = if let Some(blocked) = schedule.blocked(&id, Instant::now()) {
                 blocked
             } else if schedule.running < limits.concurrency {
                 schedule.running += 1;
@@ -185,7 +322,16 @@ impl Filler {
                 CopyDecision::Queued
             } else {
                 CopyDecision::Dropped
+            };
+            if let Some(waiter) = waiter {
+                if matches!(
+                    decision,
+                    CopyDecision::Started | CopyDecision::Queued | CopyDecision::AlreadyInFlight
+                ) {
+                    schedule.waiters.entry(id.clone()).or_default().push(waiter);
+                }
             }
+            decision
         };
         match decision {
             CopyDecision::Started => self.spawn(CopyJob {
@@ -227,9 +373,10 @@ impl Filler {
                     filler: &filler,
                     job: &job,
                 };
-                let failed = filler.run(&job).await;
+                let end = filler.run(&job).await;
                 std::mem::forget(guard);
-                match filler.finish(&job.id, failed, &job.limits) {
+                let revalidation = job.source.revalidate.is_some();
+                match filler.finish(&job.id, end, revalidation, &job.limits) {
                     Some(next) => job = next,
                     None => break,
                 }
@@ -237,18 +384,22 @@ impl Filler {
         });
     }
 
-    /// Runs one copy; returns whether it failed.
-    async fn run(&self, job: &CopyJob) -> bool {
+    /// Runs one copy; returns how it ended.
+    async fn run(&self, job: &CopyJob) -> CopyEnd {
         let bucket = job.id.bucket_name();
         // A copy that committed between this key's store lookup and its copy request: the
         // object is there, so the origin is not asked again.
-        if let Ok(Some(_)) = self.shared.store.open(bucket, &job.id.key).await {
-            return false;
+        if job.source.revalidate.is_none() {
+            if let Ok(Some(_)) = self.shared.store.open(bucket, &job.id.key).await {
+                return CopyEnd::AlreadyStored;
+            }
         }
         // The policy comes from the generation the miss was routed with; origins and their
         // order are chosen now, with health as it is when the copy runs.
         let Some(pull) = &job.id.bucket.pull else {
-            return false;
+            return CopyEnd::Failed {
+                reason: "origin-pull is off for this bucket".into(),
+            };
         };
         let key = &job.id.key;
         let policy = pull.policy_for(key.as_str());
@@ -268,6 +419,7 @@ impl Filler {
             policy,
             key,
             path_and_query,
+            conditional: job.source.revalidate.clone(),
         };
         let _in_flight = InFlight::enter();
         let started = Instant::now();
@@ -283,6 +435,9 @@ impl Filler {
         metrics
             .fill_duration
             .observe(started.elapsed().as_secs_f64());
+        if request.conditional.is_some() {
+            return self.revalidated(job, result).await;
+        }
         let origin_label = origin.as_ref().map_or("-", |o| o.label.as_str());
         let outcome = match &result {
             Ok(meta) => {
@@ -325,19 +480,90 @@ impl Filler {
                 .with_label_values(&[bucket, origin.label.as_str(), outcome.as_str()])
                 .inc();
         }
-        result.is_err()
+        match result {
+            Ok(meta) => {
+                failures::record_success(bucket, key.as_str());
+                CopyEnd::Stored { bytes: meta.size }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                failures::record_failure(bucket, key.as_str(), &reason);
+                CopyEnd::Failed { reason }
+            }
+        }
+    }
+
+    /// Ends a revalidation: a `304` refreshes the check time, a `200` has replaced the object
+    /// (committed whole by the copy), a `404` leaves the object as it is; each is counted.
+    async fn revalidated(&self, job: &CopyJob, result: Result<ObjectMeta, CopyError>) -> CopyEnd {
+        let bucket = &job.id.bucket;
+        let key = &job.id.key;
+        let name = job.id.bucket_name();
+        let (outcome, end) = match result {
+            Ok(meta) => {
+                log::info!(
+                    "revalidated {:?} in {name}: changed at the origin, replaced",
+                    key.as_str()
+                );
+                bucket.metrics.fill_bytes.inc_by(meta.size);
+                ("replaced", CopyEnd::Stored { bytes: meta.size })
+            }
+            Err(CopyError::OriginStatus(304)) => {
+                match self.shared.store.mark_checked(name, key).await {
+                    Ok(_) => ("not_modified", CopyEnd::AlreadyStored),
+                    Err(e) => (
+                        "failed",
+                        CopyEnd::Failed {
+                            reason: e.to_string(),
+                        },
+                    ),
+                }
+            }
+            Err(CopyError::OriginStatus(404)) => {
+                log::warn!(
+                    "revalidated {:?} in {name}: the origin no longer has it; the stored copy is kept",
+                    key.as_str()
+                );
+                ("origin_missing", CopyEnd::AlreadyStored)
+            }
+            Err(e) => {
+                log::warn!("revalidation of {:?} in {name} failed: {e}", key.as_str());
+                (
+                    "failed",
+                    CopyEnd::Failed {
+                        reason: e.to_string(),
+                    },
+                )
+            }
+        };
+        count_revalidation(bucket, outcome);
+        end
     }
 
     /// Records the end of a copy and hands back the next waiting job, if any, to run in the
     /// same task (keeping `running` unchanged).
-    fn finish(&self, id: &CopyKey, failed: bool, limits: &FillSettings) -> Option<CopyJob> {
+    fn finish(
+        &self,
+        id: &CopyKey,
+        end: CopyEnd,
+        revalidation: bool,
+        limits: &FillSettings,
+    ) -> Option<CopyJob> {
         let mut schedule = self.shared.lock();
-        schedule.in_flight.remove(id);
-        if failed && limits.negative_ttl_secs > 0 {
-            let ttl = Duration::from_secs(limits.negative_ttl_secs);
-            schedule.remember_failure(id, Instant::now(), ttl);
+        if revalidation {
+            // The object stays in the bucket whatever happened: no negative entry.
+            schedule.revalidating.remove(id);
         } else {
-            schedule.failed_until.remove(id);
+            schedule.in_flight.remove(id);
+            if matches!(end, CopyEnd::Failed { .. }) && limits.negative_ttl_secs > 0 {
+                let ttl = Duration::from_secs(limits.negative_ttl_secs);
+                schedule.remember_failure(id, Instant::now(), ttl);
+            } else {
+                schedule.failed_until.remove(id);
+            }
+            for waiter in schedule.waiters.remove(id).unwrap_or_default() {
+                let _ = waiter.send(end.clone());
+            }
         }
         // A reload may have lowered the concurrency: then this slot is given up.
         if schedule.running <= limits.concurrency {
@@ -349,6 +575,13 @@ impl Filler {
         schedule.running -= 1;
         None
     }
+}
+
+fn count_revalidation(bucket: &Bucket, outcome: &str) {
+    METRICS
+        .revalidations
+        .with_label_values(&[bucket.config.name.as_str(), outcome])
+        .inc();
 }
 
 /// Counts a copy in `originpull_fills_in_flight` for as long as it lives.
@@ -376,7 +609,13 @@ struct FinishGuard<'a> {
 
 impl Drop for FinishGuard<'_> {
     fn drop(&mut self) {
-        let next = self.filler.finish(&self.job.id, true, &self.job.limits);
+        let end = CopyEnd::Failed {
+            reason: "the copy stopped unexpectedly".into(),
+        };
+        let revalidation = self.job.source.revalidate.is_some();
+        let next = self
+            .filler
+            .finish(&self.job.id, end, revalidation, &self.job.limits);
         // After a panic the waiting copy gets a task of its own; at shutdown there is no
         // runtime left and it is dropped with the rest.
         if let (Some(next), Ok(runtime)) = (next, tokio::runtime::Handle::try_current()) {
