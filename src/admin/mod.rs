@@ -43,8 +43,8 @@ pub struct AdminApi {
     pub counts: BucketCounts,
     pub samples: Samples,
     pub jobs: Jobs,
-    /// The token read for one configuration generation (by address), re-read after a reload.
-    token: Mutex<Option<(usize, Result<String, String>)>>,
+    /// The token read for one configuration generation, re-read after a reload.
+    token: Mutex<Option<(Arc<LiveConfig>, Result<String, String>)>>,
 }
 
 /// A JSON answer: status and body.
@@ -89,10 +89,9 @@ impl AdminApi {
 
     /// The token of the running generation, read once per generation.
     fn token(&self, live: &Arc<LiveConfig>) -> Result<String, String> {
-        let generation = Arc::as_ptr(live) as usize;
         let mut cached = self.token.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, token)) = cached.as_ref() {
-            if *at == generation {
+        if let Some((read_for, token)) = cached.as_ref() {
+            if Arc::ptr_eq(read_for, live) {
                 return token.clone();
             }
         }
@@ -103,7 +102,7 @@ impl AdminApi {
         if let Err(why) = &token {
             log::error!("admin API: token file: {why}; every request is refused");
         }
-        *cached = Some((generation, token.clone()));
+        *cached = Some((live.clone(), token.clone()));
         token
     }
 
