@@ -44,8 +44,11 @@ pub struct AdminApi {
     pub samples: Samples,
     pub jobs: Jobs,
     /// The token read for one configuration generation, re-read after a reload.
-    token: Mutex<Option<(Arc<LiveConfig>, Result<String, String>)>>,
+    token: Mutex<Option<TokenRead>>,
 }
+
+/// The token file as read for a configuration generation (an error refuses every request).
+type TokenRead = (Arc<LiveConfig>, Result<String, String>);
 
 /// A JSON answer: status and body.
 type Answer = (StatusCode, serde_json::Value);
