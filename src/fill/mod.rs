@@ -7,6 +7,11 @@
 //! Limits come from the configuration of the request asking: a reload applies to copies asked
 //! for after it (a queued copy keeps the limits it was queued with).
 //!
+//! A prefetch job asks with [`Filler::copy_and_wait`], which takes the same path and learns how
+//! the copy ended (waiting for one already running instead of starting another). A hit on an
+//! object due for revalidation asks with [`Filler::revalidate_if_due`]: a conditional copy that
+//! shares the slots and the one-per-key rule but never makes the key look missing.
+//!
 //! Copies run as tokio tasks independent of the client's connection: a client hanging up does
 //! not cancel one. On shutdown, copies still running when Pingora stops its runtimes are dropped,
 //! and their unfinished temporary files with them.
@@ -307,6 +312,9 @@ impl Filler {
             let mut schedule = self.shared.lock();
             let decision = if let Some(blocked) = schedule.blocked(&id, Instant::now()) {
                 blocked
+            } else if schedule.revalidating.contains(&id) {
+                // Its revalidation is a copy of the key too: one at a time.
+                CopyDecision::AlreadyInFlight
             } else if schedule.running < limits.concurrency {
                 schedule.running += 1;
                 schedule.in_flight.insert(id.clone());
@@ -510,7 +518,13 @@ impl Filler {
             }
             Err(CopyError::OriginStatus(304)) => {
                 match self.shared.store.mark_checked(name, key).await {
-                    Ok(_) => ("not_modified", CopyEnd::AlreadyStored),
+                    Ok(true) => ("not_modified", CopyEnd::AlreadyStored),
+                    Ok(false) => (
+                        "not_modified",
+                        CopyEnd::Failed {
+                            reason: "purged while it was being revalidated".into(),
+                        },
+                    ),
                     Err(e) => (
                         "failed",
                         CopyEnd::Failed {
@@ -561,9 +575,9 @@ impl Filler {
             } else {
                 schedule.failed_until.remove(id);
             }
-            for waiter in schedule.waiters.remove(id).unwrap_or_default() {
-                let _ = waiter.send(end.clone());
-            }
+        }
+        for waiter in schedule.waiters.remove(id).unwrap_or_default() {
+            let _ = waiter.send(end.clone());
         }
         // A reload may have lowered the concurrency: then this slot is given up.
         if schedule.running <= limits.concurrency {
