@@ -792,3 +792,46 @@ async fn a_reload_re_reads_the_token_file() {
     assert!(wait_until(WAIT, || async { status("second-token").await == 200 }).await);
     assert_eq!(status("first-token").await, 401);
 }
+
+#[tokio::test]
+async fn a_copy_passes_over_an_origin_whose_breaker_is_open_when_another_can_serve() {
+    let primary = TestOrigin::start();
+    let backup = TestOrigin::start();
+    for i in 0..2 {
+        primary.route(&format!("/e/{i}"), Behavior::status(503));
+    }
+    primary.route("/fine.txt", Behavior::ok("from primary"));
+    backup.route("/fine.txt", Behavior::ok("from backup"));
+    let bucket = format!(
+        "name: {BUCKET}\norigin_pull:\n  enabled: true\n  origins:\n    - address: {}\n    - address: {}\n      backup: true\n",
+        primary.authority(),
+        backup.authority()
+    );
+    // Health would mark the primary down much later than the breaker opens.
+    let fill = "fill:\n  breaker_failures: 2\n  breaker_secs: 60\n  origin_down_after_failures: 100\n  negative_ttl_secs: 0\n";
+    let (server, admin) = start(&primary, Some(&bucket), fill);
+    wait_admin_up(&admin).await;
+    for i in 0..2 {
+        get(&server, BUCKET, &format!("/e/{i}")).await;
+        assert!(wait_until(WAIT, || async { primary.hits(&format!("/e/{i}")) == 1 }).await);
+    }
+    let labels = [
+        ("bucket", BUCKET),
+        ("origin", &*format!("http://{}", primary.authority())),
+    ];
+    assert!(
+        wait_until(WAIT, || async {
+            server
+                .metric("originpull_origin_breaker_open", &labels)
+                .await
+                == 1.0
+        })
+        .await
+    );
+    copy_in(&server, "/fine.txt").await;
+    assert_eq!(
+        get_body(&server, BUCKET, "/fine.txt").await,
+        (200, b"from backup".to_vec())
+    );
+    assert_eq!(primary.hits("/fine.txt"), 0);
+}

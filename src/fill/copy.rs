@@ -124,8 +124,15 @@ pub async fn copy_object(
         Err(CopyError::Origin("no origin to copy from".into())),
         None,
     );
-    for origin in request.policy.origins.candidates(request.key.as_str()) {
+    let candidates = request.policy.origins.candidates(request.key.as_str());
+    // An origin whose breaker is open is passed over while another can be tried; the last
+    // candidate is waited for, so the copy pauses rather than fails.
+    let last_index = candidates.len().saturating_sub(1);
+    for (index, origin) in candidates.into_iter().enumerate() {
         let guard = guard_of(bucket, &origin.label);
+        if index < last_index && guard.is_open() {
+            continue;
+        }
         let permit = guard.admit(limits).await;
         let result = copy_from(connector, store, bucket, request, &origin, limits).await;
         drop(permit);

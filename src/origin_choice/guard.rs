@@ -1,7 +1,8 @@
 //! Guardrails that protect an origin from its own migration: at most
 //! `fill.per_origin_concurrency` copies to it at once, at most `fill.per_origin_rate` started per
 //! second, and a breaker that pauses copies to it for `fill.breaker_secs` after
-//! `fill.breaker_failures` consecutive failed copies (misses are still redirected meanwhile).
+//! `fill.breaker_failures` consecutive failed copies (misses are still redirected meanwhile;
+//! a copy with another origin to try passes it over).
 //!
 //! Every copy, whether a miss's, a prefetch job's or a revalidation, passes [`OriginGuard::admit`]
 //! before it talks to an origin. Like [`super::health`], a guard belongs to the origin (bucket +
