@@ -342,6 +342,47 @@ mod tests {
     }
 
     #[test]
+    fn migration_settings_parse_and_their_errors_name_the_field() {
+        let text = format!(
+            "admin_listen: 127.0.0.1:9180\nadmin_token_file: /etc/originpull/admin.token\nfill:\n  per_origin_concurrency: 4\n  per_origin_rate: 50\n  breaker_failures: 5\n  breaker_secs: 10\n{}",
+            base("  - name: example-1250000000\n    origin_pull:\n      enabled: true\n      origin: a.example\n      revalidate_after_secs: 3600\n      rules:\n        - prefix: news/\n          revalidate_after_secs: 60\n")
+        );
+        let config = Config::parse(&text).unwrap();
+        let admin = config.admin.as_ref().unwrap();
+        assert_eq!(admin.listen.port(), 9180);
+        assert_eq!(config.fill.per_origin_concurrency, 4);
+        assert_eq!(config.fill.per_origin_rate, 50);
+        assert_eq!(
+            (config.fill.breaker_failures, config.fill.breaker_secs),
+            (5, 10)
+        );
+        let pull = config.buckets[0].origin_pull.as_ref().unwrap();
+        assert_eq!(pull.revalidate_after_secs, 3600);
+        assert_eq!(pull.rules[0].revalidate_after_secs, Some(60));
+
+        let errs = Config::parse(&format!(
+            "admin_listen: 127.0.0.1:9180\nfill:\n  per_origin_concurrency: 0\n{}",
+            base("  - name: example-1250000000\n    origin_pull:\n      enabled: true\n      origin: a.example\n      rules:\n        - prefix: a/\n          revalidate_after_secs: 99999999999\n")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            errs.contains("top level: admin_token_file: is required with admin_listen"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("top level: fill.per_origin_concurrency: must be greater than 0"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains(
+                "bucket \"example-1250000000\": origin_pull.rules[0].revalidate_after_secs: must be at most"
+            ),
+            "{errs}"
+        );
+    }
+
+    #[test]
     fn disabled_without_origin_is_fine_and_defaults_apply() {
         let config = Config::parse(&base(
             "  - name: example-1250000000\n    origin_pull: {enabled: false}\n",
