@@ -835,3 +835,41 @@ async fn a_copy_passes_over_an_origin_whose_breaker_is_open_when_another_can_ser
     );
     assert_eq!(primary.hits("/fine.txt"), 0);
 }
+
+#[tokio::test]
+async fn a_cancelled_prefetch_starts_nothing_more() {
+    let origin = TestOrigin::start();
+    origin.route("/k/0", Behavior::gate("zero"));
+    for i in 1..5 {
+        origin.route(&format!("/k/{i}"), Behavior::ok("later"));
+    }
+    // One copy at a time: the job holds one key in the scheduler while the gate is shut.
+    let (server, admin) = start(&origin, None, "fill:\n  concurrency: 1\n");
+    wait_admin_up(&admin).await;
+    let keys = (0..5)
+        .map(|i| format!("k/{i}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (_, job) = admin
+        .post(&format!("/v1/buckets/{BUCKET}/prefetch"), &keys)
+        .await;
+    let id = job["id"].as_u64().unwrap();
+    assert!(wait_until(WAIT, || async { origin.gate_waiting("/k/0") == 1 }).await);
+    let (status, cancelled) = admin.delete(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["state"], "cancelled");
+    origin.open_gate("/k/0");
+    // The copy already running finishes; the rest never start.
+    assert!(wait_until(WAIT, || async { head_status(&server, "/k/0").await == 200 }).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 1..5 {
+        assert_eq!(
+            origin.hits(&format!("/k/{i}")),
+            0,
+            "k/{i} started after the cancel"
+        );
+    }
+    let job = admin.wait_job(id).await;
+    assert_eq!(job["state"], "cancelled");
+    assert_eq!(job["total"], 5);
+}

@@ -307,6 +307,10 @@ async fn run_prefetch(
             tokio::time::sleep_until(next_start.into()).await;
             next_start = next_start.max(Instant::now()) + interval;
         }
+        // Cancelled while waiting for a slot: this key is not started either.
+        if job.is_cancelled() {
+            break;
+        }
         let (job, filler, bucket, limits) =
             (job.clone(), filler.clone(), bucket.clone(), limits.clone());
         running.spawn(async move {
