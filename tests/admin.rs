@@ -873,3 +873,29 @@ async fn a_cancelled_prefetch_starts_nothing_more() {
     assert_eq!(job["state"], "cancelled");
     assert_eq!(job["total"], 5);
 }
+
+#[tokio::test]
+async fn per_origin_rate_caps_the_copies_started_per_second_for_misses_too() {
+    let origin = TestOrigin::start();
+    for i in 0..9 {
+        origin.route(&format!("/m/{i}"), Behavior::ok("m"));
+    }
+    let (server, admin) = start(&origin, None, "fill:\n  per_origin_rate: 4\n");
+    wait_admin_up(&admin).await;
+    for i in 0..9 {
+        assert_eq!(get(&server, BUCKET, &format!("/m/{i}")).await.status(), 302);
+    }
+    assert!(wait_until(WAIT, || async { origin.total_hits() == 9 }).await);
+    let mut arrivals: Vec<_> = origin
+        .all_requests()
+        .iter()
+        .map(|r| r.received_at)
+        .collect();
+    arrivals.sort();
+    // Nine starts at four per second: eight intervals of 250 ms (a little slack for timers).
+    let span = arrivals[8] - arrivals[0];
+    assert!(
+        span >= Duration::from_millis(1900),
+        "9 copies within {span:?}"
+    );
+}
