@@ -269,28 +269,26 @@ impl Filler {
             },
             limits: limits.clone(),
         };
-        let start = {
+        {
             let mut schedule = self.shared.lock();
             if schedule.in_flight.contains(&id) || schedule.revalidating.contains(&id) {
                 return;
             }
-            if schedule.running < limits.concurrency {
-                schedule.running += 1;
-                schedule.revalidating.insert(id);
-                true
-            } else if schedule.waiting.len() < limits.queue {
-                schedule.revalidating.insert(id);
-                schedule.waiting.push_back(job);
-                METRICS.fill_queue_depth.set(schedule.waiting.len() as i64);
-                return;
-            } else {
-                count_revalidation(bucket, "skipped");
+            if schedule.running >= limits.concurrency {
+                if schedule.waiting.len() < limits.queue {
+                    schedule.revalidating.insert(id);
+                    schedule.waiting.push_back(job);
+                    METRICS.fill_queue_depth.set(schedule.waiting.len() as i64);
+                } else {
+                    count_revalidation(bucket, "skipped");
+                }
                 return;
             }
-        };
-        if start {
-            self.spawn(job);
+            schedule.running += 1;
+            schedule.revalidating.insert(id);
         }
+        // Spawned outside the lock, like a miss's copy.
+        self.spawn(job);
     }
 
     /// Forgets that `key`'s last copy failed (a purge: the next miss copies it again).

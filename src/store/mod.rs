@@ -1,8 +1,10 @@
 //! The bucket store interface: what serving and filling need from wherever objects live.
 //!
-//! It is deliberately narrow (open an object, write a new one) so that an S3-compatible backend
-//! shared by many edge nodes can sit beside the disk one. A writer computes the ETag itself, as
-//! S3 does for a simple upload, and nothing written is visible until `commit` returns.
+//! It is deliberately narrow (open an object, write a new one; for the admin API delete one,
+//! list a prefix, mark one checked against its origin), each an operation S3 has too, so that an
+//! S3-compatible backend shared by many edge nodes can sit beside the disk one. A writer computes
+//! the ETag itself, as S3 does for a simple upload, and nothing written is visible until
+//! `commit` returns.
 
 pub mod counted;
 pub mod disk;
