@@ -477,10 +477,11 @@ async fn progress_lists_the_keys_that_fail_most() {
     assert_eq!(progress["copies_stored"], 1);
 }
 
-/// The bucket with `revalidate_after_secs: 1` for keys under `r/`.
+/// The bucket with `revalidate_after_secs: 2` for keys under `r/` (check times are whole seconds,
+/// so 2 keeps the requests made right after a copy from starting a check).
 fn revalidating_bucket(origin: &TestOrigin) -> String {
     format!(
-        "name: {BUCKET}\norigin_pull:\n  enabled: true\n  origin: {}\n  rules:\n    - prefix: r/\n      revalidate_after_secs: 1\n",
+        "name: {BUCKET}\norigin_pull:\n  enabled: true\n  origin: {}\n  rules:\n    - prefix: r/\n      revalidate_after_secs: 2\n",
         origin.authority()
     )
 }
@@ -503,7 +504,7 @@ async fn revalidation_keeps_on_304_replaces_on_200_one_check_per_key_at_a_time()
     wait_admin_up(&admin).await;
     copy_in(&server, "/r/page.html").await;
     copy_in(&server, "/n/page.html").await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
 
     // Changed at the origin, held at the gate: hits are served from the bucket at once, and
     // only one conditional GET goes out however many hits arrive.
@@ -558,7 +559,7 @@ async fn revalidation_keeps_on_304_replaces_on_200_one_check_per_key_at_a_time()
     let checked_before = admin.get(&meta_path).await.1["checked_at"]
         .as_u64()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(
         get_body(&server, BUCKET, "/r/page.html").await,
         (200, b"version 2".to_vec())
@@ -590,7 +591,7 @@ async fn revalidation_keeps_on_304_replaces_on_200_one_check_per_key_at_a_time()
 
     // 404 at the origin: the stored object is kept, and the outcome counted.
     origin.unroute("/r/page.html");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     get_body(&server, BUCKET, "/r/page.html").await;
     assert!(
         wait_until(WAIT, || async {
@@ -659,7 +660,7 @@ async fn the_breaker_opens_after_consecutive_failures_and_closes_after_its_time(
     let (server, admin) = start(
         &origin,
         None,
-        "fill:\n  breaker_failures: 3\n  breaker_secs: 2\n  negative_ttl_secs: 0\n",
+        "fill:\n  breaker_failures: 3\n  breaker_secs: 3\n  negative_ttl_secs: 0\n",
     );
     wait_admin_up(&admin).await;
     let labels = [
