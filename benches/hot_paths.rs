@@ -68,6 +68,7 @@ fn hot_paths(c: &mut Criterion) {
             .commit(NewObject {
                 content_type: Some("image/jpeg".into()),
                 headers: vec![("cache-control".into(), "max-age=60".into())],
+                ..NewObject::default()
             })
             .await
             .expect("commit");
@@ -144,6 +145,7 @@ fn compressed_hit(c: &mut Criterion) {
             .commit(NewObject {
                 content_type: Some("application/javascript".into()),
                 headers: vec![("cache-control".into(), "max-age=60".into())],
+                ..NewObject::default()
             })
             .await
             .expect("commit");

@@ -515,6 +515,9 @@ mod tests {
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
+            origin_etag: None,
+            origin_last_modified: None,
+            checked_at: 0,
         };
         assert!(is_compressible(&meta(MIN_BYTES, &[])));
         assert!(!is_compressible(&meta(MIN_BYTES - 1, &[])));

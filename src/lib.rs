@@ -8,9 +8,12 @@
 //! origin and path a key is pulled from; [`proxy`] ties them into Pingora, [`respond`] writes
 //! errors and the common headers (with [`cors`]'s), [`metrics`] and [`access_log`]
 //! record what happened, [`reload`] swaps configurations, [`server`] starts it all, with one
-//! [`listener`] per worker thread and a [`connection`] gate in front of each request.
+//! [`listener`] per worker thread and a [`connection`] gate in front of each request. [`admin`]
+//! is the separate admin API for finishing a migration (purge, prefetch jobs, progress);
+//! `prefetch` in the binary is its command-line client.
 
 pub mod access_log;
+pub mod admin;
 pub mod compress;
 pub mod config;
 pub mod connection;
@@ -22,6 +25,7 @@ pub mod listener;
 pub mod metrics;
 pub mod mirror;
 pub mod origin_choice;
+pub mod prefetch;
 pub mod proxy;
 pub mod redirect;
 pub mod reload;

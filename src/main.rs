@@ -1,5 +1,5 @@
-//! The `originpull` command: run the server (`-c FILE`), check a configuration (`-t`), or run
-//! the self-contained demo (`demo`).
+//! The `originpull` command: run the server (`-c FILE`), check a configuration (`-t`), run
+//! the self-contained demo (`demo`), or prefetch keys through a running server (`prefetch`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +59,24 @@ enum Command {
         #[arg(long, default_value = "demo-data")]
         dir: PathBuf,
     },
+    /// Copy a list of keys into a bucket through a running server's admin API, with a progress
+    /// bar; exits 0 when every key is stored, 1 otherwise (failed keys on stderr).
+    Prefetch {
+        /// The admin listener, e.g. http://127.0.0.1:9180.
+        #[arg(long)]
+        admin: String,
+        /// The file holding the admin token (admin_token_file).
+        #[arg(long)]
+        token_file: PathBuf,
+        /// The bucket to fill.
+        #[arg(long)]
+        bucket: String,
+        /// Copies started per second at most.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// A file of keys or full origin URLs, one per line; `-` reads standard input.
+        keys: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,14 +87,37 @@ fn main() -> ExitCode {
         upgrade: cli.upgrade,
     };
 
-    if let Some(Command::Demo {
-        listen,
-        origin,
-        metrics,
-        dir,
-    }) = cli.command
-    {
-        return run_demo(listen, origin, metrics, &dir, flags);
+    match cli.command {
+        Some(Command::Demo {
+            listen,
+            origin,
+            metrics,
+            dir,
+        }) => return run_demo(listen, origin, metrics, &dir, flags),
+        Some(Command::Prefetch {
+            admin,
+            token_file,
+            bucket,
+            rate,
+            keys,
+        }) => {
+            let args = originpull::prefetch::PrefetchArgs {
+                admin,
+                token_file,
+                bucket,
+                rate,
+                keys,
+            };
+            return match originpull::prefetch::run(&args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(why) => {
+                    eprintln!("originpull prefetch: {why}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        None => {}
     }
 
     let config = match Config::load(&cli.conf) {
@@ -88,6 +129,15 @@ fn main() -> ExitCode {
         let mut resolved = config.clone();
         if let Ok(cwd) = std::env::current_dir() {
             resolved.resolve_relative_paths(&cwd);
+        }
+        if let Some(admin) = &resolved.admin {
+            if let Err(why) = admin.read_token() {
+                eprintln!(
+                    "originpull: configuration file {} has 1 error(s):\n  top level: admin_token_file: {why}",
+                    cli.conf.display()
+                );
+                return ExitCode::from(1);
+            }
         }
         if let Err(errors) = LiveConfig::new(resolved) {
             return config_errors(&cli.conf, &errors);

@@ -126,6 +126,10 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
     pub compressions: IntCounterVec,
+    pub bucket_objects: IntGaugeVec,
+    pub bucket_bytes: IntGaugeVec,
+    pub revalidations: IntCounterVec,
+    pub origin_breaker_open: IntGaugeVec,
 }
 
 // The macros only fail on a duplicate or malformed name, which is a bug caught by any test run.
@@ -212,6 +216,30 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["bucket", "encoding"]
         )
         .expect("register originpull_compressions_total"),
+        bucket_objects: register_int_gauge_vec!(
+            "originpull_bucket_objects",
+            "Objects stored in the bucket (complete once the background count after start ends).",
+            &["bucket"]
+        )
+        .expect("register originpull_bucket_objects"),
+        bucket_bytes: register_int_gauge_vec!(
+            "originpull_bucket_bytes",
+            "Bytes of the objects stored in the bucket.",
+            &["bucket"]
+        )
+        .expect("register originpull_bucket_bytes"),
+        revalidations: register_int_counter_vec!(
+            "originpull_revalidations_total",
+            "Conditional GETs of stored objects to their origin, by outcome (not_modified, replaced, origin_missing, failed, skipped).",
+            &["bucket", "outcome"]
+        )
+        .expect("register originpull_revalidations_total"),
+        origin_breaker_open: register_int_gauge_vec!(
+            "originpull_origin_breaker_open",
+            "1 while the origin's breaker is open (copies to it pause), else 0.",
+            &["bucket", "origin"]
+        )
+        .expect("register originpull_origin_breaker_open"),
     };
     m.config_last_reload_successful.set(1.0);
     // Both outcomes exported from zero, so an alert on `increase(...{outcome="error"})` works

@@ -33,12 +33,12 @@ use std::sync::Arc;
 use http::{header, HeaderValue, Method, StatusCode};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::compress::Compressor;
 use crate::config::FillSettings;
 use crate::fill::copy::{head_object, CopyRequest, MirrorEvent, MirrorHead};
-use crate::fill::{CopySource, FillEnd, Filler, MirrorTicket};
+use crate::fill::{CopyEnd, CopySource, FillEnd, Filler, MirrorTicket};
 use crate::key::{safe_query, ObjectKey};
 use crate::metrics::RequestResult;
 use crate::origin_choice::{BucketPull, PullPolicy};
@@ -247,8 +247,10 @@ impl MirrorMiss<'_> {
             policy: self.policy,
             key: self.key,
             path_and_query,
+            conditional: None,
         };
-        let (result, _) = head_object(self.filler.connector(), &request, self.limits).await;
+        let bucket = self.bucket.config.name.as_str();
+        let (result, _) = head_object(self.filler.connector(), bucket, &request, self.limits).await;
         let end = match result {
             Ok(origin) if origin.status == StatusCode::OK => {
                 let object = crate::fill::copy::kept_object(&origin);
@@ -288,14 +290,7 @@ impl MirrorMiss<'_> {
 
 /// Waits until the copy announces its end. The copy itself gives up on an origin silent for
 /// longer than `fill.read_timeout_ms`, so this wait is bounded by the origin's progress.
-async fn wait_for_end(mut end: watch::Receiver<Option<FillEnd>>) -> FillEnd {
-    loop {
-        if let Some(done) = *end.borrow_and_update() {
-            return done;
-        }
-        if end.changed().await.is_err() {
-            // The copy's task ended without a word (shutdown): nothing was stored by it.
-            return end.borrow().unwrap_or(FillEnd::OriginFailed);
-        }
-    }
+async fn wait_for_end(end: oneshot::Receiver<CopyEnd>) -> FillEnd {
+    // Dropped unanswered only when the copy's task ended at shutdown: nothing was stored by it.
+    end.await.map_or(FillEnd::OriginFailed, |end| end.kind())
 }

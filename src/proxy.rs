@@ -227,6 +227,9 @@ impl OriginPull {
         if !known_missing {
             match self.store.open(name, &key).await {
                 Ok(Some(object)) => {
+                    let fill = &live.config.fill;
+                    self.filler
+                        .revalidate_if_due(&bucket, &key, object.meta(), fill);
                     let req = session.req_header();
                     let hit = self.compressor.select(req, &bucket, &key, object).await;
                     let (outcome, n) = serve_hit(session, hit, &ctx.reply).await?;
@@ -273,6 +276,7 @@ impl OriginPull {
                 source: CopySource {
                     folder,
                     query: query.map(str::to_string),
+                    revalidate: None,
                 },
                 limits: &live.config.fill,
                 reply: &ctx.reply,
@@ -294,6 +298,7 @@ impl OriginPull {
             let source = CopySource {
                 folder,
                 query: query.map(str::to_string),
+                revalidate: None,
             };
             self.filler
                 .start_copy_after_redirect(&bucket, &key, source, &live.config.fill);

@@ -13,6 +13,8 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service as ListeningService;
 
 use crate::access_log::AccessLog;
+use crate::admin::progress::{ProgressService, Samples};
+use crate::admin::AdminApi;
 use crate::compress::Compressor;
 use crate::config::Config;
 use crate::connection::{ConnectionCounts, ConnectionGate, ConnectionLimits};
@@ -21,7 +23,7 @@ use crate::listener::{check_address_free, WorkerListener};
 use crate::origin_choice::probe::OriginProbes;
 use crate::proxy::OriginPull;
 use crate::reload::{ConfigHandle, LiveConfig, ReloadWatcher};
-use crate::store::{BucketStore, DiskStore, HotTier, HotTierLimits};
+use crate::store::{BucketCounts, BucketStore, CountedStore, DiskStore, HotTier, HotTierLimits};
 
 /// How often a graceful stop checks whether anything is still running.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
@@ -55,16 +57,24 @@ pub fn build(
         source,
     })?;
     let cache = &config.memory_cache;
+    // Objects and bytes per bucket are counted as copies and purges pass through the store.
+    let counts = BucketCounts::default();
     let store: Arc<dyn BucketStore> = if cache.max_bytes > 0 {
         let limits = HotTierLimits {
             max_bytes: cache.max_bytes as usize,
             max_object_bytes: cache.max_object_bytes as usize,
             revalidate: Duration::from_secs(cache.revalidate_secs),
         };
-        Arc::new(HotTier::new(store, limits))
+        Arc::new(CountedStore::new(
+            HotTier::new(store, limits),
+            counts.clone(),
+        ))
     } else {
-        Arc::new(store)
+        Arc::new(CountedStore::new(store, counts.clone()))
     };
+    if let Some(admin) = &config.admin {
+        admin.read_token().map_err(StartError::AdminToken)?;
+    }
     let access_log = AccessLog::open(&config.access_log).map_err(StartError::AccessLog)?;
 
     let mut server_conf = ServerConf {
@@ -94,6 +104,7 @@ pub fn build(
     let threads = config.server.threads;
     let metrics_listen = config.metrics_listen;
     let limits = ConnectionLimits::new(&config.server);
+    let admin_listen = config.admin.as_ref().map(|a| a.listen);
     let live = LiveConfig::new(config).map_err(StartError::Config)?;
     let handle = ConfigHandle::new(live, config_path, &base_dir);
     let reload_watcher = server.add_service(background_service(
@@ -105,9 +116,31 @@ pub fn build(
         OriginProbes(handle.clone()),
     ));
 
+    let samples = Samples::default();
+    server.add_service(pingora::services::background::background_service(
+        "migration progress",
+        ProgressService {
+            config: handle.clone(),
+            store: store.clone(),
+            counts: counts.clone(),
+            samples: samples.clone(),
+        },
+    ));
+
+    let filler = Filler::new(store.clone());
+    if let Some(addr) = admin_listen {
+        let admin = AdminApi::new(
+            handle.clone(),
+            store.clone(),
+            filler.clone(),
+            counts,
+            samples,
+        );
+        server.add_service(admin.service(addr));
+    }
     let app = OriginPull {
         config: handle,
-        filler: Filler::new(store.clone()),
+        filler,
         compressor: Compressor::new(store.clone()),
         store,
         access_log: Arc::new(access_log),
@@ -185,6 +218,8 @@ pub enum StartError {
     },
     #[error("configuration: {0}")]
     Config(crate::config::ConfigErrors),
+    #[error("admin_token_file: {0}")]
+    AdminToken(String),
     #[error("cannot read the working directory: {0}")]
     WorkingDirectory(std::io::Error),
 }

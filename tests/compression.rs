@@ -58,6 +58,7 @@ async fn seed(server: &Originpull, key: &str, body: &[u8], headers: &[(&str, &st
         .commit(NewObject {
             content_type,
             headers: kept,
+            ..NewObject::default()
         })
         .await
         .expect("commit");

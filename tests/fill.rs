@@ -44,7 +44,10 @@ async fn seed_example_end_to_end_stores_the_origins_bytes_and_headers() {
         first.headers()["location"],
         format!("http://{}/1.jpg", origin.authority()).as_str()
     );
-    assert!(server.wait_stored(BUCKET, "/1.jpg").await, "copy did not land");
+    assert!(
+        server.wait_stored(BUCKET, "/1.jpg").await,
+        "copy did not land"
+    );
 
     let second = get(&server, BUCKET, "/1.jpg").await;
     assert_eq!(second.status(), 200);
@@ -215,7 +218,9 @@ async fn origin_faults_store_nothing_and_a_later_good_answer_is_stored() {
         assert_eq!(get(&server, BUCKET, path).await.status(), 302, "{path}");
         *expected.entry(outcome).or_default() += 1.0;
         assert!(
-            server.wait_fill_outcome(BUCKET, outcome, expected[outcome]).await,
+            server
+                .wait_fill_outcome(BUCKET, outcome, expected[outcome])
+                .await,
             "{path}: outcome {outcome} not counted"
         );
         assert_eq!(

@@ -483,6 +483,10 @@ const EXPORTED: &[&str] = &[
     "originpull_fill_queue_depth",
     "originpull_config_reloads_total",
     "originpull_config_last_reload_successful",
+    "originpull_bucket_objects",
+    "originpull_bucket_bytes",
+    "originpull_revalidations_total",
+    "originpull_origin_breaker_open",
 ];
 
 fn originpull_metric_names(text: &str) -> Vec<String> {

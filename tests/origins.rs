@@ -378,7 +378,11 @@ async fn a_redirect_to_a_foreign_host_is_not_followed_and_hops_are_limited() {
     )));
 
     assert_eq!(get(&server, BUCKET, "/x.txt").await.status(), 302);
-    assert!(server.wait_fill_outcome(BUCKET, "redirect_refused", 1.0).await);
+    assert!(
+        server
+            .wait_fill_outcome(BUCKET, "redirect_refused", 1.0)
+            .await
+    );
     assert_eq!(
         elsewhere.total_hits(),
         0,

@@ -31,6 +31,7 @@ async fn seed(server: &Originpull, bucket: &str, key: &str, body: &[u8], content
                     "inline; filename=\"x.bin\"".into(),
                 ),
             ],
+            ..NewObject::default()
         })
         .await
         .expect("commit");

@@ -18,6 +18,14 @@ pub struct FillSettings {
     pub origin_cool_off_secs: u64,
     /// Interval of the TCP connect probe of each origin in use; 0 turns probes off.
     pub origin_probe_interval_ms: u64,
+    /// Copies to one origin at once (guardrail).
+    pub per_origin_concurrency: usize,
+    /// Copies started per second per origin; 0: no cap.
+    pub per_origin_rate: u64,
+    /// Consecutive failed copies from one origin that open its breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker pauses copies to its origin.
+    pub breaker_secs: u64,
 }
 
 impl Default for FillSettings {
@@ -32,6 +40,10 @@ impl Default for FillSettings {
             origin_down_after_failures: 3,
             origin_cool_off_secs: 10,
             origin_probe_interval_ms: 1_000,
+            per_origin_concurrency: 8,
+            per_origin_rate: 0,
+            breaker_failures: 20,
+            breaker_secs: 30,
         }
     }
 }
@@ -46,6 +58,10 @@ const FILL_KEYS: &[&str] = &[
     "origin_down_after_failures",
     "origin_cool_off_secs",
     "origin_probe_interval_ms",
+    "per_origin_concurrency",
+    "per_origin_rate",
+    "breaker_failures",
+    "breaker_secs",
 ];
 
 pub(crate) fn parse_fill(top: &Section<'_>, errors: &mut Errors) -> FillSettings {
@@ -86,6 +102,20 @@ pub(crate) fn parse_fill(top: &Section<'_>, errors: &mut Errors) -> FillSettings
                 }
                 ms
             }),
+        per_origin_concurrency: fill.positive(
+            "per_origin_concurrency",
+            d.per_origin_concurrency as u64,
+            errors,
+        ) as usize,
+        per_origin_rate: fill
+            .typed::<u64>("per_origin_rate", errors)
+            .unwrap_or(d.per_origin_rate),
+        breaker_failures: fill
+            .positive("breaker_failures", d.breaker_failures.into(), errors)
+            .min(u32::MAX.into()) as u32,
+        breaker_secs: fill
+            .at_most("breaker_secs", MAX_COOL_OFF_SECS, errors)
+            .unwrap_or(d.breaker_secs),
     }
 }
 

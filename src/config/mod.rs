@@ -6,6 +6,7 @@
 //! section of the file has its own module here; [`errors`] collects what they find and
 //! [`section`] is how each reads its mapping.
 
+mod admin;
 mod buckets;
 mod cors;
 mod errors;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
+pub use admin::{read_token_file, AdminSettings};
 pub use buckets::{validate_bucket_name, BucketConfig};
 pub use cors::{CorsRule, WildcardPattern};
 pub use errors::{ConfigError, ConfigErrors};
@@ -33,6 +35,7 @@ pub use origins::{
 };
 pub use server::ServerSettings;
 
+use admin::parse_admin;
 use buckets::parse_buckets;
 use errors::Errors;
 use fill::parse_fill;
@@ -46,6 +49,8 @@ use server::parse_server;
 pub struct Config {
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
+    /// The admin API; `None` when `admin_listen` is not set.
+    pub admin: Option<AdminSettings>,
     pub data_dir: PathBuf,
     /// Lower-case, without a leading or trailing dot.
     pub domain_suffix: String,
@@ -66,6 +71,8 @@ pub enum AccessLogTarget {
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "metrics_listen",
+    "admin_listen",
+    "admin_token_file",
     "data_dir",
     "domain_suffix",
     "access_log",
@@ -111,6 +118,7 @@ impl Config {
 
         let listen = top.socket_addr("listen", &mut errors, true);
         let metrics_listen = top.socket_addr("metrics_listen", &mut errors, false);
+        let admin = parse_admin(&top, &mut errors);
         let data_dir = top
             .typed::<String>("data_dir", &mut errors)
             .filter(|d| {
@@ -159,6 +167,7 @@ impl Config {
             (Some(listen), Some(data_dir), Some(domain_suffix)) => Ok(Config {
                 listen,
                 metrics_listen,
+                admin,
                 data_dir,
                 domain_suffix,
                 access_log,
@@ -192,6 +201,9 @@ impl Config {
         if let AccessLogTarget::File(path) = &mut self.access_log {
             *path = base.join(&*path);
         }
+        if let Some(admin) = &mut self.admin {
+            admin.token_file = base.join(&admin.token_file);
+        }
     }
 
     /// For a reload: puts back the running values of the settings only a restart can change
@@ -217,6 +229,18 @@ impl Config {
             &running.metrics_listen,
             &mut changed,
         );
+        // The admin listener is fixed at start; its token file is re-read on every reload.
+        let mut admin_listen = self.admin.as_ref().map(|a| a.listen);
+        keep(
+            "admin_listen",
+            &mut admin_listen,
+            &running.admin.as_ref().map(|a| a.listen),
+            &mut changed,
+        );
+        match (&mut self.admin, admin_listen) {
+            (Some(admin), Some(listen)) => admin.listen = listen,
+            (admin, _) => *admin = running.admin.clone(),
+        }
         keep(
             "data_dir",
             &mut self.data_dir,
@@ -317,6 +341,47 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("bucket \"ok-1\": name: duplicate"), "{text}");
+    }
+
+    #[test]
+    fn migration_settings_parse_and_their_errors_name_the_field() {
+        let text = format!(
+            "admin_listen: 127.0.0.1:9180\nadmin_token_file: /etc/originpull/admin.token\nfill:\n  per_origin_concurrency: 4\n  per_origin_rate: 50\n  breaker_failures: 5\n  breaker_secs: 10\n{}",
+            base("  - name: example-1250000000\n    origin_pull:\n      enabled: true\n      origin: a.example\n      revalidate_after_secs: 3600\n      rules:\n        - prefix: news/\n          revalidate_after_secs: 60\n")
+        );
+        let config = Config::parse(&text).unwrap();
+        let admin = config.admin.as_ref().unwrap();
+        assert_eq!(admin.listen.port(), 9180);
+        assert_eq!(config.fill.per_origin_concurrency, 4);
+        assert_eq!(config.fill.per_origin_rate, 50);
+        assert_eq!(
+            (config.fill.breaker_failures, config.fill.breaker_secs),
+            (5, 10)
+        );
+        let pull = config.buckets[0].origin_pull.as_ref().unwrap();
+        assert_eq!(pull.revalidate_after_secs, 3600);
+        assert_eq!(pull.rules[0].revalidate_after_secs, Some(60));
+
+        let errs = Config::parse(&format!(
+            "admin_listen: 127.0.0.1:9180\nfill:\n  per_origin_concurrency: 0\n{}",
+            base("  - name: example-1250000000\n    origin_pull:\n      enabled: true\n      origin: a.example\n      rules:\n        - prefix: a/\n          revalidate_after_secs: 99999999999\n")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            errs.contains("top level: admin_token_file: is required with admin_listen"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("top level: fill.per_origin_concurrency: must be greater than 0"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains(
+                "bucket \"example-1250000000\": origin_pull.rules[0].revalidate_after_secs: must be at most"
+            ),
+            "{errs}"
+        );
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct OriginPullConfig {
     /// Set on every copy request: (lower-case name, value).
     pub origin_headers: Vec<(String, String)>,
     pub rules: Vec<PullRule>,
+    /// A hit on an object last checked longer ago than this starts a conditional GET to the
+    /// origin; 0: never.
+    pub revalidate_after_secs: u64,
 }
 
 /// One entry of `origin_pull.rules`: which keys it matches and what it overrides.
@@ -45,6 +48,7 @@ pub struct PullRule {
     pub redirect_code: Option<u16>,
     pub follow_redirects: Option<u32>,
     pub mode: Option<PullMode>,
+    pub revalidate_after_secs: Option<u64>,
 }
 
 /// How a miss is answered.
@@ -117,6 +121,7 @@ const ORIGIN_PULL_KEYS: &[&str] = &[
     "origin_headers",
     "rules",
     "mode",
+    "revalidate_after_secs",
 ];
 const TLS_KEYS: &[&str] = &["ca_file"];
 const RULE_KEYS: &[&str] = &[
@@ -128,7 +133,11 @@ const RULE_KEYS: &[&str] = &[
     "redirect_code",
     "follow_redirects",
     "mode",
+    "revalidate_after_secs",
 ];
+
+/// A year: longer is "never", which is 0.
+const MAX_REVALIDATE_AFTER_SECS: u64 = 365 * 24 * 3600;
 
 const DEFAULT_REDIRECT_CODE: u16 = 302;
 /// Enough for `http://` → `https://` → `https://www.`; a longer chain is usually a loop.
@@ -245,6 +254,9 @@ pub(crate) fn parse_origin_pull(
         .unwrap_or(false);
     let origin_headers = parse_origin_headers(&section, errors);
     let rules = parse_rules(&section, enabled, !origins.is_empty(), guard, errors);
+    let revalidate_after_secs = section
+        .at_most("revalidate_after_secs", MAX_REVALIDATE_AFTER_SECS, errors)
+        .unwrap_or(0);
 
     Some(OriginPullConfig {
         enabled,
@@ -256,6 +268,7 @@ pub(crate) fn parse_origin_pull(
         pass_query_string,
         origin_headers,
         rules,
+        revalidate_after_secs,
     })
 }
 
@@ -403,6 +416,8 @@ fn parse_rules(
             .at_most("follow_redirects", MAX_FOLLOW_REDIRECTS, errors)
             .map(|n| n as u32);
         let mode = pull_mode(rule, errors);
+        let revalidate_after_secs =
+            rule.at_most("revalidate_after_secs", MAX_REVALIDATE_AFTER_SECS, errors);
         let pulls = enabled.unwrap_or(bucket_enabled);
         let has_origins = origins
             .as_ref()
@@ -423,6 +438,7 @@ fn parse_rules(
             redirect_code,
             follow_redirects,
             mode,
+            revalidate_after_secs,
         });
     });
     rules

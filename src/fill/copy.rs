@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use super::FillEnd;
 use crate::config::{parse_origin_with, FillSettings, OriginAddr, OriginHost, Protocol};
 use crate::key::ObjectKey;
+use crate::origin_choice::guard::guard_of;
 use crate::origin_choice::{BucketPull, Origin, PullPolicy};
 use crate::respond::REQUEST_ID_HEADER;
 use crate::store::{BucketStore, NewObject, ObjectMeta, StoreError, KEPT_ORIGIN_HEADERS};
@@ -100,6 +101,16 @@ pub struct CopyRequest<'a> {
     pub key: &'a ObjectKey,
     /// Encoded path, with `?query` when `pass_query_string` is on.
     pub path_and_query: String,
+    /// For a revalidation: the stored object's origin validators, sent as `If-None-Match` /
+    /// `If-Modified-Since` (a `304` then ends the copy as `OriginStatus(304)`).
+    pub conditional: Option<Validators>,
+}
+
+/// The origin's validators of a stored object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
 }
 
 /// Copies the request's object into `bucket` from the first of its origins that can be
@@ -119,7 +130,8 @@ pub async fn copy_object(
         bucket,
         sink,
     };
-    let (result, origin) = from_first_reachable(connector, request, limits, &mut purpose).await;
+    let (result, origin) =
+        from_first_reachable(connector, bucket, request, limits, &mut purpose).await;
     let result = result.and_then(|fetched| match fetched {
         Fetched::Stored(meta) => Ok(meta),
         Fetched::Head(_) => Err(CopyError::Origin("a copy got only a head".into())),
@@ -131,11 +143,12 @@ pub async fn copy_object(
 /// what mirror mode tells a `HEAD` on a miss. Nothing is stored.
 pub async fn head_object(
     connector: &Connector,
+    bucket: &str,
     request: &CopyRequest<'_>,
     limits: &FillSettings,
 ) -> (Result<ResponseHeader, CopyError>, Option<Arc<Origin>>) {
     let (result, origin) =
-        from_first_reachable(connector, request, limits, &mut Purpose::Head).await;
+        from_first_reachable(connector, bucket, request, limits, &mut Purpose::Head).await;
     let result = result.and_then(|fetched| match fetched {
         Fetched::Head(head) => Ok(head),
         Fetched::Stored(_) => Err(CopyError::Origin("a HEAD stored an object".into())),
@@ -164,6 +177,7 @@ enum Fetched {
 /// health; returns the last result and the origin that gave it.
 async fn from_first_reachable(
     connector: &Connector,
+    bucket: &str,
     request: &CopyRequest<'_>,
     limits: &FillSettings,
     purpose: &mut Purpose<'_>,
@@ -172,8 +186,20 @@ async fn from_first_reachable(
         Err(CopyError::Origin("no origin to copy from".into())),
         None,
     );
-    for origin in request.policy.origins.candidates(request.key.as_str()) {
+    let candidates = request.policy.origins.candidates(request.key.as_str());
+    // An origin whose breaker is open is passed over while another can be tried; the last
+    // candidate is waited for, so the copy pauses rather than fails.
+    let last_index = candidates.len().saturating_sub(1);
+    for (index, origin) in candidates.into_iter().enumerate() {
+        let guard = guard_of(bucket, &origin.label);
+        if index < last_index && guard.is_open() {
+            continue;
+        }
+        let permit = guard.admit(limits).await;
         let result = fetch_from(connector, request, &origin, limits, purpose).await;
+        drop(permit);
+        let unwell = matches!(&result, Err(e) if e.counts_against_origin());
+        guard.record(unwell, limits, &origin.label);
         match &result {
             Err(e) if e.counts_against_origin() => origin.health.record_failure(
                 limits.origin_down_after_failures,
@@ -367,7 +393,10 @@ fn redirect_target(
             let folder_end = from.path_and_query.split('?').next().unwrap_or("/");
             let folder = &folder_end[..folder_end.rfind('/').map_or(1, |i| i + 1)];
             let joined: Uri = format!("{folder}{location}").parse().map_err(|_| bad())?;
-            let path_and_query = joined.path_and_query().map_or("/", |p| p.as_str()).to_string();
+            let path_and_query = joined
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
             return Ok(Target {
                 path_and_query,
                 ..from.clone()
@@ -452,6 +481,14 @@ async fn send_request(
     req.insert_header(header::USER_AGENT, USER_AGENT)?;
     for (name, value) in &request.pull.origin_headers {
         req.insert_header(name.clone(), value.as_str())?;
+    }
+    if let Some(validators) = &request.conditional {
+        if let Some(etag) = &validators.etag {
+            req.insert_header(header::IF_NONE_MATCH, etag.as_str())?;
+        }
+        if let Some(date) = &validators.last_modified {
+            req.insert_header(header::IF_MODIFIED_SINCE, date.as_str())?;
+        }
     }
     session.write_request_header(Box::new(req)).await?;
     session.finish_request_body().await?;
@@ -611,6 +648,8 @@ pub fn kept_object(response: &ResponseHeader) -> NewObject {
             .iter()
             .filter_map(|name| header_text(name).map(|v| (name.to_string(), v)))
             .collect(),
+        origin_etag: header_text("etag"),
+        origin_last_modified: header_text("last-modified"),
     }
 }
 

@@ -7,25 +7,34 @@
 //! Limits come from the configuration of the request asking: a reload applies to copies asked
 //! for after it (a queued copy keeps the limits it was queued with).
 //!
+//! A prefetch job asks with [`Filler::copy_and_wait`], which takes the same path and learns how
+//! the copy ended (waiting for one already running instead of starting another). A hit on an
+//! object due for revalidation asks with [`Filler::revalidate_if_due`]: a conditional copy that
+//! shares the slots and the one-per-key rule but never makes the key look missing.
+//!
+//! A miss in mirror mode asks with [`Filler::start_mirror`]: it joins the copy of the key that
+//! runs (waiting for its end), or starts one now and, for a plain GET, streams its body.
+//!
 //! Copies run as tokio tasks independent of the client's connection: a client hanging up does
 //! not cancel one. On shutdown, copies still running when Pingora stops its runtimes are dropped,
 //! and their unfinished temporary files with them.
 
 pub mod copy;
+pub mod failures;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pingora::connectors::http::Connector;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::FillSettings;
 use crate::key::{safe_query, ObjectKey};
 use crate::metrics::{FillOutcome, METRICS};
 use crate::route::Bucket;
-use crate::store::BucketStore;
-use copy::{copy_object, CopyError, CopyRequest, MirrorEvent, MirrorSink};
-use tokio::sync::{mpsc, watch};
+use crate::store::{BucketStore, ObjectMeta};
+use copy::{copy_object, CopyError, CopyRequest, MirrorEvent, MirrorSink, Validators};
 
 /// What happened to a copy request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +47,70 @@ pub enum CopyDecision {
     RecentlyFailed,
     /// Concurrency and queue are full.
     Dropped,
+}
+
+/// How a copy ended, for whoever waits on it (a prefetch job, a mirror client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyEnd {
+    /// Copied now; the object's size.
+    Stored {
+        bytes: u64,
+    },
+    /// The object was already in the bucket.
+    AlreadyStored,
+    Failed {
+        reason: String,
+        kind: FillEnd,
+    },
+}
+
+impl CopyEnd {
+    fn failed(reason: impl Into<String>, kind: FillEnd) -> CopyEnd {
+        CopyEnd::Failed {
+            reason: reason.into(),
+            kind,
+        }
+    }
+
+    /// The kind of end, as a mirror client answers it.
+    pub fn kind(&self) -> FillEnd {
+        match self {
+            CopyEnd::Stored { .. } | CopyEnd::AlreadyStored => FillEnd::Stored,
+            CopyEnd::Failed { kind, .. } => *kind,
+        }
+    }
+}
+
+/// How a copy ended, as the clients waiting for it (mirror mode) need to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillEnd {
+    /// The object is in the bucket (stored now, or found there when the copy started).
+    Stored,
+    /// The origin answered 404 or 410.
+    NotFound,
+    /// Larger than `max_object_bytes`: not stored.
+    TooLarge,
+    /// The origin did not answer in time.
+    Timeout,
+    /// The origin failed otherwise (5xx, unreachable, TLS, a cut-off body, a loop...).
+    OriginFailed,
+    /// The bucket store failed.
+    StoreFailed,
+}
+
+impl FillEnd {
+    pub fn of_error(error: &CopyError) -> FillEnd {
+        match error {
+            CopyError::OriginStatus(404 | 410) => FillEnd::NotFound,
+            CopyError::TooLarge { .. } => FillEnd::TooLarge,
+            CopyError::Timeout(_)
+            | CopyError::Unreachable {
+                timed_out: true, ..
+            } => FillEnd::Timeout,
+            CopyError::Store(_) => FillEnd::StoreFailed,
+            _ => FillEnd::OriginFailed,
+        }
+    }
 }
 
 /// Identifies a copy: bucket name and key.
@@ -82,45 +155,8 @@ pub struct CopySource {
     /// The folder as requested (`docs/`), asked of the origin instead of the key.
     pub folder: Option<String>,
     pub query: Option<String>,
-}
-
-/// How a copy ended, as the clients waiting for it (mirror mode) need to know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FillEnd {
-    /// The object is in the bucket (stored now, or found there when the copy started).
-    Stored,
-    /// The origin answered 404 or 410.
-    NotFound,
-    /// Larger than `max_object_bytes`: not stored.
-    TooLarge,
-    /// The origin did not answer in time.
-    Timeout,
-    /// The origin failed otherwise (5xx, unreachable, TLS, a cut-off body, a loop...).
-    OriginFailed,
-    /// The bucket store failed.
-    StoreFailed,
-}
-
-impl FillEnd {
-    fn of(result: &Result<crate::store::ObjectMeta, CopyError>) -> FillEnd {
-        result
-            .as_ref()
-            .err()
-            .map_or(FillEnd::Stored, FillEnd::of_error)
-    }
-
-    pub fn of_error(error: &CopyError) -> FillEnd {
-        match error {
-            CopyError::OriginStatus(404 | 410) => FillEnd::NotFound,
-            CopyError::TooLarge { .. } => FillEnd::TooLarge,
-            CopyError::Timeout(_)
-            | CopyError::Unreachable {
-                timed_out: true, ..
-            } => FillEnd::Timeout,
-            CopyError::Store(_) => FillEnd::StoreFailed,
-            _ => FillEnd::OriginFailed,
-        }
-    }
+    /// Set for a revalidation of a stored object: its origin validators.
+    pub revalidate: Option<Validators>,
 }
 
 struct CopyJob {
@@ -135,8 +171,12 @@ struct CopyJob {
 struct Schedule {
     running: usize,
     waiting: VecDeque<CopyJob>,
-    /// Keys running or waiting, each with the channel that tells waiting clients its end.
-    in_flight: HashMap<CopyKey, watch::Sender<Option<FillEnd>>>,
+    /// Keys running or waiting (revalidations excepted: their object is in the bucket).
+    in_flight: HashSet<CopyKey>,
+    /// Keys whose stored object is being revalidated, running or waiting.
+    revalidating: HashSet<CopyKey>,
+    /// Whoever waits for a key's copy to end.
+    waiters: HashMap<CopyKey, Vec<oneshot::Sender<CopyEnd>>>,
     /// Keys whose last copy failed, with when they may be tried again and how it ended.
     failed_until: HashMap<CopyKey, (Instant, FillEnd)>,
     /// The same entries in expiry order, so expired ones are dropped without a scan.
@@ -147,7 +187,7 @@ impl Schedule {
     /// Whether a copy of `id` must not start now: one is running or waiting, or the last one
     /// failed within the negative TTL.
     fn blocked(&self, id: &CopyKey, now: Instant) -> Option<CopyDecision> {
-        if self.in_flight.contains_key(id) {
+        if self.in_flight.contains(id) {
             Some(CopyDecision::AlreadyInFlight)
         } else if self.recent_failure(id, now).is_some() {
             Some(CopyDecision::RecentlyFailed)
@@ -168,21 +208,13 @@ impl Schedule {
             if *expiry > now {
                 break;
             }
-            if let Some((expiry, key)) = self.expiries.pop_front() {
-                // Only if not renewed by a later failure.
-                if self.failed_until.get(&key).map(|(until, _)| until) == Some(&expiry) {
-                    self.failed_until.remove(&key);
-                }
-            }
+            self.drop_oldest_failure();
         }
         // A scanner asking for millions of missing keys must not grow this table without
         // bound: past the cap, the entries closest to expiry go first.
         while self.failed_until.len() >= MAX_REMEMBERED_FAILURES {
-            let Some((expiry, key)) = self.expiries.pop_front() else {
+            if !self.drop_oldest_failure() {
                 break;
-            };
-            if self.failed_until.get(&key).map(|(until, _)| until) == Some(&expiry) {
-                self.failed_until.remove(&key);
             }
         }
         if let Some(until) = now.checked_add(ttl) {
@@ -191,9 +223,22 @@ impl Schedule {
         }
     }
 
-    /// Marks `id` in flight; returns the sender its end is announced on.
-    fn enter(&mut self, id: &CopyKey) {
-        self.in_flight.insert(id.clone(), watch::channel(None).0);
+    /// Drops the entry closest to expiry (unless a later failure renewed it); false when none.
+    fn drop_oldest_failure(&mut self) -> bool {
+        let Some((expiry, key)) = self.expiries.pop_front() else {
+            return false;
+        };
+        if self.failed_until.get(&key).map(|(until, _)| until) == Some(&expiry) {
+            self.failed_until.remove(&key);
+        }
+        true
+    }
+
+    /// A channel that hears how the copy of `id` ends.
+    fn wait_for(&mut self, id: &CopyKey) -> oneshot::Receiver<CopyEnd> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.entry(id.clone()).or_default().push(tx);
+        rx
     }
 }
 
@@ -203,7 +248,7 @@ pub enum MirrorTicket {
     Leader(mpsc::Receiver<MirrorEvent>),
     /// A copy of the key runs (or was started for this request without streaming): its end
     /// arrives here, then the object is served from the bucket.
-    Follower(watch::Receiver<Option<FillEnd>>),
+    Follower(oneshot::Receiver<CopyEnd>),
     /// The origin said within the negative TTL that the key does not exist.
     NotFound,
 }
@@ -248,17 +293,138 @@ impl Filler {
         source: CopySource,
         limits: &FillSettings,
     ) -> CopyDecision {
+        self.request_copy(bucket, key, source, limits, None)
+    }
+
+    /// A prefetch job's copy of `key`: through the same schedule as misses (single flight,
+    /// concurrency, queue, negative TTL, origin guardrails); returns how it ended. A key whose
+    /// copy is already running or waiting is waited for, not copied twice.
+    pub async fn copy_and_wait(
+        &self,
+        bucket: &Arc<Bucket>,
+        key: &ObjectKey,
+        limits: &FillSettings,
+    ) -> CopyEnd {
+        if let Ok(Some(_)) = self.shared.store.open(&bucket.config.name, key).await {
+            return CopyEnd::AlreadyStored;
+        }
+        let (tx, rx) = oneshot::channel();
+        let decision = self.request_copy(bucket, key, CopySource::default(), limits, Some(tx));
+        match decision {
+            CopyDecision::RecentlyFailed => CopyEnd::failed(
+                format!(
+                    "failed within the last {}s (fill.negative_ttl_secs); try again later",
+                    limits.negative_ttl_secs
+                ),
+                FillEnd::OriginFailed,
+            ),
+            CopyDecision::Dropped => {
+                CopyEnd::failed("the copy queue is full (fill.queue)", FillEnd::OriginFailed)
+            }
+            _ => rx.await.unwrap_or_else(|_| {
+                CopyEnd::failed(
+                    "the copy was abandoned (shutting down)",
+                    FillEnd::OriginFailed,
+                )
+            }),
+        }
+    }
+
+    /// The hit path's hook: when the key's policy has `revalidate_after_secs` and `meta` was
+    /// last checked longer ago than that, starts a revalidation. Never waits.
+    pub fn revalidate_if_due(
+        &self,
+        bucket: &Arc<Bucket>,
+        key: &ObjectKey,
+        meta: &ObjectMeta,
+        limits: &FillSettings,
+    ) {
+        let Some(pull) = &bucket.pull else { return };
+        let after = pull.policy_for(key.as_str()).revalidate_after_secs;
+        if after == 0 {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now.saturating_sub(meta.checked_at()) >= after {
+            self.start_revalidation(bucket, key, meta, limits);
+        }
+    }
+
+    /// A hit on `meta`, last checked against its origin longer ago than the policy allows:
+    /// starts a conditional GET for it unless one (or a copy of the key) is running or waiting.
+    /// Never waits.
+    pub fn start_revalidation(
+        &self,
+        bucket: &Arc<Bucket>,
+        key: &ObjectKey,
+        meta: &ObjectMeta,
+        limits: &FillSettings,
+    ) {
+        let id = CopyKey::new(bucket, key);
+        let job = CopyJob {
+            id: id.clone(),
+            source: CopySource {
+                revalidate: Some(Validators {
+                    etag: meta.origin_etag.clone(),
+                    last_modified: meta.origin_last_modified.clone(),
+                }),
+                ..CopySource::default()
+            },
+            limits: limits.clone(),
+            sink: None,
+        };
+        {
+            let mut schedule = self.shared.lock();
+            if schedule.in_flight.contains(&id) || schedule.revalidating.contains(&id) {
+                return;
+            }
+            if schedule.running >= limits.concurrency {
+                if schedule.waiting.len() < limits.queue {
+                    schedule.revalidating.insert(id);
+                    schedule.waiting.push_back(job);
+                    METRICS.fill_queue_depth.set(schedule.waiting.len() as i64);
+                } else {
+                    count_revalidation(bucket, "skipped");
+                }
+                return;
+            }
+            schedule.running += 1;
+            schedule.revalidating.insert(id);
+        }
+        // Spawned outside the lock, like a miss's copy.
+        self.spawn(job);
+    }
+
+    /// Forgets that `key`'s last copy failed (a purge: the next miss copies it again).
+    pub fn forget_failure(&self, bucket: &Arc<Bucket>, key: &ObjectKey) {
+        let id = CopyKey::new(bucket, key);
+        self.shared.lock().failed_until.remove(&id);
+    }
+
+    fn request_copy(
+        &self,
+        bucket: &Arc<Bucket>,
+        key: &ObjectKey,
+        source: CopySource,
+        limits: &FillSettings,
+        waiter: Option<oneshot::Sender<CopyEnd>>,
+    ) -> CopyDecision {
         let id = CopyKey::new(bucket, key);
         let decision = {
             let mut schedule = self.shared.lock();
-            if let Some(blocked) = schedule.blocked(&id, Instant::now()) {
+            let decision = if let Some(blocked) = schedule.blocked(&id, Instant::now()) {
                 blocked
+            } else if schedule.revalidating.contains(&id) {
+                // Its revalidation is a copy of the key too: one at a time.
+                CopyDecision::AlreadyInFlight
             } else if schedule.running < limits.concurrency {
                 schedule.running += 1;
-                schedule.enter(&id);
+                schedule.in_flight.insert(id.clone());
                 CopyDecision::Started
             } else if schedule.waiting.len() < limits.queue {
-                schedule.enter(&id);
+                schedule.in_flight.insert(id.clone());
                 schedule.waiting.push_back(CopyJob {
                     id: id.clone(),
                     source: source.clone(),
@@ -269,7 +435,16 @@ impl Filler {
                 CopyDecision::Queued
             } else {
                 CopyDecision::Dropped
+            };
+            if let Some(waiter) = waiter {
+                if matches!(
+                    decision,
+                    CopyDecision::Started | CopyDecision::Queued | CopyDecision::AlreadyInFlight
+                ) {
+                    schedule.waiters.entry(id.clone()).or_default().push(waiter);
+                }
             }
+            decision
         };
         match decision {
             CopyDecision::Started => self.spawn(CopyJob {
@@ -316,8 +491,8 @@ impl Filler {
         let id = CopyKey::new(bucket, key);
         let (sink, ticket) = {
             let mut schedule = self.shared.lock();
-            if let Some(running) = schedule.in_flight.get(&id) {
-                return MirrorTicket::Follower(running.subscribe());
+            if schedule.in_flight.contains(&id) || schedule.revalidating.contains(&id) {
+                return MirrorTicket::Follower(schedule.wait_for(&id));
             }
             // Only "not found" is remembered for mirror clients; other failures are retried.
             if schedule.recent_failure(&id, Instant::now()) == Some(FillEnd::NotFound) {
@@ -326,16 +501,12 @@ impl Filler {
                 return MirrorTicket::NotFound;
             }
             schedule.running += 1;
-            schedule.enter(&id);
+            schedule.in_flight.insert(id.clone());
             if stream {
                 let (sink, events) = MirrorSink::channel(MIRROR_BUFFER_CHUNKS);
                 (Some(sink), MirrorTicket::Leader(events))
             } else {
-                let end = schedule.in_flight.get(&id).map(|tx| tx.subscribe());
-                match end {
-                    Some(end) => (None, MirrorTicket::Follower(end)),
-                    None => return MirrorTicket::NotFound,
-                }
+                (None, MirrorTicket::Follower(schedule.wait_for(&id)))
             }
         };
         self.spawn(CopyJob {
@@ -352,18 +523,18 @@ impl Filler {
         &self.shared.connector
     }
 
-    /// The end of the copy of `key` that runs now, if one does.
+    /// How the copy of `key` that runs now ends, if one runs.
     pub fn running_copy(
         &self,
         bucket: &Arc<Bucket>,
         key: &ObjectKey,
-    ) -> Option<watch::Receiver<Option<FillEnd>>> {
+    ) -> Option<oneshot::Receiver<CopyEnd>> {
         let id = CopyKey::new(bucket, key);
-        self.shared
-            .lock()
+        let mut schedule = self.shared.lock();
+        schedule
             .in_flight
-            .get(&id)
-            .map(|tx| tx.subscribe())
+            .contains(&id)
+            .then(|| schedule.wait_for(&id))
     }
 
     /// Whether no copy is running or waiting (a graceful stop waits for this).
@@ -381,10 +552,12 @@ impl Filler {
                     filler: &filler,
                     id: job.id.clone(),
                     limits: job.limits.clone(),
+                    revalidation: job.source.revalidate.is_some(),
                 };
                 let end = filler.run(&mut job).await;
                 std::mem::forget(guard);
-                match filler.finish(&job.id, end, &job.limits) {
+                let revalidation = job.source.revalidate.is_some();
+                match filler.finish(&job.id, end, revalidation, &job.limits) {
                     Some(next) => job = next,
                     None => break,
                 }
@@ -393,18 +566,19 @@ impl Filler {
     }
 
     /// Runs one copy; returns how it ended, which a streaming client also learns.
-    async fn run(&self, job: &mut CopyJob) -> FillEnd {
+    async fn run(&self, job: &mut CopyJob) -> CopyEnd {
         let bucket = job.id.bucket_name();
         // A copy that committed between this key's store lookup and its copy request: the
-        // object is there, so the origin is not asked again (a streaming client is let go to
-        // read it from the bucket).
-        if let Ok(Some(_)) = self.shared.store.open(bucket, &job.id.key).await {
-            return FillEnd::Stored;
+        // object is there, so the origin is not asked again.
+        if job.source.revalidate.is_none() {
+            if let Ok(Some(_)) = self.shared.store.open(bucket, &job.id.key).await {
+                return CopyEnd::AlreadyStored;
+            }
         }
         // The policy comes from the generation the miss was routed with; origins and their
         // order are chosen now, with health as it is when the copy runs.
         let Some(pull) = &job.id.bucket.pull else {
-            return FillEnd::OriginFailed;
+            return CopyEnd::failed("origin-pull is off for this bucket", FillEnd::OriginFailed);
         };
         let key = &job.id.key;
         let policy = pull.policy_for(key.as_str());
@@ -424,6 +598,7 @@ impl Filler {
             policy,
             key,
             path_and_query,
+            conditional: job.source.revalidate.clone(),
         };
         let _in_flight = InFlight::enter();
         let started = Instant::now();
@@ -437,16 +612,18 @@ impl Filler {
             &mut job.sink,
         )
         .await;
-        let end = FillEnd::of(&result);
         if let Some(mut sink) = job.sink.take() {
-            sink.offer(match end {
-                FillEnd::Stored => MirrorEvent::End,
-                other => MirrorEvent::Failed(other),
+            sink.offer(match &result {
+                Ok(_) => MirrorEvent::End,
+                Err(e) => MirrorEvent::Failed(FillEnd::of_error(e)),
             });
         }
         metrics
             .fill_duration
             .observe(started.elapsed().as_secs_f64());
+        if request.conditional.is_some() {
+            return self.revalidated(job, result).await;
+        }
         let origin_label = origin.as_ref().map_or("-", |o| o.label.as_str());
         let outcome = match &result {
             Ok(meta) => {
@@ -489,21 +666,91 @@ impl Filler {
                 .with_label_values(&[bucket, origin.label.as_str(), outcome.as_str()])
                 .inc();
         }
+        match result {
+            Ok(meta) => {
+                failures::record_success(bucket, key.as_str());
+                CopyEnd::Stored { bytes: meta.size }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                failures::record_failure(bucket, key.as_str(), &reason);
+                CopyEnd::failed(reason, FillEnd::of_error(&e))
+            }
+        }
+    }
+
+    /// Ends a revalidation: a `304` refreshes the check time, a `200` has replaced the object
+    /// (committed whole by the copy), a `404` leaves the object as it is; each is counted.
+    async fn revalidated(&self, job: &CopyJob, result: Result<ObjectMeta, CopyError>) -> CopyEnd {
+        let bucket = &job.id.bucket;
+        let key = &job.id.key;
+        let name = job.id.bucket_name();
+        let (outcome, end) = match result {
+            Ok(meta) => {
+                log::info!(
+                    "revalidated {:?} in {name}: changed at the origin, replaced",
+                    key.as_str()
+                );
+                bucket.metrics.fill_bytes.inc_by(meta.size);
+                ("replaced", CopyEnd::Stored { bytes: meta.size })
+            }
+            Err(CopyError::OriginStatus(304)) => {
+                match self.shared.store.mark_checked(name, key).await {
+                    Ok(true) => ("not_modified", CopyEnd::AlreadyStored),
+                    Ok(false) => (
+                        "not_modified",
+                        CopyEnd::failed(
+                            "purged while it was being revalidated",
+                            FillEnd::OriginFailed,
+                        ),
+                    ),
+                    Err(e) => (
+                        "failed",
+                        CopyEnd::failed(e.to_string(), FillEnd::StoreFailed),
+                    ),
+                }
+            }
+            Err(CopyError::OriginStatus(404)) => {
+                log::warn!(
+                    "revalidated {:?} in {name}: the origin no longer has it; the stored copy is kept",
+                    key.as_str()
+                );
+                ("origin_missing", CopyEnd::AlreadyStored)
+            }
+            Err(e) => {
+                log::warn!("revalidation of {:?} in {name} failed: {e}", key.as_str());
+                let kind = FillEnd::of_error(&e);
+                ("failed", CopyEnd::failed(e.to_string(), kind))
+            }
+        };
+        count_revalidation(bucket, outcome);
         end
     }
 
     /// Records the end of a copy and hands back the next waiting job, if any, to run in the
     /// same task (keeping `running` unchanged).
-    fn finish(&self, id: &CopyKey, end: FillEnd, limits: &FillSettings) -> Option<CopyJob> {
+    fn finish(
+        &self,
+        id: &CopyKey,
+        end: CopyEnd,
+        revalidation: bool,
+        limits: &FillSettings,
+    ) -> Option<CopyJob> {
         let mut schedule = self.shared.lock();
-        if let Some(waiting_clients) = schedule.in_flight.remove(id) {
-            waiting_clients.send_replace(Some(end));
-        }
-        if end != FillEnd::Stored && limits.negative_ttl_secs > 0 {
-            let ttl = Duration::from_secs(limits.negative_ttl_secs);
-            schedule.remember_failure(id, end, Instant::now(), ttl);
+        if revalidation {
+            // The object stays in the bucket whatever happened: no negative entry.
+            schedule.revalidating.remove(id);
         } else {
-            schedule.failed_until.remove(id);
+            schedule.in_flight.remove(id);
+            if matches!(end, CopyEnd::Failed { .. }) && limits.negative_ttl_secs > 0 {
+                let ttl = Duration::from_secs(limits.negative_ttl_secs);
+                schedule.remember_failure(id, end.kind(), Instant::now(), ttl);
+            } else {
+                schedule.failed_until.remove(id);
+            }
+        }
+        for waiter in schedule.waiters.remove(id).unwrap_or_default() {
+            let _ = waiter.send(end.clone());
         }
         // A reload may have lowered the concurrency: then this slot is given up.
         if schedule.running <= limits.concurrency {
@@ -515,6 +762,13 @@ impl Filler {
         schedule.running -= 1;
         None
     }
+}
+
+fn count_revalidation(bucket: &Bucket, outcome: &str) {
+    METRICS
+        .revalidations
+        .with_label_values(&[bucket.config.name.as_str(), outcome])
+        .inc();
 }
 
 /// Counts a copy in `originpull_fills_in_flight` for as long as it lives.
@@ -539,13 +793,15 @@ struct FinishGuard<'a> {
     filler: &'a Filler,
     id: CopyKey,
     limits: FillSettings,
+    revalidation: bool,
 }
 
 impl Drop for FinishGuard<'_> {
     fn drop(&mut self) {
+        let end = CopyEnd::failed("the copy stopped unexpectedly", FillEnd::OriginFailed);
         let next = self
             .filler
-            .finish(&self.id, FillEnd::OriginFailed, &self.limits);
+            .finish(&self.id, end, self.revalidation, &self.limits);
         // After a panic the waiting copy gets a task of its own; at shutdown there is no
         // runtime left and it is dropped with the rest.
         if let (Some(next), Ok(runtime)) = (next, tokio::runtime::Handle::try_current()) {

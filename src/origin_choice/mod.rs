@@ -8,6 +8,7 @@
 //! longer ([`health`]) so a reload does not forget that an origin is down. Copies report their
 //! failures there, and [`probe`] checks that origins still accept connections.
 
+pub mod guard;
 pub mod health;
 pub mod probe;
 pub mod set;
@@ -48,6 +49,8 @@ pub struct PullPolicy {
     pub redirect_code: u16,
     pub follow_redirects: u32,
     pub mode: PullMode,
+    /// 0: stored objects are never revalidated.
+    pub revalidate_after_secs: u64,
 }
 
 impl PullPolicy {
@@ -105,6 +108,7 @@ impl BucketPull {
             redirect_code: pull.redirect_code,
             follow_redirects: pull.follow_redirects,
             mode: pull.mode,
+            revalidate_after_secs: pull.revalidate_after_secs,
         };
         let rules = pull
             .rules
@@ -121,6 +125,9 @@ impl BucketPull {
                     redirect_code: rule.redirect_code.unwrap_or(pull.redirect_code),
                     follow_redirects: rule.follow_redirects.unwrap_or(pull.follow_redirects),
                     mode: rule.mode.unwrap_or(pull.mode),
+                    revalidate_after_secs: rule
+                        .revalidate_after_secs
+                        .unwrap_or(pull.revalidate_after_secs),
                 };
                 (rule.clone(), policy)
             })

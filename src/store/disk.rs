@@ -29,8 +29,10 @@ use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
 use super::write_behind::WriteBehind;
-use super::{BucketStore, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject};
-use crate::key::ObjectKey;
+use super::{
+    BucketStore, ListedObject, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject,
+};
+use crate::key::{encode_origin_path, ObjectKey};
 
 /// Ends every object file; a file without it is not an object (it was never committed).
 const MAGIC: &[u8; 8] = b"OPOBJv1\n";
@@ -125,8 +127,55 @@ impl BucketStore for DiskStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let meta = read_trailer(&file, key)?;
+        let mut meta = read_trailer(&file, Some(key))?;
+        meta.checked_at = modified_secs(&file)?;
         Ok(Some(Box::new(DiskObject { file, meta })))
+    }
+
+    async fn delete(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+    ) -> Result<Option<ObjectMeta>, StoreError> {
+        let path = self.object_path(bucket, key);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        // A damaged file is removed too, but was never an object: nothing to report.
+        let meta = read_trailer(&file, Some(key)).ok();
+        remove_variants(&path);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(meta),
+            // Removed meanwhile by another purge: that one reports it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
+        let objects = self.bucket_dir(bucket).join("objects");
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || list_objects(&objects, &prefix))
+            .await
+            .map_err(|e| StoreError::Io(io::Error::other(e)))?
+    }
+
+    async fn mark_checked(&self, bucket: &str, key: &ObjectKey) -> Result<bool, StoreError> {
+        // The check time is the file's modification time: setting it rewrites nothing, and a
+        // reader holding the old file sees the same bytes.
+        match File::options()
+            .write(true)
+            .open(self.object_path(bucket, key))
+        {
+            Ok(file) => {
+                file.set_modified(SystemTime::now())?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn create(
@@ -167,7 +216,7 @@ impl BucketStore for DiskStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        match read_trailer(&file, key) {
+        match read_trailer(&file, Some(key)) {
             Ok(meta) if meta.is_variant_of(of) => Ok(Some(Box::new(DiskObject { file, meta }))),
             // Made from an older version: as good as absent.
             Ok(_) => Ok(None),
@@ -252,7 +301,78 @@ fn writer_is_alive(path: &Path) -> bool {
     }
 }
 
-fn read_trailer(file: &File, key: &ObjectKey) -> Result<ObjectMeta, StoreError> {
+/// The file's modification time in seconds since the Unix epoch: when the object was last
+/// committed or confirmed by its origin.
+fn modified_secs(file: &File) -> io::Result<u64> {
+    Ok(file
+        .metadata()?
+        .modified()?
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()))
+}
+
+/// Walks `<bucket>/objects/`, reading each file's trailer (a few KiB) for its key and size.
+/// Files that are not whole objects are skipped, as `open` would treat them as missing.
+/// Removes the variants kept beside the object file at `path` (`<file>.<variant>`); they could
+/// never be served again, but would hold disk space.
+fn remove_variants(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let mut prefix = name.to_os_string();
+    prefix.push(".");
+    let prefix = prefix.as_encoded_bytes().to_vec();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().as_encoded_bytes().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn list_objects(objects: &Path, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
+    let mut found = Vec::new();
+    let entries = |dir: &Path| -> io::Result<Vec<PathBuf>> {
+        match std::fs::read_dir(dir) {
+            Ok(rd) => rd.map(|e| e.map(|e| e.path())).collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    };
+    for level1 in entries(objects)? {
+        for level2 in entries(&level1)? {
+            for path in entries(&level2)? {
+                // Object files are named by their hash alone; `<hash>.<variant>` are variants.
+                if path.extension().is_some() {
+                    continue;
+                }
+                let Ok(file) = File::open(&path) else {
+                    continue; // purged meanwhile
+                };
+                let Ok(meta) = read_trailer(&file, None) else {
+                    continue;
+                };
+                if meta.key.starts_with(prefix) {
+                    // Stored keys were valid keys: re-parsing them through the one parser cannot
+                    // fail, and a file that somehow holds an invalid one is skipped.
+                    let path = encode_origin_path(&meta.key);
+                    if let Ok(key) = ObjectKey::from_request_path(&path) {
+                        found.push(ListedObject {
+                            key,
+                            size: meta.size,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Reads an object file's metadata; with `key`, also checks that the file holds that key.
+fn read_trailer(file: &File, key: Option<&ObjectKey>) -> Result<ObjectMeta, StoreError> {
     let corrupt = |why: &str| StoreError::Corrupt(format!("object {key:?}: {why}"));
     let file_len = file.metadata()?.len();
     if file_len < TRAILER_FIXED as u64 {
@@ -279,7 +399,7 @@ fn read_trailer(file: &File, key: &ObjectKey) -> Result<ObjectMeta, StoreError> 
     };
     let meta: ObjectMeta =
         serde_json::from_slice(&meta_bytes).map_err(|e| corrupt(&format!("metadata: {e}")))?;
-    if meta.key != key.as_str() {
+    if key.is_some_and(|key| meta.key != key.as_str()) {
         return Err(corrupt("file holds another key"));
     }
     if meta.size != file_len - trailer_len {
@@ -345,6 +465,9 @@ impl ObjectWriter for DiskWriter {
             etag: hex::encode(self.body.md5().await?),
             last_modified,
             headers: object.headers,
+            origin_etag: object.origin_etag,
+            origin_last_modified: object.origin_last_modified,
+            checked_at: last_modified,
         };
         self.body.finish(encode_trailer(&meta)?).await?;
 

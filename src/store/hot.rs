@@ -24,7 +24,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tinyufo::TinyUfo;
 
-use super::{BucketStore, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject};
+use super::{
+    BucketStore, ListedObject, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject,
+};
 use crate::key::ObjectKey;
 
 /// TinyUFO weighs entries in u16 units; ours are KiB, plus one for the entry's own overhead.
@@ -300,6 +302,35 @@ impl<S: BucketStore> BucketStore for HotTier<S> {
             shared.put_variant(id, bucket, variant, meta, body);
         }
         Ok(())
+    }
+
+    async fn delete(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+    ) -> Result<Option<ObjectMeta>, StoreError> {
+        let removed = self.shared.inner.delete(bucket, key).await;
+        self.shared.forget(bucket, key);
+        removed
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
+        self.shared.inner.list(bucket, prefix).await
+    }
+
+    async fn mark_checked(&self, bucket: &str, key: &ObjectKey) -> Result<bool, StoreError> {
+        let marked = self.shared.inner.mark_checked(bucket, key).await;
+        // The cached metadata carries the old check time.
+        self.shared.forget(bucket, key);
+        marked
+    }
+}
+
+impl<S> Shared<S> {
+    /// Drops the key's entry and keeps a racing `open` from caching what it read before.
+    fn forget(&self, bucket: &str, key: &ObjectKey) {
+        self.commits.fetch_add(1, Ordering::AcqRel);
+        self.cache.remove(&self.id(bucket, key));
     }
 }
 

@@ -1,15 +1,17 @@
 //! The bucket store interface: what serving and filling need from wherever objects live.
 //!
-//! It is deliberately narrow (open an object, write a new one, keep and open a variant of one)
-//! so that an S3-compatible backend shared by many edge nodes can sit beside the disk one. A
-//! writer computes the ETag itself, as S3 does for a simple upload, and nothing written is
-//! visible until `commit` returns.
+//! It is deliberately narrow (open an object, write a new one, keep and open a variant of one;
+//! for the admin API delete one, list a prefix, mark one checked against its origin), each an
+//! operation an S3-compatible store has too, so that a backend shared by many edge nodes can
+//! sit beside the disk one. A writer computes the ETag itself, as S3 does for a simple upload,
+//! and nothing written is visible until `commit` returns.
 //!
 //! A *variant* is another form of one version of an object, derived from its bytes (today: a
 //! compressed encoding, named `br`, `zstd` or `gzip`). It is keyed by the version's ETag, so a
 //! new version of the object never serves an old version's variant, and it can always be made
 //! again, so a store may lose it (a crash, an eviction) at any time.
 
+pub mod counted;
 pub mod disk;
 pub mod hot;
 mod write_behind;
@@ -22,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::key::ObjectKey;
 
+pub use counted::{BucketCounts, CountedStore};
 pub use disk::DiskStore;
 pub use hot::{HotTier, HotTierLimits};
 
@@ -45,6 +48,16 @@ pub struct ObjectMeta {
     pub last_modified: u64,
     /// Lower-case names from [`KEPT_ORIGIN_HEADERS`] with their values.
     pub headers: Vec<(String, String)>,
+    /// The origin's own validators, kept so a revalidation can ask "changed since?".
+    /// (Absent in metadata written before they were kept.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_last_modified: Option<String>,
+    /// When the object was last known to match its origin (committed, or confirmed by a 304),
+    /// in seconds since the Unix epoch; the store fills it in when it opens the object.
+    #[serde(default, skip_serializing)]
+    pub checked_at: u64,
 }
 
 impl ObjectMeta {
@@ -71,6 +84,18 @@ impl ObjectMeta {
     pub fn last_modified_time(&self) -> SystemTime {
         SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(self.last_modified)
     }
+
+    /// When the object was last checked against its origin (its commit when never since).
+    pub fn checked_at(&self) -> u64 {
+        self.checked_at.max(self.last_modified)
+    }
+}
+
+/// One object as a listing sees it: enough to purge it and to count it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: ObjectKey,
+    pub size: u64,
 }
 
 /// What the writer of a new object supplies; size and ETag come from the bytes written.
@@ -78,6 +103,9 @@ impl ObjectMeta {
 pub struct NewObject {
     pub content_type: Option<String>,
     pub headers: Vec<(String, String)>,
+    /// The origin's `ETag` and `Last-Modified`, as it sent them.
+    pub origin_etag: Option<String>,
+    pub origin_last_modified: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,4 +173,18 @@ pub trait BucketStore: Send + Sync + 'static {
         variant: &str,
         body: Bytes,
     ) -> Result<(), StoreError>;
+
+    /// Removes `key` from `bucket`; returns the removed object's metadata, `None` when there
+    /// was none. (S3: HEAD then DeleteObject.)
+    async fn delete(&self, bucket: &str, key: &ObjectKey)
+        -> Result<Option<ObjectMeta>, StoreError>;
+
+    /// Every object of `bucket` whose key starts with `prefix` (all with an empty prefix), in
+    /// no particular order. (S3: ListObjectsV2 with a prefix.)
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ListedObject>, StoreError>;
+
+    /// Records that `key` was just confirmed unchanged at its origin (a 304), without
+    /// rewriting it; `false` when there is no such object. (S3: a copy onto itself with new
+    /// metadata.)
+    async fn mark_checked(&self, bucket: &str, key: &ObjectKey) -> Result<bool, StoreError>;
 }

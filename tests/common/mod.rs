@@ -305,6 +305,8 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// The request body, if one was framed (normally empty).
     pub body: Vec<u8>,
+    /// When its head was parsed.
+    pub received_at: Instant,
 }
 
 impl RecordedRequest {
@@ -324,6 +326,9 @@ struct OriginShared {
     gate_waiting: Mutex<HashMap<String, usize>>,
     open_connections: AtomicUsize,
     accepted_connections: AtomicUsize,
+    /// Requests being answered now, and the most ever answered at once.
+    requests_in_flight: AtomicUsize,
+    max_requests_in_flight: AtomicUsize,
     /// TLS handshakes that failed (e.g. the client did not trust our certificate).
     tls_handshake_failures: AtomicUsize,
 }
@@ -377,6 +382,8 @@ impl TestOrigin {
             gate_waiting: Mutex::new(HashMap::new()),
             open_connections: AtomicUsize::new(0),
             accepted_connections: AtomicUsize::new(0),
+            requests_in_flight: AtomicUsize::new(0),
+            max_requests_in_flight: AtomicUsize::new(0),
             tls_handshake_failures: AtomicUsize::new(0),
         });
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
@@ -460,6 +467,11 @@ impl TestOrigin {
     /// Requests received for `path` (counted when the head is parsed, before answering).
     pub fn hits(&self, path: &str) -> usize {
         self.requests(path).len()
+    }
+
+    /// The most requests this origin was answering at the same moment.
+    pub fn max_concurrent_requests(&self) -> usize {
+        self.shared.max_requests_in_flight.load(Ordering::SeqCst)
     }
 
     /// Requests received for any path.
@@ -711,6 +723,10 @@ async fn serve_connection(stream: Box<dyn OriginStream>, shared: Arc<OriginShare
         shared.requests.lock().unwrap().push(request);
         let behavior = shared.routes.lock().unwrap().get(&path).cloned();
 
+        let now = shared.requests_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared
+            .max_requests_in_flight
+            .fetch_max(now, Ordering::SeqCst);
         let outcome = match behavior {
             Some(behavior) => {
                 respond(
@@ -739,6 +755,7 @@ async fn serve_connection(stream: Box<dyn OriginStream>, shared: Arc<OriginShare
                 .await
             }
         };
+        shared.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
         match outcome {
             Ok(AfterResponse::KeepAlive) if !client_wants_close => continue,
             Ok(AfterResponse::Reset) => return,
@@ -1016,6 +1033,7 @@ fn parse_request_head(head: &[u8]) -> Option<RecordedRequest> {
         version,
         headers,
         body: Vec::new(),
+        received_at: Instant::now(),
     })
 }
 
