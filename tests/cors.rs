@@ -290,13 +290,18 @@ async fn without_cors_there_are_no_headers_and_preflights_get_403() {
     assert!(resp
         .body_text()
         .contains("<Message>CORSResponse: CORS is not enabled for this bucket.</Message>"));
-    let forbidden = server
-        .metric(
-            "originpull_requests_total",
-            &[("bucket", BUCKET), ("result", "cors_forbidden")],
-        )
-        .await;
-    assert_eq!(forbidden, 1.0);
+    // Counted in Pingora's logging phase, just after the answer is written.
+    let counted = wait_until(Duration::from_secs(5), || async {
+        server
+            .metric(
+                "originpull_requests_total",
+                &[("bucket", BUCKET), ("result", "cors_forbidden")],
+            )
+            .await
+            == 1.0
+    })
+    .await;
+    assert!(counted, "the refused preflight was not counted as cors_forbidden");
 }
 
 #[tokio::test]
