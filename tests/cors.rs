@@ -301,7 +301,10 @@ async fn without_cors_there_are_no_headers_and_preflights_get_403() {
             == 1.0
     })
     .await;
-    assert!(counted, "the refused preflight was not counted as cors_forbidden");
+    assert!(
+        counted,
+        "the refused preflight was not counted as cors_forbidden"
+    );
 }
 
 #[tokio::test]
