@@ -1,20 +1,26 @@
 //! The floor of originpull's stack, for `benches/side_by_side.sh`: a bare Pingora `ProxyHttp`
 //! that answers every request from `request_filter` with a constant response, as originpull
 //! answers a 302 or a small hit, with nothing of originpull's own (no routing, key parsing,
-//! store, metrics or access log). Same thread count as the originpull it is compared with.
+//! store, metrics, access log or connection gate). Same thread count and the same listening
+//! arrangement as originpull (one `SO_REUSEPORT` socket and one single-threaded runtime per
+//! worker, `originpull::listener::WorkerListener`), so the difference between the two is our
+//! request code, not how connections are spread over threads.
 //!
 //! `cargo run --release --example bare_pingora -- MODE LISTEN THREADS`, MODE `302` (a redirect
 //! with an empty body) or `4k` (a 4 KiB body), e.g. `302 127.0.0.1:8090 2`.
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use originpull::listener::WorkerListener;
 use pingora::http::ResponseHeader;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
+#[derive(Clone)]
 struct Constant {
     status: u16,
     body: Bytes,
@@ -75,16 +81,28 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let Ok(listen) = listen.parse::<std::net::SocketAddr>() else {
+        eprintln!("LISTEN must be IP:port");
+        std::process::exit(2);
+    };
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let mut service = pingora::proxy::http_proxy_service(&server.configuration, app);
-    service.add_tcp(listen);
-    server.add_service(service);
+    for worker in 0..threads {
+        let service = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            app.clone(),
+            &format!("bare worker {worker}"),
+        );
+        // Pingora's default socket buffers (64 KiB read, one write buffer of 16 KiB).
+        let buffers = L4BufferSettings::new(64 * 1024, 16 * 1024);
+        server.add_service(WorkerListener::new(service, listen, buffers, worker));
+    }
     server.run_forever();
 }
