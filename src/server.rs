@@ -13,13 +13,14 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service as ListeningService;
 
 use crate::access_log::AccessLog;
-use crate::config::Config;
+use crate::config::{Config, S3Settings, StoreSettings};
 use crate::connection::{ConnectionCounts, ConnectionGate, ConnectionLimits};
 use crate::fill::Filler;
 use crate::listener::{check_address_free, WorkerListener};
 use crate::origin_choice::probe::OriginProbes;
 use crate::proxy::OriginPull;
 use crate::reload::{ConfigHandle, LiveConfig, ReloadWatcher};
+use crate::store::s3::{S3Credentials, S3Store};
 use crate::store::{BucketStore, DiskStore, HotTier, HotTierLimits};
 
 /// How often a graceful stop checks whether anything is still running.
@@ -49,20 +50,24 @@ pub fn build(
     let base_dir = std::env::current_dir().map_err(StartError::WorkingDirectory)?;
     config.resolve_relative_paths(&base_dir);
     crate::metrics::init();
-    let store = DiskStore::open(&config.data_dir).map_err(|source| StartError::Store {
-        path: config.data_dir.clone(),
-        source,
-    })?;
     let cache = &config.memory_cache;
-    let store: Arc<dyn BucketStore> = if cache.max_bytes > 0 {
-        let limits = HotTierLimits {
-            max_bytes: cache.max_bytes as usize,
-            max_object_bytes: cache.max_object_bytes as usize,
-            revalidate: Duration::from_secs(cache.revalidate_secs),
-        };
-        Arc::new(HotTier::new(store, limits))
-    } else {
-        Arc::new(store)
+    let limits = HotTierLimits {
+        max_bytes: cache.max_bytes as usize,
+        max_object_bytes: cache.max_object_bytes as usize,
+        revalidate: Duration::from_secs(cache.revalidate_secs),
+    };
+    let store: Arc<dyn BucketStore> = match &config.store {
+        StoreSettings::Disk => {
+            let store = DiskStore::open(&config.data_dir).map_err(|source| StartError::Store {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+            with_hot_tier(store, limits)
+        }
+        StoreSettings::S3(s3) => {
+            let store = open_s3_store(s3, &config)?;
+            with_hot_tier(store, limits)
+        }
     };
     let access_log = AccessLog::open(&config.access_log).map_err(StartError::AccessLog)?;
 
@@ -142,6 +147,31 @@ pub fn build(
     Ok(server)
 }
 
+/// The memory tier in front of `store`, unless it is turned off (`max_bytes: 0`).
+fn with_hot_tier<S: BucketStore>(store: S, limits: HotTierLimits) -> Arc<dyn BucketStore> {
+    if limits.max_bytes > 0 {
+        Arc::new(HotTier::new(store, limits))
+    } else {
+        Arc::new(store)
+    }
+}
+
+/// The S3 store, once every configured bucket's S3 bucket has answered. The check runs on a
+/// runtime of its own (none runs yet) with clients of its own, dropped with it.
+fn open_s3_store(settings: &S3Settings, config: &Config) -> Result<S3Store, StartError> {
+    let credentials = S3Credentials::load(settings).map_err(StartError::S3)?;
+    let buckets: Vec<String> = config.buckets.iter().map(|b| b.name.clone()).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::S3(format!("cannot start the S3 check: {e}")))?;
+    let probe = S3Store::new(settings.clone(), credentials.clone());
+    runtime
+        .block_on(probe.check_reachable(&buckets))
+        .map_err(|failures| StartError::S3(failures.join("; ")))?;
+    Ok(S3Store::new(settings.clone(), credentials))
+}
+
 /// Ends a graceful stop (SIGTERM, or the old process of an upgrade) as soon as no request is
 /// being received or answered and no copy is running or waiting. Pingora itself would sleep
 /// through the whole `grace_period_secs`; idle keep-alive connections are simply closed.
@@ -174,6 +204,8 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("store: {0}")]
+    S3(String),
     #[error("access_log: cannot open: {0}")]
     AccessLog(std::io::Error),
     #[error("listen {addr}: {source}")]

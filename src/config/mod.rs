@@ -14,6 +14,7 @@ mod origin_pull;
 mod origins;
 mod section;
 mod server;
+mod store;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ pub use origins::{
     Protocol,
 };
 pub use server::ServerSettings;
+pub use store::{S3Settings, StoreSettings, BUCKET_PLACEHOLDER};
 
 use buckets::parse_buckets;
 use errors::Errors;
@@ -38,6 +40,7 @@ use memory_cache::parse_memory_cache;
 use origin_pull::LoopGuard;
 use section::Section;
 use server::parse_server;
+use store::parse_store;
 
 /// A fully validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +54,8 @@ pub struct Config {
     pub server: ServerSettings,
     pub fill: FillSettings,
     pub memory_cache: MemoryCacheSettings,
+    /// Where objects live; fixed at start.
+    pub store: StoreSettings,
     pub buckets: Vec<BucketConfig>,
 }
 
@@ -70,6 +75,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "server",
     "fill",
     "memory_cache",
+    "store",
     "buckets",
 ];
 
@@ -144,6 +150,7 @@ impl Config {
         let server = parse_server(&top, &mut errors);
         let fill = parse_fill(&top, &mut errors);
         let memory_cache = parse_memory_cache(&top, &mut errors);
+        let store = parse_store(&top, &mut errors);
         let guard = LoopGuard {
             domain_suffix: domain_suffix.as_deref(),
             listen,
@@ -163,6 +170,7 @@ impl Config {
                 server,
                 fill,
                 memory_cache,
+                store,
                 buckets,
             }),
             // Each missing value pushed an error above, so this arm is not reached.
@@ -193,7 +201,7 @@ impl Config {
     }
 
     /// For a reload: puts back the running values of the settings only a restart can change
-    /// (listeners, `data_dir`, `access_log`, `server`, `memory_cache`), and names those that
+    /// (listeners, `data_dir`, `access_log`, `server`, `memory_cache`, `store`), and names those that
     /// differed so the caller can warn about them.
     pub fn keep_restart_only_settings(&mut self, running: &Config) -> Vec<&'static str> {
         fn keep<T: PartialEq + Clone>(
@@ -234,6 +242,7 @@ impl Config {
             &running.memory_cache,
             &mut changed,
         );
+        keep("store", &mut self.store, &running.store, &mut changed);
         changed
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod disk;
 pub mod hot;
+pub mod s3;
 mod write_behind;
 
 use std::time::SystemTime;
@@ -80,6 +81,9 @@ pub trait StoredObject: Send {
 /// A new object being written; dropping it without `commit` discards everything written.
 #[async_trait]
 pub trait ObjectWriter: Send {
+    /// The object's metadata, when known before its bytes: a store that sends it with the
+    /// upload's first request (S3 multipart) needs it then; `commit` still receives it.
+    fn describe(&mut self, _object: &NewObject) {}
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError>;
     /// Bytes written so far.
     fn written(&self) -> u64;

@@ -1,0 +1,347 @@
+//! Issue #12 end to end: buckets kept in an S3-compatible store (moto's server on loopback,
+//! started by `tests/s3_server.py`), read and written by the real binary; objects put and
+//! deleted by another S3 client (boto3); copies landing with their headers; multipart uploads
+//! completed or aborted; the start-up reachability check.
+//!
+//! moto is installed by `.ci/setup` into a venv (`ORIGINPULL_MOTO_VENV`, by default
+//! `~/.local/share/originpull/moto-venv`). Only when that venv's python is missing are these
+//! tests skipped, with a message saying so; a moto that is there but fails is a failure.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BUCKET: &str = "example-1250000000";
+const WAIT: Duration = Duration::from_secs(20);
+/// The S3 store's part size (`src/store/s3.rs`): larger objects are multipart uploads.
+const PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// moto's S3 server on a free loopback port, and boto3 as "any other S3 client".
+struct S3Server {
+    _child: KillOnDrop,
+    endpoint: String,
+    python: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    /// `None` (after saying why) when moto is not installed.
+    fn start() -> Option<S3Server> {
+        let venv = std::env::var_os("ORIGINPULL_MOTO_VENV")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .map(|home| PathBuf::from(home).join(".local/share/originpull/moto-venv"))
+            })?;
+        let python = venv.join("bin/python");
+        if !python.exists() {
+            eprintln!(
+                "SKIPPED: moto is not installed ({} missing); run .ci/setup to install it",
+                python.display()
+            );
+            return None;
+        }
+        let mut child = Command::new(&python)
+            .arg(script())
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tests/s3_server.py");
+        let stdout = child.stdout.take().expect("moto stdout");
+        let child = KillOnDrop(child);
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read moto's port");
+        let port: u16 = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("tests/s3_server.py did not print its port: {line:?}"));
+        let dir = tempfile::Builder::new()
+            .prefix("originpull-s3-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::write(
+            dir.path().join("s3.credentials"),
+            "[default]\naws_access_key_id = testing\naws_secret_access_key = testing-secret\n",
+        )
+        .expect("write credentials");
+        let server = S3Server {
+            _child: child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            python,
+            dir,
+        };
+        server.client(&["mb", BUCKET]);
+        Some(server)
+    }
+
+    /// Runs one boto3 operation (see `tests/s3_server.py`); returns its stdout.
+    fn client(&self, args: &[&str]) -> String {
+        let output = Command::new(&self.python)
+            .arg(script())
+            .arg(&self.endpoint)
+            .args(args)
+            .output()
+            .expect("run tests/s3_server.py");
+        assert!(
+            output.status.success(),
+            "s3_server.py {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn put(&self, key: &str, body: &[u8], content_type: &str) {
+        let file = self.dir.path().join("upload");
+        std::fs::write(&file, body).expect("write upload");
+        self.client(&["put", BUCKET, key, &file.to_string_lossy(), content_type]);
+    }
+
+    fn head(&self, key: &str) -> serde_json::Value {
+        serde_json::from_str(&self.client(&["head", BUCKET, key])).expect("head JSON")
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.client(&["keys", BUCKET])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn uploads_in_progress(&self) -> usize {
+        self.client(&["uploads", BUCKET])
+            .trim()
+            .parse()
+            .expect("upload count")
+    }
+
+    /// The `store:` block for this server.
+    fn store_yaml(&self) -> String {
+        format!(
+            "store:\n  backend: s3\n  s3:\n    endpoint: {}\n    region: us-east-1\n    path_style: true\n    credentials_file: {}\n    bucket: \"{{bucket}}\"\n",
+            self.endpoint,
+            self.dir.path().join("s3.credentials").display()
+        )
+    }
+
+    /// An originpull on this store; the memory tier rechecks after 1 s so deletes show quickly.
+    fn originpull(&self, origin: &TestOrigin) -> Originpull {
+        Originpull::start(
+            OriginpullConfig::new()
+                .with_bucket(BUCKET, &origin.authority())
+                .with_extra_yaml(&self.store_yaml())
+                .with_extra_yaml("memory_cache:\n  revalidate_secs: 1\n"),
+        )
+    }
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/s3_server.py")
+}
+
+async fn head_status(server: &Originpull, path: &str) -> u16 {
+    server
+        .request(reqwest::Method::HEAD, BUCKET, path)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_object_put_by_another_s3_client_is_a_hit_and_a_delete_is_seen() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    let server = s3.originpull(&origin);
+    let body = generated_bytes(300_000);
+    s3.put("dir/put-by-boto3.bin", &body, "application/x-test");
+
+    let response = get(&server, BUCKET, "/dir/put-by-boto3.bin").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/x-test",
+        "Content-Type set by the other client"
+    );
+    assert_eq!(
+        response.headers()["etag"].to_str().unwrap(),
+        format!("\"{}\"", md5_hex(&body)),
+        "a single PUT's ETag is the MD5"
+    );
+    assert_eq!(response.bytes().await.unwrap().as_ref(), &body[..]);
+
+    let response = get_range(
+        &server,
+        BUCKET,
+        "/dir/put-by-boto3.bin",
+        "bytes=100000-100009",
+    )
+    .await;
+    assert_eq!(response.status(), 206);
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        &body[100_000..100_010]
+    );
+    assert_eq!(origin.total_hits(), 0, "hits never reach the origin");
+
+    s3.client(&["delete", BUCKET, "dir/put-by-boto3.bin"]);
+    let gone = wait_until(WAIT, || async {
+        head_status(&server, "/dir/put-by-boto3.bin").await != 200
+    })
+    .await;
+    assert!(gone, "an object deleted in the store stops being served");
+}
+
+#[tokio::test]
+async fn a_copy_lands_in_the_s3_bucket_with_its_headers() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    origin.route(
+        "/site.css",
+        Behavior::ok_with_headers(
+            "body { color: red }",
+            &[
+                ("Content-Type", "text/css"),
+                ("Cache-Control", "max-age=600"),
+            ],
+        ),
+    );
+    let server = s3.originpull(&origin);
+    assert_eq!(get(&server, BUCKET, "/site.css").await.status(), 302);
+    assert!(
+        wait_until(WAIT, || async {
+            head_status(&server, "/site.css").await == 200
+        })
+        .await,
+        "the copy is served from the store\n{}",
+        server.stderr_text()
+    );
+    let head = s3.head("site.css");
+    assert_eq!(head["ContentType"], "text/css", "{head}");
+    assert_eq!(head["CacheControl"], "max-age=600", "{head}");
+    assert_eq!(
+        head["ETag"],
+        format!("\"{}\"", md5_hex(b"body { color: red }")),
+        "{head}"
+    );
+    let response = get(&server, BUCKET, "/site.css").await;
+    assert_eq!(response.headers()["cache-control"], "max-age=600");
+    assert_eq!(origin.hits("/site.css"), 1);
+}
+
+#[tokio::test]
+async fn a_large_copy_is_a_multipart_upload_served_whole() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    let len = 2 * PART_BYTES as u64 + 12_345;
+    origin.route("/large.bin", Behavior::generated(len));
+    let server = s3.originpull(&origin);
+    assert_eq!(get(&server, BUCKET, "/large.bin").await.status(), 302);
+    assert!(
+        wait_until(WAIT, || async {
+            head_status(&server, "/large.bin").await == 200
+        })
+        .await,
+        "the copy is served from the store\n{}",
+        server.stderr_text()
+    );
+    let head = s3.head("large.bin");
+    let etag = head["ETag"].as_str().unwrap_or_default().to_string();
+    assert!(etag.ends_with("-3\""), "three parts: {head}");
+    let (status, body) = get_body(&server, BUCKET, "/large.bin").await;
+    assert_eq!(status, 200);
+    assert_eq!(body.len() as u64, len);
+    assert_eq!(md5_hex(&body), md5_of_generated(len));
+    let response = get(&server, BUCKET, "/large.bin").await;
+    assert_eq!(
+        response.headers()["etag"].to_str().unwrap(),
+        etag,
+        "the ETag is the store's"
+    );
+    assert_eq!(s3.uploads_in_progress(), 0);
+}
+
+#[tokio::test]
+async fn a_copy_cut_short_leaves_no_object_and_no_upload() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    let body = generated_bytes(3 * PART_BYTES);
+    origin.route(
+        "/cut.bin",
+        Behavior::ResetMidBody {
+            body,
+            send_bytes: 2 * PART_BYTES + 1000,
+        },
+    );
+    let server = s3.originpull(&origin);
+    assert_eq!(get(&server, BUCKET, "/cut.bin").await.status(), 302);
+    assert!(
+        wait_until(WAIT, || async {
+            server
+                .metric(
+                    "originpull_fills_total",
+                    &[("bucket", BUCKET), ("outcome", "origin_error")],
+                )
+                .await
+                >= 1.0
+        })
+        .await,
+        "the copy fails\n{}",
+        server.stderr_text()
+    );
+    let aborted = wait_until(WAIT, || async { s3.uploads_in_progress() == 0 }).await;
+    assert!(aborted, "the multipart upload is aborted");
+    assert!(s3.keys().is_empty(), "no object: {:?}", s3.keys());
+    assert_eq!(head_status(&server, "/cut.bin").await, 302);
+}
+
+#[tokio::test]
+async fn start_names_the_s3_bucket_that_is_not_reachable() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    let config = OriginpullConfig::new()
+        .with_bucket(BUCKET, &origin.authority())
+        .with_disabled_bucket("missing-1250000000")
+        .with_extra_yaml(&s3.store_yaml());
+    let yaml = config.render(
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        &std::env::temp_dir(),
+    );
+    let (code, text) = run_to_exit(&yaml, &[], Duration::from_secs(60))
+        .expect("originpull exits when a bucket is not reachable");
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("bucket \"missing-1250000000\"") && text.contains("not reachable"),
+        "{text}"
+    );
+    assert!(!text.contains(&format!("\"{BUCKET}\"")), "{text}");
+    assert!(
+        !text.contains("testing-secret"),
+        "no secret in the output: {text}"
+    );
+}
+
+#[test]
+fn check_mode_reports_a_bad_store_block_by_field() {
+    let config = OriginpullConfig::new()
+        .with_disabled_bucket(BUCKET)
+        .with_extra_yaml("store:\n  backend: s3\n  s3:\n    endpoint: ftp://x\n    region: r\n");
+    let yaml = config.render(
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+        &std::env::temp_dir(),
+    );
+    let (code, text) = validate_config(&yaml);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("store.s3.endpoint"), "{text}");
+}
