@@ -70,10 +70,12 @@ pub enum FillOutcome {
     Loop,
     /// The origin redirected to a host that is not one of the bucket's origins.
     RedirectRefused,
+    /// Another node sharing the store fetched it (S3 store): no origin request from here.
+    StoredElsewhere,
 }
 
 impl FillOutcome {
-    pub const ALL: [FillOutcome; 10] = [
+    pub const ALL: [FillOutcome; 11] = [
         FillOutcome::Stored,
         FillOutcome::OriginStatus,
         FillOutcome::OriginError,
@@ -84,6 +86,7 @@ impl FillOutcome {
         FillOutcome::StoreError,
         FillOutcome::Loop,
         FillOutcome::RedirectRefused,
+        FillOutcome::StoredElsewhere,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +101,7 @@ impl FillOutcome {
             FillOutcome::StoreError => "store_error",
             FillOutcome::Loop => "loop",
             FillOutcome::RedirectRefused => "redirect_refused",
+            FillOutcome::StoredElsewhere => "stored_elsewhere",
         }
     }
 }

@@ -345,3 +345,70 @@ fn check_mode_reports_a_bad_store_block_by_field() {
     assert_ne!(code, 0, "{text}");
     assert!(text.contains("store.s3.endpoint"), "{text}");
 }
+
+#[tokio::test]
+async fn two_nodes_on_one_bucket_fetch_a_cold_key_from_the_origin_once() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    let body = generated_bytes(100_000);
+    origin.route("/cold.bin", Behavior::gate(body.clone()));
+    let first = s3.originpull(&origin);
+    let second = s3.originpull(&origin);
+
+    // The first node's copy holds the lease while the origin keeps its answer back.
+    assert_eq!(get(&first, BUCKET, "/cold.bin").await.status(), 302);
+    assert!(
+        wait_until(WAIT, || async { origin.gate_waiting("/cold.bin") == 1 }).await,
+        "the first copy reaches the origin\n{}",
+        first.stderr_text()
+    );
+    let misses = (0..100).map(|i| {
+        let node = if i % 2 == 0 { &first } else { &second };
+        async move { get(node, BUCKET, "/cold.bin").await.status().as_u16() }
+    });
+    let statuses = futures::future::join_all(misses).await;
+    assert!(statuses.iter().all(|&s| s == 302), "{statuses:?}");
+    // The second node's copy either waits for the lease or (without one) asks the origin.
+    let second_decided = wait_until(WAIT, || async {
+        second.stderr_text().contains("another node is fetching it")
+            || origin.gate_waiting("/cold.bin") > 1
+    })
+    .await;
+    assert!(second_decided, "{}", second.stderr_text());
+    origin.open_gate("/cold.bin");
+
+    for node in [&first, &second] {
+        assert!(
+            wait_until(WAIT, || async {
+                head_status(node, "/cold.bin").await == 200
+            })
+            .await,
+            "served by both nodes\n{}",
+            node.stderr_text()
+        );
+        let (status, served) = get_body(node, BUCKET, "/cold.bin").await;
+        assert_eq!(status, 200);
+        assert_eq!(served, body);
+    }
+    assert_eq!(
+        origin.hits("/cold.bin"),
+        1,
+        "one origin fetch across the fleet"
+    );
+    assert_eq!(
+        second
+            .metric(
+                "originpull_fills_total",
+                &[("bucket", BUCKET), ("outcome", "stored_elsewhere")],
+            )
+            .await,
+        1.0
+    );
+    let released = wait_until(WAIT, || async {
+        s3.keys()
+            .iter()
+            .all(|k| !k.starts_with(".originpull-leases/"))
+    })
+    .await;
+    assert!(released, "the lease is released: {:?}", s3.keys());
+}

@@ -201,6 +201,8 @@ pub enum MirrorTicket {
 /// Body chunks buffered for a mirror client before it is let go to catch up from the bucket
 /// (16 × the origin's read size, a few MiB at most).
 const MIRROR_BUFFER_CHUNKS: usize = 16;
+/// How often a copy whose key another node is fetching looks for the object.
+const CLAIM_POLL: Duration = Duration::from_millis(200);
 
 struct Shared {
     store: Arc<dyn BucketStore>,
@@ -378,6 +380,51 @@ impl Filler {
         });
     }
 
+    /// Waits for this key's fleet-wide fill claim (see `BucketStore::claim_fill`). While another
+    /// node holds it, the object is looked for until it lands (`Err(Stored)`: waiting mirror
+    /// clients then read it from the bucket) or the claim comes free (the holder failed).
+    async fn claim_fill(
+        &self,
+        bucket: &str,
+        id: &CopyKey,
+    ) -> Result<crate::store::FillClaim, FillEnd> {
+        let store = &self.shared.store;
+        let mut waiting = false;
+        loop {
+            match store.claim_fill(bucket, &id.key).await {
+                Ok(Some(claim)) => {
+                    // Committed by another node just before its claim was released.
+                    if let Ok(Some(_)) = store.open(bucket, &id.key).await {
+                        id.bucket.metrics.count_fill(FillOutcome::StoredElsewhere);
+                        return Err(FillEnd::Stored);
+                    }
+                    return Ok(claim);
+                }
+                Ok(None) if !waiting => {
+                    waiting = true;
+                    log::info!(
+                        "copy of {:?} in {bucket}: another node is fetching it; waiting for it to land",
+                        id.key.as_str()
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    log::warn!(
+                        "claiming the copy of {:?} in {bucket}: {e}",
+                        id.key.as_str()
+                    );
+                    id.bucket.metrics.count_fill(FillOutcome::StoreError);
+                    return Err(FillEnd::StoreFailed);
+                }
+            }
+            tokio::time::sleep(CLAIM_POLL).await;
+            if let Ok(Some(_)) = store.open(bucket, &id.key).await {
+                id.bucket.metrics.count_fill(FillOutcome::StoredElsewhere);
+                return Err(FillEnd::Stored);
+            }
+        }
+    }
+
     /// Runs one copy; returns how it ended, which a streaming client also learns.
     async fn run(&self, job: &mut CopyJob) -> FillEnd {
         let bucket = job.id.bucket_name();
@@ -387,6 +434,10 @@ impl Filler {
         if let Ok(Some(_)) = self.shared.store.open(bucket, &job.id.key).await {
             return FillEnd::Stored;
         }
+        let _claim = match self.claim_fill(bucket, &job.id).await {
+            Ok(claim) => claim,
+            Err(end) => return end,
+        };
         // The policy comes from the generation the miss was routed with; origins and their
         // order are chosen now, with health as it is when the copy runs.
         let Some(pull) = &job.id.bucket.pull else {

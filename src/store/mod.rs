@@ -106,4 +106,31 @@ pub trait BucketStore: Send + Sync + 'static {
         bucket: &str,
         key: &ObjectKey,
     ) -> Result<Box<dyn ObjectWriter>, StoreError>;
+
+    /// Claims the one origin fetch of `key` among every node sharing this store, until the
+    /// claim is dropped; `Ok(None)` while another node holds it. A store private to this node
+    /// needs no claim: the filler's own single flight is enough.
+    async fn claim_fill(
+        &self,
+        _bucket: &str,
+        _key: &ObjectKey,
+    ) -> Result<Option<FillClaim>, StoreError> {
+        Ok(Some(FillClaim::default()))
+    }
+}
+
+/// The right to fetch one key from the origin; released when dropped.
+#[derive(Default)]
+pub struct FillClaim {
+    /// Held for its `Drop`, which releases the claim.
+    _release: Option<Box<dyn Send + Sync>>,
+}
+
+impl FillClaim {
+    /// A claim whose release is `guard`'s `Drop`.
+    pub fn held_by(guard: impl Send + Sync + 'static) -> FillClaim {
+        FillClaim {
+            _release: Some(Box::new(guard)),
+        }
+    }
 }

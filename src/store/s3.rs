@@ -34,11 +34,14 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{
     Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, GetRange, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+    UpdateVersion, WriteMultipart,
 };
 use parking_lot::Mutex;
 
-use super::{BucketStore, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject};
+use super::{
+    BucketStore, FillClaim, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject,
+};
 use crate::config::S3Settings;
 use crate::key::ObjectKey;
 
@@ -48,6 +51,13 @@ pub const PART_BYTES: usize = 8 * 1024 * 1024;
 /// Parts uploaded at once by one writer: a copy holds at most this many parts (plus the one
 /// being filled) in memory.
 pub const PARTS_IN_FLIGHT: usize = 3;
+/// Lease objects live under this folder (inside `prefix`); keys under it are never served.
+pub const LEASE_FOLDER: &str = ".originpull-leases/";
+/// A lease not renewed for this long may be taken over: a node that died mid-copy blocks its
+/// key for at most this long.
+pub const LEASE_SECS: i64 = 60;
+/// The holder renews its lease this often while the copy runs.
+const LEASE_RENEW: Duration = Duration::from_secs(20);
 /// A failing store answers within this: a request is not held for minutes of retries.
 const RETRY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_RETRIES: usize = 2;
@@ -224,11 +234,68 @@ impl S3Store {
     /// The S3 key of `key`; `None` for keys an S3 path cannot hold as is (empty segments, a
     /// trailing `/`), which are then never stored.
     fn path_of(&self, key: &ObjectKey) -> Option<Path> {
+        if key.as_str().starts_with(LEASE_FOLDER) {
+            return None;
+        }
         let full = format!("{}{}", self.settings.prefix, key.as_str());
         if full.is_empty() || full.ends_with('/') || full.contains("//") {
             return None;
         }
         Path::parse(full).ok()
+    }
+}
+
+/// Renews a held lease until dropped, then deletes it.
+struct LeaseGuard {
+    client: Arc<AmazonS3>,
+    path: Path,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.renewer.abort();
+        let (client, path) = (self.client.clone(), self.path.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = client.delete(&path).await {
+                    // It expires by itself; another node takes it over after LEASE_SECS.
+                    log::warn!("S3 store: releasing the lease {path}: {e}");
+                }
+            });
+        }
+    }
+}
+
+fn lease_body() -> PutPayload {
+    PutPayload::from(format!(
+        "originpull fill lease, pid {}\n",
+        std::process::id()
+    ))
+}
+
+fn version_of(result: object_store::PutResult) -> UpdateVersion {
+    UpdateVersion {
+        e_tag: result.e_tag,
+        version: result.version,
+    }
+}
+
+/// Keeps the lease fresh while the copy runs; stops if another node took it over.
+async fn renew_lease(client: Arc<AmazonS3>, path: Path, mut version: UpdateVersion) {
+    loop {
+        tokio::time::sleep(LEASE_RENEW).await;
+        let options = PutOptions {
+            mode: PutMode::Update(version.clone()),
+            ..PutOptions::default()
+        };
+        match client.put_opts(&path, lease_body(), options).await {
+            Ok(result) => version = version_of(result),
+            Err(e) => {
+                log::warn!("S3 store: lease {path} lost: {e}");
+                return;
+            }
+        }
     }
 }
 
@@ -318,6 +385,72 @@ impl BucketStore for S3Store {
             version: result.meta.e_tag.clone(),
             meta,
             reader: None,
+        })))
+    }
+
+    /// A lease object `LEASE_FOLDER + key`, created with `If-None-Match: *`; one older than
+    /// [`LEASE_SECS`] (by its Last-Modified against this node's clock) is taken over with
+    /// `If-Match` on its ETag. The store decides each race: exactly one node wins.
+    async fn claim_fill(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+    ) -> Result<Option<FillClaim>, StoreError> {
+        let Some(path) = Path::parse(format!(
+            "{}{LEASE_FOLDER}{}",
+            self.settings.prefix,
+            key.as_str()
+        ))
+        .ok()
+        .filter(|_| self.path_of(key).is_some()) else {
+            // Not storable: the copy fails at `create`, no lease needed.
+            return Ok(Some(FillClaim::default()));
+        };
+        let client = self.client(bucket)?;
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        let version = match client.put_opts(&path, lease_body(), create).await {
+            Ok(result) => version_of(result),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let held = match client.head(&path).await {
+                    Ok(held) => held,
+                    // Released meanwhile: the caller asks again.
+                    Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(store_error(e)),
+                };
+                let age = chrono::Utc::now() - held.last_modified;
+                if age.num_seconds() < LEASE_SECS {
+                    return Ok(None);
+                }
+                let take_over = PutOptions {
+                    mode: PutMode::Update(UpdateVersion {
+                        e_tag: held.e_tag,
+                        version: held.version,
+                    }),
+                    ..PutOptions::default()
+                };
+                match client.put_opts(&path, lease_body(), take_over).await {
+                    Ok(result) => {
+                        log::warn!("S3 store: took over the expired lease {path}");
+                        version_of(result)
+                    }
+                    Err(
+                        object_store::Error::Precondition { .. }
+                        | object_store::Error::AlreadyExists { .. }
+                        | object_store::Error::NotFound { .. },
+                    ) => return Ok(None),
+                    Err(e) => return Err(store_error(e)),
+                }
+            }
+            Err(e) => return Err(store_error(e)),
+        };
+        let renewer = tokio::spawn(renew_lease(client.clone(), path.clone(), version));
+        Ok(Some(FillClaim::held_by(LeaseGuard {
+            client,
+            path,
+            renewer,
         })))
     }
 
