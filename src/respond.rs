@@ -27,6 +27,8 @@ pub enum ErrorCode {
     BadGateway,
     /// Mirror mode: the origin did not answer in time.
     GatewayTimeout,
+    /// The bucket store (S3 backend) failed and origin-pull cannot stand in for it.
+    ServiceUnavailable,
 }
 
 impl ErrorCode {
@@ -40,6 +42,7 @@ impl ErrorCode {
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorCode::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -55,6 +58,7 @@ impl ErrorCode {
             ErrorCode::InternalError => "InternalError",
             ErrorCode::BadGateway => "BadGateway",
             ErrorCode::GatewayTimeout => "GatewayTimeout",
+            ErrorCode::ServiceUnavailable => "ServiceUnavailable",
         }
     }
 
@@ -76,6 +80,7 @@ impl ErrorCode {
             ErrorCode::InternalError => "We encountered an internal error. Please try again.",
             ErrorCode::BadGateway => "The origin of this bucket failed to provide the object.",
             ErrorCode::GatewayTimeout => "The origin of this bucket did not answer in time.",
+            ErrorCode::ServiceUnavailable => "The bucket's store is unavailable. Please try again.",
         }
     }
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The S3 store tests' S3 side: moto's server, and a few boto3 client operations.
 
-`s3_server.py serve` runs moto's S3 server on 127.0.0.1, on a free port it prints as
-`PORT <n>` on stdout once it listens. Every request runs under one global lock: moto checks a
+`s3_server.py serve [PORT]` runs moto's S3 server on 127.0.0.1, on PORT or a free port, which
+it prints as `PORT <n>` on stdout once it listens. Every request runs under one global lock: moto checks a
 conditional write's precondition and then writes without a lock, so concurrent
 `If-None-Match: *` PUTs could all win; serialised, exactly one wins, as on AWS S3.
 
@@ -16,7 +16,7 @@ import sys
 import threading
 
 
-def serve():
+def serve(port):
     from moto.server import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server
 
@@ -28,7 +28,7 @@ def serve():
             # The body is collected under the lock too: moto does its work while it is built.
             return list(app(environ, start_response))
 
-    server = make_server("127.0.0.1", 0, serialised, threaded=True)
+    server = make_server("127.0.0.1", port, serialised, threaded=True)
     print(f"PORT {server.server_port}", flush=True)
     server.serve_forever()
 
@@ -70,7 +70,7 @@ def client(endpoint, op, bucket, args):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["serve"]:
-        serve()
+    if sys.argv[1:2] == ["serve"]:
+        serve(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
     else:
         client(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:])

@@ -23,7 +23,8 @@ const PART_BYTES: usize = 8 * 1024 * 1024;
 
 /// moto's S3 server on a free loopback port, and boto3 as "any other S3 client".
 struct S3Server {
-    _child: KillOnDrop,
+    child: Option<KillOnDrop>,
+    port: u16,
     endpoint: String,
     python: PathBuf,
     dir: tempfile::TempDir,
@@ -46,25 +47,7 @@ impl S3Server {
             );
             return None;
         }
-        let mut child = Command::new(&python)
-            .arg(script())
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tests/s3_server.py");
-        let stdout = child.stdout.take().expect("moto stdout");
-        let child = KillOnDrop(child);
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read moto's port");
-        let port: u16 = line
-            .trim()
-            .strip_prefix("PORT ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("tests/s3_server.py did not print its port: {line:?}"));
+        let (child, port) = spawn_moto(&python, 0);
         let dir = tempfile::Builder::new()
             .prefix("originpull-s3-")
             .tempdir()
@@ -75,13 +58,25 @@ impl S3Server {
         )
         .expect("write credentials");
         let server = S3Server {
-            _child: child,
+            child: Some(child),
+            port,
             endpoint: format!("http://127.0.0.1:{port}"),
             python,
             dir,
         };
         server.client(&["mb", BUCKET]);
         Some(server)
+    }
+
+    /// Stops the server (its objects are lost with it).
+    fn stop(&mut self) {
+        self.child = None;
+    }
+
+    /// Starts an empty server on the same port again.
+    fn restart(&mut self) {
+        let (child, _) = spawn_moto(&self.python, self.port);
+        self.child = Some(child);
     }
 
     /// Runs one boto3 operation (see `tests/s3_server.py`); returns its stdout.
@@ -142,6 +137,31 @@ impl S3Server {
                 .with_extra_yaml("memory_cache:\n  revalidate_secs: 1\n"),
         )
     }
+}
+
+/// Starts `tests/s3_server.py serve` on `port` (0: a free one); returns it and its port.
+fn spawn_moto(python: &PathBuf, port: u16) -> (KillOnDrop, u16) {
+    let mut child = Command::new(python)
+        .arg(script())
+        .arg("serve")
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tests/s3_server.py");
+    let stdout = child.stdout.take().expect("moto stdout");
+    let child = KillOnDrop(child);
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read moto's port");
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("tests/s3_server.py did not print its port: {line:?}"));
+    (child, port)
 }
 
 fn script() -> PathBuf {
@@ -411,4 +431,71 @@ async fn two_nodes_on_one_bucket_fetch_a_cold_key_from_the_origin_once() {
     })
     .await;
     assert!(released, "the lease is released: {:?}", s3.keys());
+}
+
+#[tokio::test]
+async fn a_stopped_store_gives_302s_and_503s_and_service_returns_by_itself() {
+    let Some(mut s3) = S3Server::start() else {
+        return;
+    };
+    const CLOSED: &str = "closed-1250000000";
+    s3.client(&["mb", CLOSED]);
+    let origin = TestOrigin::start();
+    origin.route("/a.txt", Behavior::ok("from the origin"));
+    let server = Originpull::start(
+        OriginpullConfig::new()
+            .with_bucket(BUCKET, &origin.authority())
+            .with_disabled_bucket(CLOSED)
+            .with_extra_yaml(&s3.store_yaml()),
+    );
+    s3.stop();
+
+    let response = get(&server, BUCKET, "/a.txt").await;
+    assert_eq!(
+        response.status(),
+        302,
+        "origin-pull stands in for the store"
+    );
+    assert!(
+        wait_until(WAIT, || async {
+            server
+                .metric(
+                    "originpull_fills_total",
+                    &[("bucket", BUCKET), ("outcome", "store_error")],
+                )
+                .await
+                >= 1.0
+        })
+        .await,
+        "the copy counts store_error\n{}",
+        server.stderr_text()
+    );
+    let response = get(&server, CLOSED, "/a.txt").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let text = response.text().await.unwrap();
+    assert!(text.contains("<Code>ServiceUnavailable</Code>"), "{text}");
+    assert!(!text.contains("testing-secret"), "{text}");
+
+    s3.restart();
+    s3.client(&["mb", BUCKET]);
+    s3.client(&["mb", CLOSED]);
+    let file = s3.dir.path().join("upload");
+    std::fs::write(&file, b"back").unwrap();
+    s3.client(&[
+        "put",
+        CLOSED,
+        "a.txt",
+        &file.to_string_lossy(),
+        "text/plain",
+    ]);
+    let back = wait_until(WAIT, || async {
+        get_body(&server, CLOSED, "/a.txt").await == (200, b"back".to_vec())
+    })
+    .await;
+    assert!(
+        back,
+        "service returns with the store\n{}",
+        server.stderr_text()
+    );
 }

@@ -66,6 +66,9 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("stored object is damaged: {0}")]
     Corrupt(String),
+    /// A remote store (S3) failed or could not be reached; it may come back by itself.
+    #[error("bucket store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// An object opened for reading. Its metadata and bytes come from one version of the object,

@@ -300,7 +300,7 @@ async fn renew_lease(client: Arc<AmazonS3>, path: Path, mut version: UpdateVersi
 }
 
 fn store_error(e: object_store::Error) -> StoreError {
-    StoreError::Io(std::io::Error::other(e))
+    StoreError::Unavailable(e.to_string())
 }
 
 /// The object's metadata as originpull describes it, from an S3 response.
