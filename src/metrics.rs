@@ -282,3 +282,28 @@ impl BucketMetrics {
         self.fills[outcome as usize].inc();
     }
 }
+
+/// The remote bucket store's requests (S3 backend) by operation: `head`, `get`, `put`,
+/// `multipart_start`, `multipart_complete`, `lease`, `list`. Registered when that store is built.
+pub struct StoreMetrics {
+    pub request_seconds: HistogramVec,
+    pub errors: IntCounterVec,
+}
+
+#[allow(clippy::expect_used)]
+pub static STORE_METRICS: LazyLock<StoreMetrics> = LazyLock::new(|| StoreMetrics {
+    request_seconds: register_histogram_vec!(
+        "originpull_store_request_seconds",
+        "Time to the answer of a request to the remote bucket store (S3), by operation.",
+        &["operation"],
+        vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+    )
+    .expect("register originpull_store_request_seconds"),
+    errors: register_int_counter_vec!(
+        "originpull_store_errors_total",
+        "Requests to the remote bucket store (S3) that failed (not counting \"not found\" and \
+         lost conditional writes), by operation.",
+        &["operation"]
+    )
+    .expect("register originpull_store_errors_total"),
+});

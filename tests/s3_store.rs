@@ -212,6 +212,15 @@ async fn an_object_put_by_another_s3_client_is_a_hit_and_a_delete_is_seen() {
         &body[100_000..100_010]
     );
     assert_eq!(origin.total_hits(), 0, "hits never reach the origin");
+    assert!(
+        server
+            .metric(
+                "originpull_store_request_seconds_count",
+                &[("operation", "head")]
+            )
+            .await
+            >= 1.0
+    );
 
     s3.client(&["delete", BUCKET, "dir/put-by-boto3.bin"]);
     let gone = wait_until(WAIT, || async {
@@ -476,6 +485,12 @@ async fn a_stopped_store_gives_302s_and_503s_and_service_returns_by_itself() {
     let text = response.text().await.unwrap();
     assert!(text.contains("<Code>ServiceUnavailable</Code>"), "{text}");
     assert!(!text.contains("testing-secret"), "{text}");
+    assert!(
+        server
+            .metric("originpull_store_errors_total", &[("operation", "head")])
+            .await
+            >= 1.0
+    );
 
     s3.restart();
     s3.client(&["mb", BUCKET]);

@@ -23,8 +23,8 @@
 
 use std::collections::HashMap;
 use std::path::Path as FsPath;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -44,6 +44,7 @@ use super::{
 };
 use crate::config::S3Settings;
 use crate::key::ObjectKey;
+use crate::metrics::STORE_METRICS;
 
 /// Part size of a multipart upload, and the largest object sent as a single PUT. S3 needs at
 /// least 5 MiB per part (but the last); 8 MiB keeps a 10 000-part upload above 78 GiB.
@@ -151,6 +152,8 @@ pub struct S3Store {
 
 impl S3Store {
     pub fn new(settings: S3Settings, credentials: S3Credentials) -> S3Store {
+        // Exported from the start, before the first request.
+        LazyLock::force(&STORE_METRICS);
         S3Store {
             settings,
             credentials,
@@ -289,7 +292,7 @@ async fn renew_lease(client: Arc<AmazonS3>, path: Path, mut version: UpdateVersi
             mode: PutMode::Update(version.clone()),
             ..PutOptions::default()
         };
-        match client.put_opts(&path, lease_body(), options).await {
+        match timed("lease", client.put_opts(&path, lease_body(), options)).await {
             Ok(result) => version = version_of(result),
             Err(e) => {
                 log::warn!("S3 store: lease {path} lost: {e}");
@@ -297,6 +300,31 @@ async fn renew_lease(client: Arc<AmazonS3>, path: Path, mut version: UpdateVersi
             }
         }
     }
+}
+
+/// Runs one request to the store, timing it and counting its failure under `operation`.
+async fn timed<T>(
+    operation: &'static str,
+    request: impl std::future::Future<Output = object_store::Result<T>>,
+) -> object_store::Result<T> {
+    let started = Instant::now();
+    let result = request.await;
+    STORE_METRICS
+        .request_seconds
+        .with_label_values(&[operation])
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        let expected = matches!(
+            e,
+            object_store::Error::NotFound { .. }
+                | object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }
+        );
+        if !expected {
+            STORE_METRICS.errors.with_label_values(&[operation]).inc();
+        }
+    }
+    result
 }
 
 fn store_error(e: object_store::Error) -> StoreError {
@@ -373,7 +401,7 @@ impl BucketStore for S3Store {
             head: true,
             ..GetOptions::default()
         };
-        let result = match client.get_opts(&path, head).await {
+        let result = match timed("head", client.get_opts(&path, head)).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(store_error(e)),
@@ -411,10 +439,10 @@ impl BucketStore for S3Store {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        let version = match client.put_opts(&path, lease_body(), create).await {
+        let version = match timed("lease", client.put_opts(&path, lease_body(), create)).await {
             Ok(result) => version_of(result),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                let held = match client.head(&path).await {
+                let held = match timed("lease", client.head(&path)).await {
                     Ok(held) => held,
                     // Released meanwhile: the caller asks again.
                     Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -431,7 +459,7 @@ impl BucketStore for S3Store {
                     }),
                     ..PutOptions::default()
                 };
-                match client.put_opts(&path, lease_body(), take_over).await {
+                match timed("lease", client.put_opts(&path, lease_body(), take_over)).await {
                     Ok(result) => {
                         log::warn!("S3 store: took over the expired lease {path}");
                         version_of(result)
@@ -510,9 +538,7 @@ impl StoredObject for S3Object {
                 if_match: self.version.clone(),
                 ..GetOptions::default()
             };
-            let result = self
-                .client
-                .get_opts(&self.path, options)
+            let result = timed("get", self.client.get_opts(&self.path, options))
                 .await
                 .map_err(|e| match e {
                     object_store::Error::Precondition { .. }
@@ -580,11 +606,12 @@ impl S3Writer {
                     .unwrap_or_default(),
                 ..PutMultipartOptions::default()
             };
-            let upload = self
-                .client
-                .put_multipart_opts(&self.path, options)
-                .await
-                .map_err(store_error)?;
+            let upload = timed(
+                "multipart_start",
+                self.client.put_multipart_opts(&self.path, options),
+            )
+            .await
+            .map_err(store_error)?;
             self.upload = Some(WriteMultipart::new_with_chunk_size(upload, PART_BYTES));
         }
         self.upload
@@ -657,15 +684,17 @@ impl ObjectWriter for S3Writer {
                     attributes: attributes_of(&object),
                     ..PutOptions::default()
                 };
-                self.client
-                    .put_opts(&self.path, payload, options)
+                timed("put", self.client.put_opts(&self.path, payload, options))
                     .await
                     .map_err(store_error)?
                     .e_tag
             }
             Some(upload) => {
                 // `finish` aborts the upload itself when completing it fails.
-                upload.finish().await.map_err(store_error)?.e_tag
+                timed("multipart_complete", upload.finish())
+                    .await
+                    .map_err(store_error)?
+                    .e_tag
             }
         };
         let client = self.client.clone();
