@@ -18,7 +18,8 @@
 //! ends there it is one PUT (its ETag is then the MD5, as on disk); otherwise it becomes a
 //! multipart upload with at most [`PARTS_IN_FLIGHT`] parts in flight, completed only by
 //! `commit` and aborted when the writer is dropped or fails, so no half object is ever visible
-//! and no upload is left behind. The ETag served is whatever the store returns (for multipart
+//! and a failed copy leaves no upload behind (a process killed mid-copy leaves its upload to the
+//! bucket's AbortIncompleteMultipartUpload lifecycle rule: object_store cannot list uploads). The ETag served is whatever the store returns (for multipart
 //! uploads, `<md5 of part md5s>-<parts>`, not the content's MD5).
 
 use std::collections::HashMap;
