@@ -288,6 +288,11 @@ impl BucketMetrics {
 pub struct StoreMetrics {
     pub request_seconds: HistogramVec,
     pub errors: IntCounterVec,
+    /// `store.local_tier`: opens answered from this node's copy, and those that were not.
+    pub local_tier_hits: IntCounter,
+    pub local_tier_misses: IntCounter,
+    pub local_tier_bytes: IntGauge,
+    pub local_tier_evictions: IntCounter,
 }
 
 #[allow(clippy::expect_used)]
@@ -306,4 +311,24 @@ pub static STORE_METRICS: LazyLock<StoreMetrics> = LazyLock::new(|| StoreMetrics
         &["operation"]
     )
     .expect("register originpull_store_errors_total"),
+    local_tier_hits: register_int_counter!(
+        "originpull_local_tier_hits_total",
+        "Objects served from this node's local tier copy."
+    )
+    .expect("register originpull_local_tier_hits_total"),
+    local_tier_misses: register_int_counter!(
+        "originpull_local_tier_misses_total",
+        "Objects read from the store because the local tier had no current copy."
+    )
+    .expect("register originpull_local_tier_misses_total"),
+    local_tier_bytes: register_int_gauge!(
+        "originpull_local_tier_bytes",
+        "Bytes of object copies in the local tier now."
+    )
+    .expect("register originpull_local_tier_bytes"),
+    local_tier_evictions: register_int_counter!(
+        "originpull_local_tier_evictions_total",
+        "Copies removed from the local tier to stay under max_bytes."
+    )
+    .expect("register originpull_local_tier_evictions_total"),
 });

@@ -20,6 +20,7 @@ use crate::listener::{check_address_free, WorkerListener};
 use crate::origin_choice::probe::OriginProbes;
 use crate::proxy::OriginPull;
 use crate::reload::{ConfigHandle, LiveConfig, ReloadWatcher};
+use crate::store::local_tier::LocalTier;
 use crate::store::s3::{S3Credentials, S3Store};
 use crate::store::{BucketStore, DiskStore, HotTier, HotTierLimits};
 
@@ -66,7 +67,17 @@ pub fn build(
         }
         StoreSettings::S3(s3) => {
             let store = open_s3_store(s3, &config)?;
-            with_hot_tier(store, limits)
+            match &s3.local_tier {
+                Some(tier) => {
+                    let store =
+                        LocalTier::open(store, tier).map_err(|source| StartError::Store {
+                            path: tier.dir.clone(),
+                            source,
+                        })?;
+                    with_hot_tier(store, limits)
+                }
+                None => with_hot_tier(store, limits),
+            }
         }
     };
     let access_log = AccessLog::open(&config.access_log).map_err(StartError::AccessLog)?;
@@ -206,6 +217,11 @@ pub enum StartError {
     },
     #[error("store: {0}")]
     S3(String),
+    #[error("store.local_tier.dir {}: cannot open: {source}", path.display())]
+    LocalTier {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("access_log: cannot open: {0}")]
     AccessLog(std::io::Error),
     #[error("listen {addr}: {source}")]

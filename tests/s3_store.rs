@@ -514,3 +514,113 @@ async fn a_stopped_store_gives_302s_and_503s_and_service_returns_by_itself() {
         server.stderr_text()
     );
 }
+
+/// An originpull with a local tier of `max_bytes` and the memory tier off.
+fn with_local_tier(
+    s3: &S3Server,
+    origin: &TestOrigin,
+    max_bytes: u64,
+    revalidate_secs: u64,
+) -> Originpull {
+    Originpull::start(
+        OriginpullConfig::new()
+            .with_bucket(BUCKET, &origin.authority())
+            .with_extra_yaml(&format!(
+                "{}  local_tier:\n    dir: {}\n    max_bytes: {max_bytes}\n    revalidate_secs: {revalidate_secs}\n",
+                s3.store_yaml(),
+                s3.dir.path().join("local").display()
+            ))
+            .with_extra_yaml("memory_cache:\n  max_bytes: 0\n"),
+    )
+}
+
+async fn wait_local_bytes(server: &Originpull, bytes: f64) -> bool {
+    wait_until(WAIT, || async {
+        server.metric("originpull_local_tier_bytes", &[]).await == bytes
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_local_tier_evicts_past_max_bytes_and_serves_while_the_store_is_down() {
+    let Some(mut s3) = S3Server::start() else {
+        return;
+    };
+    let origin = TestOrigin::start();
+    let server = with_local_tier(&s3, &origin, 250_000, 30);
+    let bodies: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| {
+            let mut body = generated_bytes(100_000);
+            body[0] = i;
+            body
+        })
+        .collect();
+    for (name, body) in ["a.bin", "b.bin", "c.bin"].iter().zip(&bodies) {
+        s3.put(name, body, "application/octet-stream");
+    }
+    assert_eq!(
+        get_body(&server, BUCKET, "/a.bin").await,
+        (200, bodies[0].clone())
+    );
+    assert!(wait_local_bytes(&server, 100_000.0).await, "a.bin copied");
+    assert_eq!(
+        get_body(&server, BUCKET, "/a.bin").await,
+        (200, bodies[0].clone())
+    );
+    assert!(server.metric("originpull_local_tier_hits_total", &[]).await >= 1.0);
+    assert_eq!(
+        get_body(&server, BUCKET, "/b.bin").await,
+        (200, bodies[1].clone())
+    );
+    assert!(wait_local_bytes(&server, 200_000.0).await, "b.bin copied");
+    assert_eq!(
+        get_body(&server, BUCKET, "/c.bin").await,
+        (200, bodies[2].clone())
+    );
+    assert!(
+        wait_local_bytes(&server, 200_000.0).await,
+        "c.bin copied, a.bin evicted"
+    );
+    assert!(
+        wait_until(WAIT, || async {
+            server
+                .metric("originpull_local_tier_evictions_total", &[])
+                .await
+                >= 1.0
+        })
+        .await
+    );
+
+    s3.stop();
+    assert_eq!(
+        get_body(&server, BUCKET, "/c.bin").await,
+        (200, bodies[2].clone()),
+        "a copy in the local tier is served while the store is down"
+    );
+    assert_eq!(
+        get(&server, BUCKET, "/a.bin").await.status(),
+        302,
+        "an evicted object is redirected to the origin"
+    );
+}
+
+#[tokio::test]
+async fn an_object_deleted_in_the_store_leaves_the_local_tier_within_revalidate_secs() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    let server = with_local_tier(&s3, &origin, 10_000_000, 1);
+    s3.put(
+        "d.bin",
+        &generated_bytes(50_000),
+        "application/octet-stream",
+    );
+    assert_eq!(get(&server, BUCKET, "/d.bin").await.status(), 200);
+    assert!(wait_local_bytes(&server, 50_000.0).await, "d.bin copied");
+    s3.client(&["delete", BUCKET, "d.bin"]);
+    let gone = wait_until(WAIT, || async {
+        head_status(&server, "/d.bin").await != 200
+    })
+    .await;
+    assert!(gone, "the copy is dropped once revalidated");
+    assert!(wait_local_bytes(&server, 0.0).await);
+}

@@ -31,7 +31,7 @@ pub use origins::{
     Protocol,
 };
 pub use server::ServerSettings;
-pub use store::{S3Settings, StoreSettings, BUCKET_PLACEHOLDER};
+pub use store::{LocalTierSettings, S3Settings, StoreSettings, BUCKET_PLACEHOLDER};
 
 use buckets::parse_buckets;
 use errors::Errors;
@@ -186,6 +186,14 @@ impl Config {
     /// at start), so they keep meaning the same place when the working directory changes.
     pub fn resolve_relative_paths(&mut self, base: &Path) {
         self.data_dir = base.join(&self.data_dir);
+        if let StoreSettings::S3(s3) = &mut self.store {
+            if let Some(path) = &mut s3.credentials_file {
+                *path = base.join(&*path);
+            }
+            if let Some(tier) = &mut s3.local_tier {
+                tier.dir = base.join(&tier.dir);
+            }
+        }
         for pull in self
             .buckets
             .iter_mut()

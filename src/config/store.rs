@@ -31,6 +31,18 @@ pub struct S3Settings {
     pub bucket: String,
     /// Prepended to every object key, as is (give it a trailing `/` for a folder).
     pub prefix: String,
+    /// `store.local_tier`: copies of store objects on this node's disk.
+    pub local_tier: Option<LocalTierSettings>,
+}
+
+/// `store.local_tier`: copies of S3 objects on this node's disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalTierSettings {
+    pub dir: PathBuf,
+    /// Least-recently-used copies are removed past this.
+    pub max_bytes: u64,
+    /// After this, a copy is checked against the store (ETag) before it is served again.
+    pub revalidate_secs: u64,
 }
 
 /// In `store.s3.bucket`, replaced by the originpull bucket's name.
@@ -43,7 +55,8 @@ impl S3Settings {
     }
 }
 
-const STORE_KEYS: &[&str] = &["backend", "s3"];
+const STORE_KEYS: &[&str] = &["backend", "s3", "local_tier"];
+const LOCAL_TIER_KEYS: &[&str] = &["dir", "max_bytes", "revalidate_secs"];
 const S3_KEYS: &[&str] = &[
     "endpoint",
     "region",
@@ -61,16 +74,23 @@ pub(crate) fn parse_store(top: &Section<'_>, errors: &mut Errors) -> StoreSettin
         .typed::<String>("backend", errors)
         .unwrap_or_else(|| "disk".to_string());
     let s3 = store.nested("s3", S3_KEYS, "store.s3.", errors);
+    let local_tier = store
+        .nested("local_tier", LOCAL_TIER_KEYS, "store.local_tier.", errors)
+        .and_then(|tier| parse_local_tier(&tier, errors));
     match backend.as_str() {
         "disk" => {
-            if s3.is_some() {
-                errors.push("store", "store.s3", "is only read with `backend: s3`");
+            if s3.is_some() || local_tier.is_some() {
+                errors.push(
+                    "store",
+                    "store.s3",
+                    "`s3` and `local_tier` are only read with `backend: s3`",
+                );
             }
             StoreSettings::Disk
         }
         "s3" => match s3 {
             Some(s3) => parse_s3(&s3, errors)
-                .map(StoreSettings::S3)
+                .map(|s3| StoreSettings::S3(S3Settings { local_tier, ..s3 }))
                 .unwrap_or_default(),
             None => {
                 errors.push("store", "store.s3", "is required with `backend: s3`");
@@ -145,6 +165,23 @@ fn parse_s3(s3: &Section<'_>, errors: &mut Errors) -> Option<S3Settings> {
         credentials_file,
         bucket,
         prefix,
+        local_tier: None,
+    })
+}
+
+fn parse_local_tier(tier: &Section<'_>, errors: &mut Errors) -> Option<LocalTierSettings> {
+    let dir = tier
+        .typed::<String>("dir", errors)
+        .filter(|d| !d.trim().is_empty());
+    if dir.is_none() {
+        errors.push("store", "store.local_tier.dir", "is required (a directory)");
+    }
+    let max_bytes = tier.positive("max_bytes", 10 * 1024 * 1024 * 1024, errors);
+    let revalidate_secs = tier.typed::<u64>("revalidate_secs", errors).unwrap_or(30);
+    Some(LocalTierSettings {
+        dir: PathBuf::from(dir?),
+        max_bytes,
+        revalidate_secs,
     })
 }
 
@@ -210,6 +247,28 @@ mod tests {
         assert_eq!(s3.s3_bucket_for("example-1250000000"), "example-1250000000");
         assert_eq!(s3.prefix, "edge/");
         assert!(!s3.path_style);
+        assert_eq!(s3.local_tier, None);
+    }
+
+    #[test]
+    fn reads_the_local_tier() {
+        let config = Config::parse(&with_store(
+            "store:\n  backend: s3\n  s3: {endpoint: 'http://127.0.0.1:9000', region: r}\n  local_tier: {dir: /var/cache/originpull, max_bytes: 1000, revalidate_secs: 5}\n",
+        ))
+        .unwrap();
+        let StoreSettings::S3(s3) = config.store else {
+            panic!("not s3: {:?}", config.store);
+        };
+        let tier = s3.local_tier.unwrap();
+        assert_eq!(tier.dir, std::path::PathBuf::from("/var/cache/originpull"));
+        assert_eq!((tier.max_bytes, tier.revalidate_secs), (1000, 5));
+        let text = Config::parse(&with_store(
+            "store:\n  backend: s3\n  s3: {endpoint: 'http://127.0.0.1:9000', region: r}\n  local_tier: {max_bytes: 0}\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("store.local_tier.dir: is required"), "{text}");
+        assert!(text.contains("store.local_tier.max_bytes"), "{text}");
     }
 
     #[test]

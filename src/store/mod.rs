@@ -6,6 +6,7 @@
 
 pub mod disk;
 pub mod hot;
+pub mod local_tier;
 pub mod s3;
 mod write_behind;
 
