@@ -5,6 +5,8 @@
 #   disk       the disk backend (object copied in from a throw-away python origin)
 #   s3-memory  the S3 backend with the memory tier on (default memory_cache): hits from memory
 #              after a HEAD every revalidate_secs
+#   s3-local   the S3 backend with the memory tier off and store.local_tier on: hits from the
+#              node's disk copy (one HEAD every revalidate_secs, 30 s)
 #   s3-store   the S3 backend with the memory tier off: every hit is a HEAD plus a ranged GET
 #              to the store (moto's server via tests/s3_server.py, one request at a time)
 # and wrk reports req/s and p99 for each. moto is a Python test server serialised by a global
@@ -77,14 +79,21 @@ EOF
 }
 
 STORE="store: {backend: s3, s3: {endpoint: \"$S3\", region: us-east-1, path_style: true, credentials_file: $WORK/credentials}}"
+STORE_BLOCK="store:
+  backend: s3
+  s3: {endpoint: \"$S3\", region: us-east-1, path_style: true, credentials_file: $WORK/credentials}"
 echo "machine: $(nproc) cores, $(uname -sr); object $SIZE bytes; wrk -t2 -c$CONNECTIONS -d${DURATION}s"
 echo
 echo "| backend | req/s | p99 |"
 echo "|---|---|---|"
-for run in "disk|" "s3-memory|$STORE" "s3-store|$STORE
+LOCAL="  local_tier: {dir: $WORK/local, max_bytes: 1073741824, revalidate_secs: 30}"
+for run in "disk|" "s3-memory|$STORE" "s3-local|$STORE_BLOCK
+$LOCAL
+memory_cache: {max_bytes: 0}" "s3-store|$STORE
 memory_cache: {max_bytes: 0}"; do
   name=${run%%|*}
   start "$name" "${run#*|}"
+  sleep 1  # the local tier copies the object in the background after its first read
   out=$(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Host: $HOST" "http://127.0.0.1:$PORT/obj")
   if echo "$out" | grep -q "Non-2xx"; then echo "s3_hits.sh: $name: error responses" >&2; echo "$out" >&2; fi
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
