@@ -30,6 +30,7 @@ const COPY_CHUNK: usize = 1024 * 1024;
 type EntryId = (String, String);
 
 struct Entry {
+    key: ObjectKey,
     /// The store's metadata of the copied version (its ETag is what is served).
     meta: ObjectMeta,
     checked: Instant,
@@ -143,6 +144,7 @@ impl<S: BucketStore> Shared<S> {
                 index.entries.insert(
                     id.clone(),
                     Entry {
+                        key: key.clone(),
                         meta,
                         checked: Instant::now(),
                         last_used: 0,
@@ -156,16 +158,15 @@ impl<S: BucketStore> Shared<S> {
                     };
                     if let Some(entry) = index.entries.remove(&oldest) {
                         index.bytes -= entry.meta.size;
-                        evicted.push(oldest);
+                        evicted.push((oldest.0, entry.key));
                     }
                 }
                 STORE_METRICS.local_tier_bytes.set(index.bytes as i64);
                 drop(index);
                 for (bucket, key) in evicted {
                     STORE_METRICS.local_tier_evictions.inc();
-                    if let Ok(key) = ObjectKey::from_request_path(&format!("/{key}")) {
-                        let _ = std::fs::remove_file(self.disk.object_path(&bucket, &key));
-                    }
+                    // A reader that has the file open keeps reading it (Unix semantics).
+                    let _ = std::fs::remove_file(self.disk.object_path(&bucket, &key));
                 }
             }
             Ok(None) => {}
