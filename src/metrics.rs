@@ -79,10 +79,12 @@ pub enum FillOutcome {
     Loop,
     /// The origin redirected to a host that is not one of the bucket's origins.
     RedirectRefused,
+    /// Another node sharing the store fetched it (S3 store): no origin request from here.
+    StoredElsewhere,
 }
 
 impl FillOutcome {
-    pub const ALL: [FillOutcome; 10] = [
+    pub const ALL: [FillOutcome; 11] = [
         FillOutcome::Stored,
         FillOutcome::OriginStatus,
         FillOutcome::OriginError,
@@ -93,6 +95,7 @@ impl FillOutcome {
         FillOutcome::StoreError,
         FillOutcome::Loop,
         FillOutcome::RedirectRefused,
+        FillOutcome::StoredElsewhere,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -107,6 +110,7 @@ impl FillOutcome {
             FillOutcome::StoreError => "store_error",
             FillOutcome::Loop => "loop",
             FillOutcome::RedirectRefused => "redirect_refused",
+            FillOutcome::StoredElsewhere => "stored_elsewhere",
         }
     }
 }
@@ -331,3 +335,53 @@ impl BucketMetrics {
         self.compressions[encoding as usize].inc();
     }
 }
+
+/// The remote bucket store's requests (S3 backend) by operation: `head`, `get`, `put`,
+/// `multipart_start`, `multipart_complete`, `lease`, `list`. Registered when that store is built.
+pub struct StoreMetrics {
+    pub request_seconds: HistogramVec,
+    pub errors: IntCounterVec,
+    /// `store.local_tier`: opens answered from this node's copy, and those that were not.
+    pub local_tier_hits: IntCounter,
+    pub local_tier_misses: IntCounter,
+    pub local_tier_bytes: IntGauge,
+    pub local_tier_evictions: IntCounter,
+}
+
+#[allow(clippy::expect_used)]
+pub static STORE_METRICS: LazyLock<StoreMetrics> = LazyLock::new(|| StoreMetrics {
+    request_seconds: register_histogram_vec!(
+        "originpull_store_request_seconds",
+        "Time to the answer of a request to the remote bucket store (S3), by operation.",
+        &["operation"],
+        vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+    )
+    .expect("register originpull_store_request_seconds"),
+    errors: register_int_counter_vec!(
+        "originpull_store_errors_total",
+        "Requests to the remote bucket store (S3) that failed (not counting \"not found\" and \
+         lost conditional writes), by operation.",
+        &["operation"]
+    )
+    .expect("register originpull_store_errors_total"),
+    local_tier_hits: register_int_counter!(
+        "originpull_local_tier_hits_total",
+        "Objects served from this node's local tier copy."
+    )
+    .expect("register originpull_local_tier_hits_total"),
+    local_tier_misses: register_int_counter!(
+        "originpull_local_tier_misses_total",
+        "Objects read from the store because the local tier had no current copy."
+    )
+    .expect("register originpull_local_tier_misses_total"),
+    local_tier_bytes: register_int_gauge!(
+        "originpull_local_tier_bytes",
+        "Bytes of object copies in the local tier now."
+    )
+    .expect("register originpull_local_tier_bytes"),
+    local_tier_evictions: register_int_counter!(
+        "originpull_local_tier_evictions_total",
+        "Copies removed from the local tier to stay under max_bytes."
+    )
+    .expect("register originpull_local_tier_evictions_total"),
+});

@@ -28,6 +28,9 @@ use crate::route::Bucket;
 use crate::serve::{serve_hit, HitOutcome};
 use crate::store::{BucketStore, StoreError};
 
+/// `Retry-After` of a 503 while the bucket store is down (it usually returns within seconds).
+const STORE_RETRY_AFTER_SECS: &str = "5";
+
 /// Shared by every worker thread's service: each field is a handle to one shared state.
 #[derive(Clone)]
 pub struct OriginPull {
@@ -224,6 +227,7 @@ impl OriginPull {
         ctx.key = key.as_str().to_string();
 
         let known_missing = bucket.pull.is_some() && self.filler.known_missing(&bucket, &key);
+        let mut store_failed = false;
         if !known_missing {
             match self.store.open(name, &key).await {
                 Ok(Some(object)) => {
@@ -242,6 +246,11 @@ impl OriginPull {
                 Ok(None) => {}
                 // A damaged object is treated as missing, so origin-pull replaces it.
                 Err(StoreError::Corrupt(why)) => log::error!("bucket {name}: {why}"),
+                // The remote store is down: origin-pull (below) stands in for it where it is on.
+                Err(StoreError::Unavailable(why)) => {
+                    log::error!("bucket {name}: opening {:?}: {why}", key.as_str());
+                    store_failed = true;
+                }
                 Err(e) => {
                     log::error!("bucket {name}: opening {:?}: {e}", key.as_str());
                     let n = write_error(session, ErrorCode::InternalError, None, &ctx.reply, &[])
@@ -256,6 +265,18 @@ impl OriginPull {
             .as_ref()
             .map(|pull| pull.policy_for(key.as_str()));
         let Some(policy) = policy.filter(|p| p.enabled) else {
+            if store_failed {
+                let retry = [(header::RETRY_AFTER, STORE_RETRY_AFTER_SECS)];
+                let n = write_error(
+                    session,
+                    ErrorCode::ServiceUnavailable,
+                    None,
+                    &ctx.reply,
+                    &retry,
+                )
+                .await?;
+                return Ok((RequestResult::Error, n));
+            }
             let n = write_error(session, ErrorCode::NoSuchKey, None, &ctx.reply, &[]).await?;
             return Ok((RequestResult::NotFound, n));
         };

@@ -31,6 +31,8 @@ pub enum ErrorCode {
     GatewayTimeout,
     BadRequest,
     AccessForbidden,
+    /// The bucket store (S3 backend) failed and origin-pull cannot stand in for it.
+    ServiceUnavailable,
 }
 
 impl ErrorCode {
@@ -47,6 +49,7 @@ impl ErrorCode {
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorCode::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -64,6 +67,7 @@ impl ErrorCode {
             ErrorCode::GatewayTimeout => "GatewayTimeout",
             ErrorCode::BadRequest => "BadRequest",
             ErrorCode::AccessForbidden => "AccessForbidden",
+            ErrorCode::ServiceUnavailable => "ServiceUnavailable",
         }
     }
 
@@ -88,6 +92,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "The request is not valid.",
             // S3 words every CORS refusal this way, with the reason after it.
             ErrorCode::AccessForbidden => "CORSResponse:",
+            ErrorCode::ServiceUnavailable => "The bucket's store is unavailable. Please try again.",
         }
     }
 }

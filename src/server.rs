@@ -16,13 +16,15 @@ use crate::access_log::AccessLog;
 use crate::admin::progress::{ProgressService, Samples};
 use crate::admin::AdminApi;
 use crate::compress::Compressor;
-use crate::config::Config;
+use crate::config::{Config, S3Settings, StoreSettings};
 use crate::connection::{ConnectionCounts, ConnectionGate, ConnectionLimits};
 use crate::fill::Filler;
 use crate::listener::{check_address_free, WorkerListener};
 use crate::origin_choice::probe::OriginProbes;
 use crate::proxy::OriginPull;
 use crate::reload::{ConfigHandle, LiveConfig, ReloadWatcher};
+use crate::store::local_tier::LocalTier;
+use crate::store::s3::{S3Credentials, S3Store};
 use crate::store::{BucketCounts, BucketStore, CountedStore, DiskStore, HotTier, HotTierLimits};
 
 /// How often a graceful stop checks whether anything is still running.
@@ -52,25 +54,36 @@ pub fn build(
     let base_dir = std::env::current_dir().map_err(StartError::WorkingDirectory)?;
     config.resolve_relative_paths(&base_dir);
     crate::metrics::init();
-    let store = DiskStore::open(&config.data_dir).map_err(|source| StartError::Store {
-        path: config.data_dir.clone(),
-        source,
-    })?;
     let cache = &config.memory_cache;
     // Objects and bytes per bucket are counted as copies and purges pass through the store.
     let counts = BucketCounts::default();
-    let store: Arc<dyn BucketStore> = if cache.max_bytes > 0 {
-        let limits = HotTierLimits {
-            max_bytes: cache.max_bytes as usize,
-            max_object_bytes: cache.max_object_bytes as usize,
-            revalidate: Duration::from_secs(cache.revalidate_secs),
-        };
-        Arc::new(CountedStore::new(
-            HotTier::new(store, limits),
-            counts.clone(),
-        ))
-    } else {
-        Arc::new(CountedStore::new(store, counts.clone()))
+    let limits = HotTierLimits {
+        max_bytes: cache.max_bytes as usize,
+        max_object_bytes: cache.max_object_bytes as usize,
+        revalidate: Duration::from_secs(cache.revalidate_secs),
+    };
+    let store: Arc<dyn BucketStore> = match &config.store {
+        StoreSettings::Disk => {
+            let store = DiskStore::open(&config.data_dir).map_err(|source| StartError::Store {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+            with_tiers(store, limits, counts.clone())
+        }
+        StoreSettings::S3(s3) => {
+            let store = open_s3_store(s3, &config)?;
+            match &s3.local_tier {
+                Some(tier) => {
+                    let store =
+                        LocalTier::open(store, tier).map_err(|source| StartError::Store {
+                            path: tier.dir.clone(),
+                            source,
+                        })?;
+                    with_tiers(store, limits, counts.clone())
+                }
+                None => with_tiers(store, limits, counts.clone()),
+            }
+        }
     };
     if let Some(admin) = &config.admin {
         admin.read_token().map_err(StartError::AdminToken)?;
@@ -177,6 +190,36 @@ pub fn build(
     Ok(server)
 }
 
+/// The memory tier in front of `store`, unless it is turned off (`max_bytes: 0`).
+/// `store` behind the memory tier (unless it is off), counted per bucket.
+fn with_tiers<S: BucketStore>(
+    store: S,
+    limits: HotTierLimits,
+    counts: BucketCounts,
+) -> Arc<dyn BucketStore> {
+    if limits.max_bytes > 0 {
+        Arc::new(CountedStore::new(HotTier::new(store, limits), counts))
+    } else {
+        Arc::new(CountedStore::new(store, counts))
+    }
+}
+
+/// The S3 store, once every configured bucket's S3 bucket has answered. The check runs on a
+/// runtime of its own (none runs yet) with clients of its own, dropped with it.
+fn open_s3_store(settings: &S3Settings, config: &Config) -> Result<S3Store, StartError> {
+    let credentials = S3Credentials::load(settings).map_err(StartError::S3)?;
+    let buckets: Vec<String> = config.buckets.iter().map(|b| b.name.clone()).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::S3(format!("cannot start the S3 check: {e}")))?;
+    let probe = S3Store::new(settings.clone(), credentials.clone());
+    runtime
+        .block_on(probe.check_reachable(&buckets))
+        .map_err(|failures| StartError::S3(failures.join("; ")))?;
+    Ok(S3Store::new(settings.clone(), credentials))
+}
+
 /// Ends a graceful stop (SIGTERM, or the old process of an upgrade) as soon as no request is
 /// being received or answered and no copy is running or waiting. Pingora itself would sleep
 /// through the whole `grace_period_secs`; idle keep-alive connections are simply closed.
@@ -206,6 +249,13 @@ impl BackgroundService for ExitWhenIdle {
 pub enum StartError {
     #[error("data_dir {}: cannot open the bucket store: {source}", path.display())]
     Store {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    S3(String),
+    #[error("store.local_tier.dir {}: cannot open: {source}", path.display())]
+    LocalTier {
         path: PathBuf,
         source: std::io::Error,
     },

@@ -16,6 +16,7 @@ mod origin_pull;
 mod origins;
 mod section;
 mod server;
+mod store;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ pub use origins::{
     Protocol,
 };
 pub use server::ServerSettings;
+pub use store::{LocalTierSettings, S3Settings, StoreSettings, BUCKET_PLACEHOLDER};
 
 use admin::parse_admin;
 use buckets::parse_buckets;
@@ -43,6 +45,7 @@ use memory_cache::parse_memory_cache;
 use origin_pull::LoopGuard;
 use section::Section;
 use server::parse_server;
+use store::parse_store;
 
 /// A fully validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +61,8 @@ pub struct Config {
     pub server: ServerSettings,
     pub fill: FillSettings,
     pub memory_cache: MemoryCacheSettings,
+    /// Where objects live; fixed at start.
+    pub store: StoreSettings,
     pub buckets: Vec<BucketConfig>,
 }
 
@@ -79,6 +84,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "server",
     "fill",
     "memory_cache",
+    "store",
     "buckets",
 ];
 
@@ -154,6 +160,7 @@ impl Config {
         let server = parse_server(&top, &mut errors);
         let fill = parse_fill(&top, &mut errors);
         let memory_cache = parse_memory_cache(&top, &mut errors);
+        let store = parse_store(&top, &mut errors);
         let guard = LoopGuard {
             domain_suffix: domain_suffix.as_deref(),
             listen,
@@ -174,6 +181,7 @@ impl Config {
                 server,
                 fill,
                 memory_cache,
+                store,
                 buckets,
             }),
             // Each missing value pushed an error above, so this arm is not reached.
@@ -189,6 +197,14 @@ impl Config {
     /// at start), so they keep meaning the same place when the working directory changes.
     pub fn resolve_relative_paths(&mut self, base: &Path) {
         self.data_dir = base.join(&self.data_dir);
+        if let StoreSettings::S3(s3) = &mut self.store {
+            if let Some(path) = &mut s3.credentials_file {
+                *path = base.join(&*path);
+            }
+            if let Some(tier) = &mut s3.local_tier {
+                tier.dir = base.join(&tier.dir);
+            }
+        }
         for pull in self
             .buckets
             .iter_mut()
@@ -207,7 +223,7 @@ impl Config {
     }
 
     /// For a reload: puts back the running values of the settings only a restart can change
-    /// (listeners, `data_dir`, `access_log`, `server`, `memory_cache`), and names those that
+    /// (listeners, `data_dir`, `access_log`, `server`, `memory_cache`, `store`), and names those that
     /// differed so the caller can warn about them.
     pub fn keep_restart_only_settings(&mut self, running: &Config) -> Vec<&'static str> {
         fn keep<T: PartialEq + Clone>(
@@ -260,6 +276,7 @@ impl Config {
             &running.memory_cache,
             &mut changed,
         );
+        keep("store", &mut self.store, &running.store, &mut changed);
         changed
     }
 }

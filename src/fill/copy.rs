@@ -530,6 +530,7 @@ async fn receive_body(
         });
     }
     let mut writer = store.create(bucket, key).await?;
+    writer.describe(&object);
     while let Some(chunk) = session.read_response_body().await? {
         if writer.written() + chunk.len() as u64 > limits.max_object_bytes {
             return Err(CopyError::TooLarge {

@@ -260,6 +260,8 @@ const MAX_REMEMBERED_FAILURES: usize = 100_000;
 /// Body chunks buffered for a mirror client before it is let go to catch up from the bucket
 /// (16 × the origin's read size, a few MiB at most).
 const MIRROR_BUFFER_CHUNKS: usize = 16;
+/// How often a copy whose key another node is fetching looks for the object.
+const CLAIM_POLL: Duration = Duration::from_millis(200);
 
 struct Shared {
     store: Arc<dyn BucketStore>,
@@ -565,6 +567,54 @@ impl Filler {
         });
     }
 
+    /// Waits for this key's fleet-wide fill claim (see `BucketStore::claim_fill`). While another
+    /// node holds it, the object is looked for until it lands (`Err(Stored)`: waiting mirror
+    /// clients then read it from the bucket) or the claim comes free (the holder failed).
+    async fn claim_fill(
+        &self,
+        bucket: &str,
+        id: &CopyKey,
+    ) -> Result<crate::store::FillClaim, CopyEnd> {
+        let store = &self.shared.store;
+        let mut waiting = false;
+        loop {
+            match store.claim_fill(bucket, &id.key).await {
+                Ok(Some(claim)) => {
+                    // Committed by another node just before its claim was released.
+                    if let Ok(Some(_)) = store.open(bucket, &id.key).await {
+                        id.bucket.metrics.count_fill(FillOutcome::StoredElsewhere);
+                        return Err(CopyEnd::AlreadyStored);
+                    }
+                    return Ok(claim);
+                }
+                Ok(None) if !waiting => {
+                    waiting = true;
+                    log::info!(
+                        "copy of {:?} in {bucket}: another node is fetching it; waiting for it to land",
+                        id.key.as_str()
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    log::warn!(
+                        "claiming the copy of {:?} in {bucket}: {e}",
+                        id.key.as_str()
+                    );
+                    id.bucket.metrics.count_fill(FillOutcome::StoreError);
+                    return Err(CopyEnd::failed(
+                        format!("claiming the copy: {e}"),
+                        FillEnd::StoreFailed,
+                    ));
+                }
+            }
+            tokio::time::sleep(CLAIM_POLL).await;
+            if let Ok(Some(_)) = store.open(bucket, &id.key).await {
+                id.bucket.metrics.count_fill(FillOutcome::StoredElsewhere);
+                return Err(CopyEnd::AlreadyStored);
+            }
+        }
+    }
+
     /// Runs one copy; returns how it ended, which a streaming client also learns.
     async fn run(&self, job: &mut CopyJob) -> CopyEnd {
         let bucket = job.id.bucket_name();
@@ -575,6 +625,10 @@ impl Filler {
                 return CopyEnd::AlreadyStored;
             }
         }
+        let _claim = match self.claim_fill(bucket, &job.id).await {
+            Ok(claim) => claim,
+            Err(end) => return end,
+        };
         // The policy comes from the generation the miss was routed with; origins and their
         // order are chosen now, with health as it is when the copy runs.
         let Some(pull) = &job.id.bucket.pull else {

@@ -236,6 +236,14 @@ impl<S: BucketStore> BucketStore for HotTier<S> {
         Ok(Some(Box::new(MemoryObject(hot))))
     }
 
+    async fn claim_fill(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+    ) -> Result<Option<super::FillClaim>, StoreError> {
+        self.shared.inner.claim_fill(bucket, key).await
+    }
+
     async fn create(
         &self,
         bucket: &str,

@@ -14,6 +14,8 @@
 pub mod counted;
 pub mod disk;
 pub mod hot;
+pub mod local_tier;
+pub mod s3;
 mod write_behind;
 
 use std::time::SystemTime;
@@ -114,6 +116,9 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("stored object is damaged: {0}")]
     Corrupt(String),
+    /// A remote store (S3) failed or could not be reached; it may come back by itself.
+    #[error("bucket store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// An object opened for reading. Its metadata and bytes come from one version of the object,
@@ -129,6 +134,9 @@ pub trait StoredObject: Send {
 /// A new object being written; dropping it without `commit` discards everything written.
 #[async_trait]
 pub trait ObjectWriter: Send {
+    /// The object's metadata, when known before its bytes: a store that sends it with the
+    /// upload's first request (S3 multipart) needs it then; `commit` still receives it.
+    fn describe(&mut self, _object: &NewObject) {}
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError>;
     /// Bytes written so far.
     fn written(&self) -> u64;
@@ -187,4 +195,31 @@ pub trait BucketStore: Send + Sync + 'static {
     /// rewriting it; `false` when there is no such object. (S3: a copy onto itself with new
     /// metadata.)
     async fn mark_checked(&self, bucket: &str, key: &ObjectKey) -> Result<bool, StoreError>;
+
+    /// Claims the one origin fetch of `key` among every node sharing this store, until the
+    /// claim is dropped; `Ok(None)` while another node holds it. A store private to this node
+    /// needs no claim: the filler's own single flight is enough.
+    async fn claim_fill(
+        &self,
+        _bucket: &str,
+        _key: &ObjectKey,
+    ) -> Result<Option<FillClaim>, StoreError> {
+        Ok(Some(FillClaim::default()))
+    }
+}
+
+/// The right to fetch one key from the origin; released when dropped.
+#[derive(Default)]
+pub struct FillClaim {
+    /// Held for its `Drop`, which releases the claim.
+    _release: Option<Box<dyn Send + Sync>>,
+}
+
+impl FillClaim {
+    /// A claim whose release is `guard`'s `Drop`.
+    pub fn held_by(guard: impl Send + Sync + 'static) -> FillClaim {
+        FillClaim {
+            _release: Some(Box::new(guard)),
+        }
+    }
 }

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""The S3 store tests' S3 side: moto's server, and a few boto3 client operations.
+
+`s3_server.py serve [PORT]` runs moto's S3 server on 127.0.0.1, on PORT or a free port, which
+it prints as `PORT <n>` on stdout once it listens. Every request runs under one global lock: moto checks a
+conditional write's precondition and then writes without a lock, so concurrent
+`If-None-Match: *` PUTs could all win; serialised, exactly one wins, as on AWS S3.
+
+`s3_server.py ENDPOINT OP BUCKET [KEY [FILE] ...]` runs one client operation with boto3, as
+"any other S3 tool" would: mb, put (KEY FILE CONTENT_TYPE), delete KEY, head KEY (prints
+ContentType, ETag and Metadata as JSON), uploads (prints the count of multipart uploads in
+progress), keys (prints the keys, one a line).
+"""
+import json
+import sys
+import threading
+
+
+def serve(port):
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    app = DomainDispatcherApplication(create_backend_app)
+    lock = threading.Lock()
+
+    def serialised(environ, start_response):
+        with lock:
+            # The body is collected under the lock too: moto does its work while it is built.
+            return list(app(environ, start_response))
+
+    server = make_server("127.0.0.1", port, serialised, threaded=True)
+    print(f"PORT {server.server_port}", flush=True)
+    server.serve_forever()
+
+
+def client(endpoint, op, bucket, args):
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    if op == "mb":
+        s3.create_bucket(Bucket=bucket)
+    elif op == "put":
+        key, path, content_type = args
+        with open(path, "rb") as body:
+            s3.put_object(Bucket=bucket, Key=key, Body=body.read(), ContentType=content_type)
+    elif op == "delete":
+        s3.delete_object(Bucket=bucket, Key=args[0])
+    elif op == "head":
+        head = s3.head_object(Bucket=bucket, Key=args[0])
+        print(json.dumps({
+            "ContentType": head.get("ContentType"),
+            "ETag": head.get("ETag"),
+            "CacheControl": head.get("CacheControl"),
+            "ContentLength": head.get("ContentLength"),
+            "Metadata": head.get("Metadata", {}),
+        }))
+    elif op == "uploads":
+        print(len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])))
+    elif op == "keys":
+        for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+            print(item["Key"])
+    else:
+        sys.exit(f"unknown operation {op}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        serve(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+    else:
+        client(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:])
