@@ -625,9 +625,15 @@ impl Filler {
                 return CopyEnd::AlreadyStored;
             }
         }
-        let _claim = match self.claim_fill(bucket, &job.id).await {
-            Ok(claim) => claim,
-            Err(end) => return end,
+        // A revalidation's object is in the store already: only new copies claim the key
+        // fleet-wide (a claim would find the object and stop there).
+        let _claim = if job.source.revalidate.is_none() {
+            match self.claim_fill(bucket, &job.id).await {
+                Ok(claim) => Some(claim),
+                Err(end) => return end,
+            }
+        } else {
+            None
         };
         // The policy comes from the generation the miss was routed with; origins and their
         // order are chosen now, with health as it is when the copy runs.

@@ -16,7 +16,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    BucketStore, ListedObject, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject,
+    BucketStore, FillClaim, ListedObject, NewObject, ObjectMeta, ObjectWriter, StoreError,
+    StoredObject,
 };
 use crate::key::ObjectKey;
 use crate::metrics::METRICS;
@@ -163,6 +164,14 @@ impl<S: BucketStore> BucketStore for CountedStore<S> {
             bucket: bucket.to_string(),
             key: key.clone(),
         }))
+    }
+
+    async fn claim_fill(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+    ) -> Result<Option<FillClaim>, StoreError> {
+        self.inner.claim_fill(bucket, key).await
     }
 
     async fn open_variant(
