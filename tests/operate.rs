@@ -487,6 +487,11 @@ const EXPORTED: &[&str] = &[
     "originpull_bucket_bytes",
     "originpull_revalidations_total",
     "originpull_origin_breaker_open",
+    "originpull_origin_up",
+    "originpull_origin_fills_total",
+    "originpull_connections_open",
+    "originpull_connections_refused_total",
+    "originpull_compressions_total",
 ];
 
 fn originpull_metric_names(text: &str) -> Vec<String> {
