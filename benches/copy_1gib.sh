@@ -21,15 +21,7 @@ BENCH=copy_1gib
 need curl curl
 originpull_bin
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/originpull-copy.XXXXXX")
-chmod 755 "$WORK"
-OP_PID=""
-cleanup() {
-  if [ -n "$OP_PID" ]; then kill "$OP_PID" 2>/dev/null || true; wait "$OP_PID" 2>/dev/null || true; fi
-  stop_nginx
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+make_work copy
 
 ORIGIN_PORT=$(free_port); OP_PORT=$(free_port); METRICS_PORT=$(free_port)
 mkdir -p "$WORK/www" "$WORK/data"

@@ -49,3 +49,18 @@ EOF
 stop_nginx() {
   if [ -f "$WORK/nginx.pid" ]; then "$NGINX_BIN" -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; fi
 }
+
+# make_work NAME: a temp dir in $WORK for this run, removed on exit with the originpull process
+# ($OP_PID, once set) and the nginx started here.
+make_work() {
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/originpull-$1.XXXXXX")
+  chmod 755 "$WORK"
+  OP_PID=""
+  trap cleanup_work EXIT
+}
+
+cleanup_work() {
+  if [ -n "$OP_PID" ]; then kill "$OP_PID" 2>/dev/null || true; wait "$OP_PID" 2>/dev/null || true; fi
+  stop_nginx
+  rm -rf "$WORK"
+}

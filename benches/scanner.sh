@@ -17,14 +17,7 @@ need wrk wrk
 need curl curl
 originpull_bin
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/originpull-scan.XXXXXX"); chmod 755 "$WORK"
-OP_PID=""
-cleanup() {
-  if [ -n "$OP_PID" ]; then kill "$OP_PID" 2>/dev/null || true; wait "$OP_PID" 2>/dev/null || true; fi
-  stop_nginx
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+make_work scan
 
 ORIGIN_PORT=$(free_port); OP_PORT=$(free_port); METRICS_PORT=$(free_port)
 start_nginx "access_log off;" "server { listen 127.0.0.1:$ORIGIN_PORT; location / { return 404; } }"
