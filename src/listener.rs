@@ -81,8 +81,13 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<RawFd> {
 
 /// Refuses to start when anything (another originpull included) already listens on `addr`:
 /// without this, a second instance would silently share the port through `SO_REUSEPORT`.
+///
+/// The probe socket is bound but never listens: a listening probe would accept a client's
+/// connection into its queue and reset it when dropped, before the workers listen.
 pub fn check_address_free(addr: SocketAddr) -> std::io::Result<()> {
-    std::net::TcpListener::bind(addr).map(drop)
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())
 }
 
 #[async_trait]

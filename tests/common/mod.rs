@@ -1415,7 +1415,7 @@ pub async fn get(server: &Originpull, bucket: &str, path: &str) -> reqwest::Resp
         .request(reqwest::Method::GET, bucket, path)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET {path} for bucket {bucket} failed: {e}"))
+        .unwrap_or_else(|e| panic!("GET {path} for bucket {bucket} failed: {e:?}"))
 }
 
 /// Like [`get`], with a `Range` header.
@@ -1430,7 +1430,7 @@ pub async fn get_range(
         .header("Range", range)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET {path} (Range: {range}) for bucket {bucket} failed: {e}"))
+        .unwrap_or_else(|e| panic!("GET {path} (Range: {range}) for bucket {bucket} failed: {e:?}"))
 }
 
 /// Like [`get`], returning the status and the full body.
