@@ -517,6 +517,7 @@ mod tests {
                 .collect(),
             origin_etag: None,
             origin_last_modified: None,
+            crc64: None,
             checked_at: 0,
         };
         assert!(is_compressible(&meta(MIN_BYTES, &[])));

@@ -16,6 +16,7 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::compress::Representation;
 use crate::respond::{response_header, write_error, ErrorCode, Reply};
+use crate::store::checksum::CRC64_HEADER;
 use crate::store::{ObjectMeta, StoredObject};
 
 /// Bytes read from the store and written to the client per step.
@@ -48,6 +49,8 @@ pub async fn serve_hit(
         // version (kept, never remade while kept) and never served in ranges.
         resp.insert_header(header::ETAG, meta.variant_etag_header(encoding.as_str()))?;
         resp.insert_header(header::CONTENT_ENCODING, encoding.as_str())?;
+        // The CRC is the stored bytes'; a COS SDK would check it against these other bytes.
+        resp.remove_header(CRC64_HEADER);
     }
     if varies {
         resp.append_header("Vary", HeaderValue::from_static("Accept-Encoding"))?;
@@ -116,6 +119,9 @@ pub fn object_headers(meta: &ObjectMeta, reply: &Reply) -> Result<ResponseHeader
     resp.insert_header(header::CONTENT_LENGTH, meta.size)?;
     resp.insert_header(header::CONTENT_TYPE, meta.content_type.as_str())?;
     resp.insert_header(header::ETAG, meta.etag_header())?;
+    if let Some(crc64) = meta.crc64 {
+        resp.insert_header(CRC64_HEADER, crc64.to_string())?;
+    }
     resp.insert_header(
         header::LAST_MODIFIED,
         httpdate::fmt_http_date(meta.last_modified_time()),

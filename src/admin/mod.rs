@@ -273,6 +273,8 @@ impl AdminApi {
                         "key": meta.key,
                         "size": meta.size,
                         "etag": meta.etag_header(),
+                        // A string, as COS sends it: a u64 does not fit a JSON reader's double.
+                        "crc64ecma": meta.crc64.map(|crc| crc.to_string()),
                         "content_type": meta.content_type,
                         "stored_at": httpdate::fmt_http_date(meta.last_modified_time()),
                         "checked_at": meta.checked_at(),

@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
+use super::checksum::SequentialCheck;
 use super::write_behind::WriteBehind;
 use super::{
     BucketStore, ListedObject, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject,
@@ -129,7 +130,12 @@ impl BucketStore for DiskStore {
         };
         let mut meta = read_trailer(&file, Some(key))?;
         meta.checked_at = modified_secs(&file)?;
-        Ok(Some(Box::new(DiskObject { file, meta })))
+        Ok(Some(Box::new(DiskObject {
+            check: SequentialCheck::new(meta.crc64, meta.size),
+            file,
+            path,
+            meta,
+        })))
     }
 
     async fn delete(
@@ -217,7 +223,13 @@ impl BucketStore for DiskStore {
             Err(e) => return Err(e.into()),
         };
         match read_trailer(&file, Some(key)) {
-            Ok(meta) if meta.is_variant_of(of) => Ok(Some(Box::new(DiskObject { file, meta }))),
+            Ok(meta) if meta.is_variant_of(of) => Ok(Some(Box::new(DiskObject {
+                file,
+                path,
+                meta,
+                // A variant's metadata carries its object's CRC, not its own.
+                check: None,
+            }))),
             // Made from an older version: as good as absent.
             Ok(_) => Ok(None),
             Err(StoreError::Corrupt(why)) => {
@@ -410,7 +422,29 @@ fn read_trailer(file: &File, key: Option<&ObjectKey>) -> Result<ObjectMeta, Stor
 
 struct DiskObject {
     file: File,
+    path: PathBuf,
     meta: ObjectMeta,
+    /// The stored CRC, checked while the object is read whole (`None` for variants and for
+    /// objects stored before CRCs were kept).
+    check: Option<SequentialCheck>,
+}
+
+impl DiskObject {
+    /// Removes this object's file, found damaged, so the next request is a miss and a new copy
+    /// replaces it; unless a new version has been renamed into its place meanwhile.
+    fn discard(&self) {
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(open), Ok(named)) = (self.file.metadata(), std::fs::metadata(&self.path)) else {
+            return;
+        };
+        if (open.dev(), open.ino()) != (named.dev(), named.ino()) {
+            return;
+        }
+        remove_variants(&self.path);
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            log::warn!("cannot remove damaged {}: {e}", self.path.display());
+        }
+    }
 }
 
 #[async_trait]
@@ -427,6 +461,15 @@ impl StoredObject for DiskObject {
         }
         let mut buf = BytesMut::zeroed(len);
         self.file.read_exact_at(&mut buf, offset)?;
+        if let Some(check) = &mut self.check {
+            if let Err(why) = check.check(offset, &buf) {
+                self.discard();
+                return Err(StoreError::Corrupt(format!(
+                    "object {:?}: {why}; removed",
+                    self.meta.key
+                )));
+            }
+        }
         Ok(buf.freeze())
     }
 }
@@ -456,13 +499,15 @@ impl ObjectWriter for DiskWriter {
         let last_modified = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let digests = self.body.digests().await?;
         let meta = ObjectMeta {
             key: std::mem::take(&mut self.key),
             size: self.written,
             content_type: object
                 .content_type
                 .unwrap_or_else(|| "application/octet-stream".to_string()),
-            etag: hex::encode(self.body.md5().await?),
+            etag: hex::encode(digests.md5),
+            crc64: Some(digests.crc64),
             last_modified,
             headers: object.headers,
             origin_etag: object.origin_etag,

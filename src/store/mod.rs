@@ -11,6 +11,7 @@
 //! new version of the object never serves an old version's variant, and it can always be made
 //! again, so a store may lose it (a crash, an eviction) at any time.
 
+pub mod checksum;
 pub mod counted;
 pub mod disk;
 pub mod hot;
@@ -56,6 +57,10 @@ pub struct ObjectMeta {
     pub origin_etag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_last_modified: Option<String>,
+    /// CRC-64/XZ of the content (see [`checksum`]); absent in objects stored before it was
+    /// kept and in objects another tool put into a remote store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc64: Option<u64>,
     /// When the object was last known to match its origin (committed, or confirmed by a 304),
     /// in seconds since the Unix epoch; the store fills it in when it opens the object.
     #[serde(default, skip_serializing)]

@@ -367,6 +367,9 @@ fn object_meta(
         // of an S3 object is judged by its store Last-Modified.
         origin_etag: None,
         origin_last_modified: None,
+        // A multipart upload's metadata is sent before its bytes, so the CRC cannot travel
+        // with it; the store keeps its own checksums.
+        crc64: None,
         checked_at: 0,
     }
 }

@@ -1,6 +1,7 @@
 //! Where a new disk object's bytes go while it is copied: two threads of the blocking pool, one
-//! computing the MD5 ETag and one writing the file, so receiving, hashing and writing overlap
-//! instead of taking turns on the request thread.
+//! computing the MD5 ETag and one writing the file (and computing the CRC-64, which costs a
+//! fraction of the MD5), so receiving, hashing and writing overlap instead of taking turns on the
+//! request thread.
 //!
 //! Bodies are written in aligned 1 MiB blocks with `O_DIRECT` where the filesystem allows it:
 //! on the disk measured in `docs/benchmarks.md`, flushing 1 GiB from the page cache at `fsync`
@@ -14,7 +15,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
-use tokio::sync::mpsc;
+
+use super::checksum::Crc64;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// Chunks queued for each thread: bounds what a fast origin and a slow disk can pile up.
@@ -26,13 +29,15 @@ const DIRECT_ALIGN: usize = 4096;
 
 enum ToFile {
     Body(Bytes),
+    /// The body is complete: send its CRC-64 back.
+    EndOfBody(oneshot::Sender<u64>),
     /// The body is complete: write this trailer after it and make it all durable.
     Finish(Vec<u8>),
 }
 
 /// The sending side, owned by the object's writer on the request thread.
 pub struct WriteBehind {
-    /// `None` once the MD5 was asked for: the hasher has seen the whole body.
+    /// `None` once the digests were asked for: the hasher has seen the whole body.
     to_hasher: Option<mpsc::Sender<Bytes>>,
     to_file: mpsc::Sender<ToFile>,
     hasher: JoinHandle<[u8; 16]>,
@@ -77,11 +82,24 @@ impl WriteBehind {
         Ok(())
     }
 
-    /// The MD5 of everything pushed.
-    pub async fn md5(&mut self) -> io::Result<[u8; 16]> {
+    /// The MD5 and CRC-64 of everything pushed; no body may be pushed after.
+    pub async fn digests(&mut self) -> io::Result<Digests> {
         // Closing its queue lets the hasher finish.
         self.to_hasher = None;
-        (&mut self.hasher).await.map_err(io::Error::other)
+        let (crc_sender, crc) = oneshot::channel();
+        if self
+            .to_file
+            .send(ToFile::EndOfBody(crc_sender))
+            .await
+            .is_err()
+        {
+            return Err(self.stopped_error().await);
+        }
+        let md5 = (&mut self.hasher).await.map_err(io::Error::other)?;
+        let Ok(crc64) = crc.await else {
+            return Err(self.stopped_error().await);
+        };
+        Ok(Digests { md5, crc64 })
     }
 
     /// Writes `trailer` after the body and waits until the whole file is durable.
@@ -102,6 +120,13 @@ impl WriteBehind {
     }
 }
 
+/// What the bytes of a finished body hash to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digests {
+    pub md5: [u8; 16],
+    pub crc64: u64,
+}
+
 fn hash(mut chunks: mpsc::Receiver<Bytes>) -> [u8; 16] {
     let mut md5 = Md5::new();
     while let Some(chunk) = chunks.blocking_recv() {
@@ -111,9 +136,17 @@ fn hash(mut chunks: mpsc::Receiver<Bytes>) -> [u8; 16] {
 }
 
 fn write_file(mut out: BodyFile, mut queue: mpsc::Receiver<ToFile>) -> io::Result<()> {
+    let mut crc = Crc64::new();
     while let Some(message) = queue.blocking_recv() {
         match message {
-            ToFile::Body(chunk) => out.write(&chunk)?,
+            ToFile::Body(chunk) => {
+                crc.update(&chunk);
+                out.write(&chunk)?
+            }
+            ToFile::EndOfBody(reply) => {
+                // The writer waits for it; if it went away, the drop discards the file anyway.
+                let _ = reply.send(crc.value());
+            }
             ToFile::Finish(trailer) => return out.finish(&trailer),
         }
     }
@@ -241,18 +274,35 @@ mod tests {
         (writer, path)
     }
 
-    async fn write_through(dir: &Path, pieces: &[Bytes], trailer: &[u8]) -> ([u8; 16], Vec<u8>) {
+    async fn write_through(dir: &Path, pieces: &[Bytes], trailer: &[u8]) -> (Digests, Vec<u8>) {
         let (mut writer, path) = new_writer(dir);
         for piece in pieces {
             writer.push(piece.clone()).await.unwrap();
         }
-        let md5 = writer.md5().await.unwrap();
+        let digests = writer.digests().await.unwrap();
         writer.finish(trailer.to_vec()).await.unwrap();
-        (md5, std::fs::read(&path).unwrap())
+        (digests, std::fs::read(&path).unwrap())
+    }
+
+    /// CRC-64/XZ bit by bit, straight from its definition: the reference for the SIMD one.
+    fn crc64_xz_bitwise(bytes: &[u8]) -> u64 {
+        const REFLECTED_ECMA_182: u64 = 0xc96c_5795_d787_0f42;
+        let mut crc = u64::MAX;
+        for &byte in bytes {
+            crc ^= u64::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ REFLECTED_ECMA_182
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
     }
 
     #[tokio::test]
-    async fn bodies_of_every_alignment_are_written_whole_with_their_md5() {
+    async fn bodies_of_every_alignment_are_written_whole_with_their_digests() {
         // Under the target dir, not /tmp: a tmpfs /tmp would refuse O_DIRECT and skip that path.
         let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
         std::fs::create_dir_all(&target).unwrap();
@@ -268,8 +318,13 @@ mod tests {
             let body: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             // Uneven pieces, so blocks fill across piece boundaries.
             let pieces: Vec<Bytes> = body.chunks(65_521).map(Bytes::copy_from_slice).collect();
-            let (md5, file) = write_through(dir.path(), &pieces, b"TRAILER").await;
-            assert_eq!(md5, <[u8; 16]>::from(Md5::digest(&body)), "len {len}");
+            let (digests, file) = write_through(dir.path(), &pieces, b"TRAILER").await;
+            assert_eq!(
+                digests.md5,
+                <[u8; 16]>::from(Md5::digest(&body)),
+                "len {len}"
+            );
+            assert_eq!(digests.crc64, crc64_xz_bitwise(&body), "len {len}");
             assert_eq!(&file[..len], &body[..], "len {len}");
             assert_eq!(&file[len..], b"TRAILER", "len {len}");
         }
@@ -290,20 +345,20 @@ mod tests {
         }
         let failure = match failure {
             Some(e) => e,
-            None => {
-                writer.md5().await.unwrap();
-                writer.finish(b"T".to_vec()).await.unwrap_err()
-            }
+            None => match writer.digests().await {
+                Err(e) => e,
+                Ok(_) => writer.finish(b"T".to_vec()).await.unwrap_err(),
+            },
         };
         assert_eq!(failure.raw_os_error(), Some(libc::ENOSPC), "{failure}");
     }
 
     #[tokio::test]
-    async fn a_push_after_the_md5_is_refused() {
+    async fn a_push_after_the_digests_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (mut writer, _) = new_writer(dir.path());
         writer.push(Bytes::from_static(b"body")).await.unwrap();
-        writer.md5().await.unwrap();
+        writer.digests().await.unwrap();
         let late = tokio::time::timeout(
             std::time::Duration::from_secs(5),
             writer.push(Bytes::from_static(b"late")),
