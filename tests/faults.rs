@@ -1,10 +1,18 @@
 //! Issue #13, faults: an object file damaged by hand (truncated, or its bytes changed at the same
 //! size) is never served short or whole-but-wrong; it is treated as a miss, redirected, and
-//! replaced by a new copy. Objects carry COS's CRC-64 (`x-cos-hash-crc64ecma`).
+//! replaced by a new copy. Objects carry COS's CRC-64 (`x-cos-hash-crc64ecma`). A full or
+//! read-only `data_dir` (a tmpfs the test mounts, as root; skipped with a message otherwise)
+//! fails copies with `store_error`, leaves no temporary file, keeps serving what is stored, and
+//! copies succeed again once it is writable. An origin flapping up and down never makes a
+//! request fail or an object be stored damaged.
 
 mod common;
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::*;
 use sha2::{Digest, Sha256};
@@ -174,4 +182,283 @@ async fn a_small_object_changed_on_disk_is_a_miss_before_any_byte_is_sent() {
         "the damaged object was not replaced by a whole copy"
     );
     assert_eq!(origin.hits("/small.css"), 2);
+}
+
+/// A tmpfs mounted over a directory for as long as it lives (unmounted lazily on drop).
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size_kib` over `dir`; `None` (and a message saying the test is
+    /// skipped) where mounting is not allowed, e.g. when not running as root.
+    fn mount(dir: &Path, size_kib: u64, test: &str) -> Option<Tmpfs> {
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Some(Tmpfs {
+                dir: dir.to_path_buf(),
+            }),
+            Ok(out) => {
+                eprintln!(
+                    "SKIPPED {test}: cannot mount a tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED {test}: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    /// `mount -o remount,<options>`, e.g. `ro` or `rw`.
+    fn remount(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remount {options} failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// Fills the filesystem holding `dir` up to all but `leave` bytes, with one file; returns it.
+fn fill_filesystem(dir: &Path, leave: usize) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).expect("create filler");
+    let block = vec![0xa5u8; 64 * 1024];
+    let mut written = 0usize;
+    while file.write_all(&block).is_ok() {
+        written += block.len();
+    }
+    drop(file);
+    let keep = written.saturating_sub(leave) as u64;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(keep))
+        .expect("shrink filler");
+    path
+}
+
+/// Entries left in the bucket's directory of objects being written.
+fn temporary_files(server: &Originpull) -> Vec<PathBuf> {
+    match std::fs::read_dir(server.bucket_dir(BUCKET).join("tmp")) {
+        Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Memory tier off (every hit reads the disk); a failed key may be copied again at once.
+const DISK_ONLY_RETRY_AT_ONCE: &str =
+    "memory_cache:\n  max_bytes: 0\nfill:\n  negative_ttl_secs: 0\n";
+
+/// A server whose `data_dir` is a tmpfs of `size_kib`, see [`DISK_ONLY_RETRY_AT_ONCE`]; `None`
+/// where the tmpfs cannot be mounted.
+fn server_on_tmpfs(origin: &TestOrigin, size_kib: u64, test: &str) -> Option<(Originpull, Tmpfs)> {
+    let mut server = Originpull::start(
+        OriginpullConfig::new()
+            .with_bucket(BUCKET, &origin.authority())
+            .with_extra_yaml(DISK_ONLY_RETRY_AT_ONCE),
+    );
+    server.kill9();
+    let tmpfs = Tmpfs::mount(server.data_dir(), size_kib, test)?;
+    server.restart();
+    Some((server, tmpfs))
+}
+
+/// Asks for `path` until it is served whole (each miss starts a copy); whether it was.
+async fn served_whole_eventually(server: &Originpull, path: &str, body: &[u8]) -> bool {
+    wait_until(Duration::from_secs(15), || async {
+        let (status, served) = get_body(server, BUCKET, path).await;
+        status == 200 && served == body
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_copies_cleanly_and_they_succeed_once_space_is_freed() {
+    let origin = TestOrigin::start();
+    let kept = generated_bytes(100_000);
+    let big = generated_bytes(3_000_000);
+    origin.route("/kept.bin", Behavior::ok(kept.clone()));
+    origin.route("/big.bin", Behavior::ok(big.clone()));
+    let Some((server, _tmpfs)) = server_on_tmpfs(&origin, 8 * 1024, "disk full") else {
+        return;
+    };
+    assert_eq!(get(&server, BUCKET, "/kept.bin").await.status(), 302);
+    assert!(server.wait_fill_outcome(BUCKET, "stored", 1.0).await);
+
+    let filler = fill_filesystem(server.data_dir(), 1024 * 1024);
+    assert_eq!(get(&server, BUCKET, "/big.bin").await.status(), 302);
+    assert!(
+        server.wait_fill_outcome(BUCKET, "store_error", 1.0).await,
+        "a copy onto a full disk did not end in store_error"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            temporary_files(&server).is_empty()
+        })
+        .await,
+        "temporary files left behind: {:?}",
+        temporary_files(&server)
+    );
+    let (status, served) = get_body(&server, BUCKET, "/kept.bin").await;
+    assert_eq!(status, 200, "a stored object stopped being served");
+    assert_eq!(served, kept);
+
+    std::fs::remove_file(filler).unwrap();
+    assert!(
+        served_whole_eventually(&server, "/big.bin", &big).await,
+        "copies did not succeed again once space was freed"
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_data_dir_fails_copies_and_serving_goes_on() {
+    let origin = TestOrigin::start();
+    let kept = generated_bytes(100_000);
+    let later = generated_bytes(500_000);
+    origin.route("/kept.bin", Behavior::ok(kept.clone()));
+    origin.route("/later.bin", Behavior::ok(later.clone()));
+    let Some((mut server, tmpfs)) = server_on_tmpfs(&origin, 8 * 1024, "read-only data_dir") else {
+        return;
+    };
+    assert_eq!(get(&server, BUCKET, "/kept.bin").await.status(), 302);
+    assert!(server.wait_fill_outcome(BUCKET, "stored", 1.0).await);
+
+    tmpfs.remount("ro");
+    assert_eq!(get(&server, BUCKET, "/later.bin").await.status(), 302);
+    assert!(
+        server.wait_fill_outcome(BUCKET, "store_error", 1.0).await,
+        "a copy into a read-only data_dir did not end in store_error"
+    );
+    let (status, served) = get_body(&server, BUCKET, "/kept.bin").await;
+    assert_eq!(status, 200, "a stored object stopped being served");
+    assert_eq!(served, kept);
+    assert!(server.is_running());
+
+    tmpfs.remount("rw");
+    assert!(
+        served_whole_eventually(&server, "/later.bin", &later).await,
+        "copies did not succeed again once the data_dir was writable"
+    );
+    assert!(temporary_files(&server).is_empty());
+}
+
+#[tokio::test]
+async fn an_origin_flapping_up_and_down_fails_no_request_and_damages_no_object() {
+    const KEYS: usize = 40;
+    let bodies: Vec<Vec<u8>> = (0..KEYS)
+        .map(|i| generated_bytes(150_000 + i * 7_919))
+        .collect();
+    // Slow enough that copies are in flight when the origin goes away.
+    let serve = {
+        let bodies = bodies.clone();
+        move |origin: &TestOrigin| {
+            for (i, body) in bodies.iter().enumerate() {
+                origin.route(
+                    &format!("/flap/{i}.bin"),
+                    Behavior::Slow {
+                        body: body.clone(),
+                        chunk: 16 * 1024,
+                        delay_ms: 50,
+                        headers: Vec::new(),
+                    },
+                );
+            }
+        }
+    };
+    let first = TestOrigin::start();
+    serve(&first);
+    let port = first.addr().port();
+    let origin = Arc::new(Mutex::new(Some(first)));
+    let mut server = Originpull::start(
+        OriginpullConfig::new()
+            .with_bucket(BUCKET, &format!("127.0.0.1:{port}"))
+            // The breaker (opened by 20 failed copies in a row) pauses copies for 2 s, not 30.
+            .with_extra_yaml(&format!("{DISK_ONLY_RETRY_AT_ONCE}  breaker_secs: 2\n")),
+    );
+
+    // Up 2 s, down 2 s, for 10 s; then up for good.
+    let flapping = Arc::new(AtomicBool::new(true));
+    let flapper = {
+        let origin = origin.clone();
+        let flapping = flapping.clone();
+        let serve = serve.clone();
+        std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < end {
+                std::thread::sleep(Duration::from_secs(2));
+                let down = origin.lock().unwrap().take();
+                drop(down);
+                std::thread::sleep(Duration::from_secs(2));
+                let up = TestOrigin::start_at(port);
+                serve(&up);
+                *origin.lock().unwrap() = Some(up);
+            }
+            flapping.store(false, Ordering::SeqCst);
+        })
+    };
+
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let mut round = 0usize;
+    while flapping.load(Ordering::SeqCst) {
+        let i = round % KEYS;
+        round += 1;
+        let path = format!("/flap/{i}.bin");
+        let response = get(&server, BUCKET, &path).await;
+        let status = response.status().as_u16();
+        *statuses.entry(status).or_default() += 1;
+        match status {
+            302 => {
+                let location = response.headers()["location"].to_str().unwrap().to_string();
+                assert_eq!(location, format!("http://127.0.0.1:{port}{path}"));
+            }
+            200 => {
+                let served = response
+                    .bytes()
+                    .await
+                    .unwrap_or_else(|e| panic!("hit of {path} cut short: {e:?}"));
+                assert!(
+                    served.as_ref() == bodies[i].as_slice(),
+                    "{path} was stored damaged"
+                );
+            }
+            other => panic!("{path}: unexpected status {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    flapper.join().unwrap();
+    let metrics = server.metrics_text().await;
+    let fills: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("originpull_fills_total"))
+        .collect();
+    eprintln!(
+        "statuses while flapping: {statuses:?}\n{}",
+        fills.join("\n")
+    );
+    assert!(statuses.get(&302).is_some_and(|&n| n > 0));
+    assert!(statuses.get(&200).is_some_and(|&n| n > 0));
+
+    // With the origin back for good, every key ends up stored whole.
+    for (i, body) in bodies.iter().enumerate() {
+        assert!(
+            served_whole_eventually(&server, &format!("/flap/{i}.bin"), body).await,
+            "/flap/{i}.bin was never stored whole"
+        );
+    }
+    assert!(server.is_running());
 }
