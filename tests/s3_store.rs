@@ -105,6 +105,13 @@ impl S3Server {
         serde_json::from_str(&self.client(&["head", BUCKET, key])).expect("head JSON")
     }
 
+    fn upload_keys(&self) -> Vec<String> {
+        self.client(&["upload-keys", BUCKET])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     fn keys(&self) -> Vec<String> {
         self.client(&["keys", BUCKET])
             .lines()
@@ -331,6 +338,132 @@ async fn a_copy_cut_short_leaves_no_object_and_no_upload() {
     assert!(aborted, "the multipart upload is aborted");
     assert!(s3.keys().is_empty(), "no object: {:?}", s3.keys());
     assert_eq!(head_status(&server, "/cut.bin").await, 302);
+}
+
+/// The upload journal's entries (`.s3-uploads/` in the data dir without a local tier).
+fn journal_entries(server: &Originpull) -> Vec<PathBuf> {
+    std::fs::read_dir(server.data_dir().join(".s3-uploads"))
+        .map(|files| files.filter_map(|f| f.ok().map(|f| f.path())).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_upload_left_by_a_killed_process_is_aborted_at_the_next_start() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    // 24 MiB at 256 KiB per 200 ms: the upload starts after ~7 s, the body ends after ~19 s.
+    origin.route(
+        "/slow.bin",
+        Behavior::Slow {
+            body: generated_bytes(3 * PART_BYTES),
+            chunk: 256 * 1024,
+            delay_ms: 200,
+            headers: Vec::new(),
+        },
+    );
+    let mut server = s3.originpull(&origin);
+    assert_eq!(get(&server, BUCKET, "/slow.bin").await.status(), 302);
+    let in_flight = wait_until(Duration::from_secs(40), || async {
+        s3.uploads_in_progress() == 1 && journal_entries(&server).len() == 1
+    })
+    .await;
+    assert!(
+        in_flight,
+        "the copy's upload is in progress and journaled
+{}",
+        server.stderr_text()
+    );
+
+    server.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s3.uploads_in_progress(), 1, "SIGKILL leaves the upload");
+    assert_eq!(journal_entries(&server).len(), 1);
+
+    server.restart();
+    let aborted = wait_until(WAIT, || async { s3.uploads_in_progress() == 0 }).await;
+    assert!(
+        aborted,
+        "the restarted node aborts the upload it left
+{}",
+        server.stderr_text()
+    );
+    assert_eq!(
+        server
+            .metric(
+                "originpull_store_uploads_aborted_total",
+                &[("reason", "earlier_run")]
+            )
+            .await,
+        1.0,
+        "aborted by its journal entry"
+    );
+    assert_eq!(
+        server
+            .metric(
+                "originpull_store_uploads_aborted_total",
+                &[("reason", "older_than_a_day")]
+            )
+            .await,
+        0.0
+    );
+    assert!(
+        server.stderr_text().contains(&format!(
+            "aborted 1 multipart upload(s) in S3 bucket \"{BUCKET}\": 1 left by an earlier run"
+        )),
+        "{}",
+        server.stderr_text()
+    );
+    assert!(journal_entries(&server).is_empty(), "the entry is removed");
+    // No copy ran after the restart (no request asked for one): no object, only the dead
+    // process's lease, which expires by itself.
+    let keys = s3.keys();
+    assert!(
+        keys.iter().all(|k| k.starts_with(".originpull-leases/")),
+        "no object: {keys:?}"
+    );
+    assert_eq!(origin.hits("/slow.bin"), 1);
+}
+
+/// moto dates every upload's `Initiated` in 2010, so any upload there is "older than a day".
+#[tokio::test]
+async fn uploads_older_than_a_day_under_the_prefix_are_aborted_at_start_and_no_others() {
+    let Some(s3) = S3Server::start() else { return };
+    s3.client(&["start-upload", BUCKET, "edge/abandoned.bin"]);
+    s3.client(&["start-upload", BUCKET, "edge/abandoned.bin"]);
+    s3.client(&["start-upload", BUCKET, "other/not-ours.bin"]);
+    let origin = TestOrigin::start();
+    let server = Originpull::start(
+        OriginpullConfig::new()
+            .with_bucket(BUCKET, &origin.authority())
+            .with_extra_yaml(&format!("{}    prefix: edge/\n", s3.store_yaml())),
+    );
+    let swept = wait_until(WAIT, || async {
+        s3.upload_keys() == vec!["other/not-ours.bin".to_string()]
+    })
+    .await;
+    assert!(
+        swept,
+        "left: {:?}\n{}",
+        s3.upload_keys(),
+        server.stderr_text()
+    );
+    assert_eq!(
+        server
+            .metric(
+                "originpull_store_uploads_aborted_total",
+                &[("reason", "older_than_a_day")]
+            )
+            .await,
+        2.0
+    );
+    assert!(
+        server.stderr_text().contains(&format!(
+            "aborted 2 multipart upload(s) in S3 bucket \"{BUCKET}\": 0 left by an earlier run \
+             of this node, 2 older than a day"
+        )),
+        "{}",
+        server.stderr_text()
+    );
 }
 
 #[tokio::test]
