@@ -576,6 +576,69 @@ async fn two_nodes_on_one_bucket_fetch_a_cold_key_from_the_origin_once() {
 }
 
 #[tokio::test]
+async fn a_mirror_client_of_another_node_is_served_once_the_object_lands() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    let body = generated_bytes(300_000);
+    origin.route("/mirrored.bin", Behavior::gate(body.clone()));
+    let mirror_node = || {
+        Originpull::start(
+            OriginpullConfig::new()
+                .with_bucket_yaml(&format!(
+                    "name: {BUCKET}\norigin_pull:\n  enabled: true\n  mode: mirror\n  origin: '{}'\n",
+                    origin.authority()
+                ))
+                .with_extra_yaml(&s3.store_yaml()),
+        )
+    };
+    let (first, second) = (mirror_node(), mirror_node());
+
+    // The first node's client waits on the origin (held back); the second node's client asks
+    // while the first node holds the lease; then the origin answers.
+    let first_client = get_body(&first, BUCKET, "/mirrored.bin");
+    let second_client = async {
+        assert!(
+            wait_until(WAIT, || async { origin.gate_waiting("/mirrored.bin") == 1 }).await,
+            "the first node's copy reaches the origin\n{}",
+            first.stderr_text()
+        );
+        get_body(&second, BUCKET, "/mirrored.bin").await
+    };
+    let release = async {
+        assert!(
+            second
+                .wait_for_stderr("another node is fetching it", WAIT)
+                .await,
+            "the second node waits for the first one's copy\n{}",
+            second.stderr_text()
+        );
+        origin.open_gate("/mirrored.bin");
+    };
+    let (first_answer, second_answer, ()) = tokio::join!(first_client, second_client, release);
+
+    assert_eq!(first_answer.0, 200);
+    assert!(
+        first_answer.1 == body,
+        "the first client gets the whole body"
+    );
+    assert_eq!(second_answer.0, 200, "{}", second.stderr_text());
+    assert!(
+        second_answer.1 == body,
+        "the second client gets the whole body"
+    );
+    assert_eq!(origin.hits("/mirrored.bin"), 1, "one origin GET");
+    assert_eq!(
+        second
+            .metric(
+                "originpull_fills_total",
+                &[("bucket", BUCKET), ("outcome", "stored_elsewhere")],
+            )
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn a_stopped_store_gives_302s_and_503s_and_service_returns_by_itself() {
     let Some(mut s3) = S3Server::start() else {
         return;
