@@ -1,7 +1,8 @@
 //! Issue #12 end to end: buckets kept in an S3-compatible store (moto's server on loopback,
 //! started by `tests/s3_server.py`), read and written by the real binary; objects put and
 //! deleted by another S3 client (boto3); copies landing with their headers; multipart uploads
-//! completed or aborted; the start-up reachability check.
+//! completed or aborted, also when the copying process was killed (aborted at its next start);
+//! mirror clients of a node that waits for another node's copy; the start-up reachability check.
 //!
 //! moto is installed by `.ci/setup` into a venv (`ORIGINPULL_MOTO_VENV`, by default
 //! `~/.local/share/originpull/moto-venv`). Only when that venv's python is missing are these
