@@ -321,6 +321,18 @@ fn is_stale(initiated: &str, now: chrono::DateTime<chrono::Utc>) -> bool {
         .unwrap_or(false)
 }
 
+/// What became of an upload an earlier run journaled, once the clean-up asked the store to
+/// abort it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeftUpload {
+    /// This clean-up aborted it.
+    Aborted,
+    /// It was gone already: completed, or aborted by anyone.
+    Gone,
+    /// The store could not tell; the entry is kept for the next start.
+    Unknown,
+}
+
 /// Aborted uploads of one S3 bucket, by why.
 #[derive(Debug, Default, Clone, Copy)]
 struct Aborted {
@@ -350,7 +362,7 @@ impl UploadCleanup {
         let mut aborted: BTreeMap<String, Aborted> = BTreeMap::new();
         for (file, entry) in self.journal.take_earlier() {
             match self.abort_journaled(&entry).await {
-                Some(true) => {
+                LeftUpload::Aborted => {
                     aborted
                         .entry(entry.s3_bucket.clone())
                         .or_default()
@@ -360,9 +372,9 @@ impl UploadCleanup {
                         .with_label_values(&["earlier_run"])
                         .inc();
                 }
-                Some(false) => {}
+                LeftUpload::Gone => {}
                 // Kept: the next start tries again.
-                None => continue,
+                LeftUpload::Unknown => continue,
             }
             let _ = std::fs::remove_file(&file);
         }
@@ -395,18 +407,16 @@ impl UploadCleanup {
         }
     }
 
-    /// Aborts a journaled upload: `Some(true)` when this call aborted it, `Some(false)` when it
-    /// was gone already (completed, or aborted by anyone), `None` when the store could not
-    /// tell.
-    async fn abort_journaled(&self, entry: &JournalEntry) -> Option<bool> {
+    /// Aborts a journaled upload.
+    async fn abort_journaled(&self, entry: &JournalEntry) -> LeftUpload {
         let Ok(path) = Path::parse(&entry.key) else {
-            return Some(false);
+            return LeftUpload::Gone;
         };
         let client = match self.store.client_of(&entry.s3_bucket) {
             Ok(client) => client,
             Err(e) => {
                 log::warn!("S3 store: {e}");
-                return None;
+                return LeftUpload::Unknown;
             }
         };
         match timed(
@@ -415,14 +425,14 @@ impl UploadCleanup {
         )
         .await
         {
-            Ok(()) => Some(true),
-            Err(object_store::Error::NotFound { .. }) => Some(false),
+            Ok(()) => LeftUpload::Aborted,
+            Err(object_store::Error::NotFound { .. }) => LeftUpload::Gone,
             Err(e) => {
                 log::warn!(
                     "S3 store: aborting the upload of {path} left by an earlier run \
                      (tried again at the next start): {e}"
                 );
-                None
+                LeftUpload::Unknown
             }
         }
     }
