@@ -337,7 +337,8 @@ impl BucketMetrics {
 }
 
 /// The remote bucket store's requests (S3 backend) by operation: `head`, `get`, `put`,
-/// `multipart_start`, `multipart_complete`, `lease`, `list`. Registered when that store is built.
+/// `multipart_start`, `multipart_complete`, `multipart_abort`, `lease`, `list`, `list_uploads`.
+/// Registered when that store is built.
 pub struct StoreMetrics {
     pub request_seconds: HistogramVec,
     pub errors: IntCounterVec,
@@ -346,6 +347,9 @@ pub struct StoreMetrics {
     pub local_tier_misses: IntCounter,
     pub local_tier_bytes: IntGauge,
     pub local_tier_evictions: IntCounter,
+    /// Multipart uploads aborted at start, by why: `earlier_run` (journaled by a process of this
+    /// node that died with it), `older_than_a_day`.
+    pub uploads_aborted: IntCounterVec,
 }
 
 #[allow(clippy::expect_used)]
@@ -384,4 +388,11 @@ pub static STORE_METRICS: LazyLock<StoreMetrics> = LazyLock::new(|| StoreMetrics
         "Copies removed from the local tier to stay under max_bytes."
     )
     .expect("register originpull_local_tier_evictions_total"),
+    uploads_aborted: register_int_counter_vec!(
+        "originpull_store_uploads_aborted_total",
+        "Multipart uploads nobody would finish, aborted at start, by reason (earlier_run, \
+         older_than_a_day).",
+        &["reason"]
+    )
+    .expect("register originpull_store_uploads_aborted_total"),
 });

@@ -25,6 +25,7 @@ use crate::proxy::OriginPull;
 use crate::reload::{ConfigHandle, LiveConfig, ReloadWatcher};
 use crate::store::local_tier::LocalTier;
 use crate::store::s3::{S3Credentials, S3Store};
+use crate::store::s3_uploads::{UploadCleanup, UploadJournal, JOURNAL_DIR};
 use crate::store::{BucketCounts, BucketStore, CountedStore, DiskStore, HotTier, HotTierLimits};
 
 /// How often a graceful stop checks whether anything is still running.
@@ -62,6 +63,7 @@ pub fn build(
         max_object_bytes: cache.max_object_bytes as usize,
         revalidate: Duration::from_secs(cache.revalidate_secs),
     };
+    let mut upload_cleanup = None;
     let store: Arc<dyn BucketStore> = match &config.store {
         StoreSettings::Disk => {
             let store = DiskStore::open(&config.data_dir).map_err(|source| StartError::Store {
@@ -71,7 +73,8 @@ pub fn build(
             with_tiers(store, limits, counts.clone())
         }
         StoreSettings::S3(s3) => {
-            let store = open_s3_store(s3, &config)?;
+            let (store, cleanup) = open_s3_store(s3, &config)?;
+            upload_cleanup = Some(cleanup);
             match &s3.local_tier {
                 Some(tier) => {
                     let store =
@@ -124,6 +127,9 @@ pub fn build(
         "config reload",
         ReloadWatcher::new(handle.clone()),
     ));
+    if let Some(cleanup) = upload_cleanup {
+        server.add_service(background_service("S3 upload clean-up", cleanup));
+    }
     server.add_service(background_service(
         "origin probes",
         OriginProbes(handle.clone()),
@@ -204,9 +210,14 @@ fn with_tiers<S: BucketStore>(
     }
 }
 
-/// The S3 store, once every configured bucket's S3 bucket has answered. The check runs on a
-/// runtime of its own (none runs yet) with clients of its own, dropped with it.
-fn open_s3_store(settings: &S3Settings, config: &Config) -> Result<S3Store, StartError> {
+/// The S3 store, once every configured bucket's S3 bucket has answered, journaling its uploads
+/// in this node's state directory (the local tier's, else `data_dir`), and the clean-up of
+/// uploads nobody will finish, to run in the background. The check runs on a runtime of its
+/// own (none runs yet) with clients of its own, dropped with it.
+fn open_s3_store(
+    settings: &S3Settings,
+    config: &Config,
+) -> Result<(S3Store, UploadCleanup), StartError> {
     let credentials = S3Credentials::load(settings).map_err(StartError::S3)?;
     let buckets: Vec<String> = config.buckets.iter().map(|b| b.name.clone()).collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -217,7 +228,27 @@ fn open_s3_store(settings: &S3Settings, config: &Config) -> Result<S3Store, Star
     runtime
         .block_on(probe.check_reachable(&buckets))
         .map_err(|failures| StartError::S3(failures.join("; ")))?;
-    Ok(S3Store::new(settings.clone(), credentials))
+    let state_dir = match &settings.local_tier {
+        Some(tier) => &tier.dir,
+        None => &config.data_dir,
+    };
+    let journal_dir = state_dir.join(JOURNAL_DIR);
+    let journal = UploadJournal::open(&journal_dir).map_err(|e| {
+        StartError::S3(format!(
+            "cannot open the upload journal {}: {e}",
+            journal_dir.display()
+        ))
+    })?;
+    let journal = Arc::new(journal);
+    let cleanup = UploadCleanup::new(
+        S3Store::new(settings.clone(), credentials.clone()),
+        journal.clone(),
+        buckets,
+    );
+    Ok((
+        S3Store::new(settings.clone(), credentials).with_upload_journal(journal),
+        cleanup,
+    ))
 }
 
 /// Ends a graceful stop (SIGTERM, or the old process of an upgrade) as soon as no request is

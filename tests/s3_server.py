@@ -9,7 +9,8 @@ conditional write's precondition and then writes without a lock, so concurrent
 `s3_server.py ENDPOINT OP BUCKET [KEY [FILE] ...]` runs one client operation with boto3, as
 "any other S3 tool" would: mb, put (KEY FILE CONTENT_TYPE), delete KEY, head KEY (prints
 ContentType, ETag and Metadata as JSON), uploads (prints the count of multipart uploads in
-progress), keys (prints the keys, one a line).
+progress), upload-keys (prints their keys, one a line), start-upload KEY (creates a multipart
+upload and leaves it), keys (prints the keys, one a line).
 """
 import json
 import sys
@@ -62,6 +63,11 @@ def client(endpoint, op, bucket, args):
         }))
     elif op == "uploads":
         print(len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])))
+    elif op == "upload-keys":
+        for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+            print(upload["Key"])
+    elif op == "start-upload":
+        s3.create_multipart_upload(Bucket=bucket, Key=args[0])
     elif op == "keys":
         for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
             print(item["Key"])

@@ -1,7 +1,8 @@
 //! Issue #12 end to end: buckets kept in an S3-compatible store (moto's server on loopback,
 //! started by `tests/s3_server.py`), read and written by the real binary; objects put and
 //! deleted by another S3 client (boto3); copies landing with their headers; multipart uploads
-//! completed or aborted; the start-up reachability check.
+//! completed or aborted, also when the copying process was killed (aborted at its next start);
+//! mirror clients of a node that waits for another node's copy; the start-up reachability check.
 //!
 //! moto is installed by `.ci/setup` into a venv (`ORIGINPULL_MOTO_VENV`, by default
 //! `~/.local/share/originpull/moto-venv`). Only when that venv's python is missing are these
@@ -103,6 +104,13 @@ impl S3Server {
 
     fn head(&self, key: &str) -> serde_json::Value {
         serde_json::from_str(&self.client(&["head", BUCKET, key])).expect("head JSON")
+    }
+
+    fn upload_keys(&self) -> Vec<String> {
+        self.client(&["upload-keys", BUCKET])
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     fn keys(&self) -> Vec<String> {
@@ -333,6 +341,132 @@ async fn a_copy_cut_short_leaves_no_object_and_no_upload() {
     assert_eq!(head_status(&server, "/cut.bin").await, 302);
 }
 
+/// The upload journal's entries (`.s3-uploads/` in the data dir without a local tier).
+fn journal_entries(server: &Originpull) -> Vec<PathBuf> {
+    std::fs::read_dir(server.data_dir().join(".s3-uploads"))
+        .map(|files| files.filter_map(|f| f.ok().map(|f| f.path())).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_upload_left_by_a_killed_process_is_aborted_at_the_next_start() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    // 24 MiB at 256 KiB per 200 ms: the upload starts after ~7 s, the body ends after ~19 s.
+    origin.route(
+        "/slow.bin",
+        Behavior::Slow {
+            body: generated_bytes(3 * PART_BYTES),
+            chunk: 256 * 1024,
+            delay_ms: 200,
+            headers: Vec::new(),
+        },
+    );
+    let mut server = s3.originpull(&origin);
+    assert_eq!(get(&server, BUCKET, "/slow.bin").await.status(), 302);
+    let in_flight = wait_until(Duration::from_secs(40), || async {
+        s3.uploads_in_progress() == 1 && journal_entries(&server).len() == 1
+    })
+    .await;
+    assert!(
+        in_flight,
+        "the copy's upload is in progress and journaled
+{}",
+        server.stderr_text()
+    );
+
+    server.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s3.uploads_in_progress(), 1, "SIGKILL leaves the upload");
+    assert_eq!(journal_entries(&server).len(), 1);
+
+    server.restart();
+    let aborted = wait_until(WAIT, || async { s3.uploads_in_progress() == 0 }).await;
+    assert!(
+        aborted,
+        "the restarted node aborts the upload it left
+{}",
+        server.stderr_text()
+    );
+    assert_eq!(
+        server
+            .metric(
+                "originpull_store_uploads_aborted_total",
+                &[("reason", "earlier_run")]
+            )
+            .await,
+        1.0,
+        "aborted by its journal entry"
+    );
+    assert_eq!(
+        server
+            .metric(
+                "originpull_store_uploads_aborted_total",
+                &[("reason", "older_than_a_day")]
+            )
+            .await,
+        0.0
+    );
+    assert!(
+        server.stderr_text().contains(&format!(
+            "aborted 1 multipart upload(s) in S3 bucket \"{BUCKET}\": 1 left by an earlier run"
+        )),
+        "{}",
+        server.stderr_text()
+    );
+    assert!(journal_entries(&server).is_empty(), "the entry is removed");
+    // No copy ran after the restart (no request asked for one): no object, only the dead
+    // process's lease, which expires by itself.
+    let keys = s3.keys();
+    assert!(
+        keys.iter().all(|k| k.starts_with(".originpull-leases/")),
+        "no object: {keys:?}"
+    );
+    assert_eq!(origin.hits("/slow.bin"), 1);
+}
+
+/// moto dates every upload's `Initiated` in 2010, so any upload there is "older than a day".
+#[tokio::test]
+async fn uploads_older_than_a_day_under_the_prefix_are_aborted_at_start_and_no_others() {
+    let Some(s3) = S3Server::start() else { return };
+    s3.client(&["start-upload", BUCKET, "edge/abandoned.bin"]);
+    s3.client(&["start-upload", BUCKET, "edge/abandoned.bin"]);
+    s3.client(&["start-upload", BUCKET, "other/not-ours.bin"]);
+    let origin = TestOrigin::start();
+    let server = Originpull::start(
+        OriginpullConfig::new()
+            .with_bucket(BUCKET, &origin.authority())
+            .with_extra_yaml(&format!("{}    prefix: edge/\n", s3.store_yaml())),
+    );
+    let swept = wait_until(WAIT, || async {
+        s3.upload_keys() == vec!["other/not-ours.bin".to_string()]
+    })
+    .await;
+    assert!(
+        swept,
+        "left: {:?}\n{}",
+        s3.upload_keys(),
+        server.stderr_text()
+    );
+    assert_eq!(
+        server
+            .metric(
+                "originpull_store_uploads_aborted_total",
+                &[("reason", "older_than_a_day")]
+            )
+            .await,
+        2.0
+    );
+    assert!(
+        server.stderr_text().contains(&format!(
+            "aborted 2 multipart upload(s) in S3 bucket \"{BUCKET}\": 0 left by an earlier run \
+             of this node, 2 older than a day"
+        )),
+        "{}",
+        server.stderr_text()
+    );
+}
+
 #[tokio::test]
 async fn start_names_the_s3_bucket_that_is_not_reachable() {
     let Some(s3) = S3Server::start() else { return };
@@ -440,6 +574,69 @@ async fn two_nodes_on_one_bucket_fetch_a_cold_key_from_the_origin_once() {
     })
     .await;
     assert!(released, "the lease is released: {:?}", s3.keys());
+}
+
+#[tokio::test]
+async fn a_mirror_client_of_another_node_is_served_once_the_object_lands() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    let body = generated_bytes(300_000);
+    origin.route("/mirrored.bin", Behavior::gate(body.clone()));
+    let mirror_node = || {
+        Originpull::start(
+            OriginpullConfig::new()
+                .with_bucket_yaml(&format!(
+                    "name: {BUCKET}\norigin_pull:\n  enabled: true\n  mode: mirror\n  origin: '{}'\n",
+                    origin.authority()
+                ))
+                .with_extra_yaml(&s3.store_yaml()),
+        )
+    };
+    let (first, second) = (mirror_node(), mirror_node());
+
+    // The first node's client waits on the origin (held back); the second node's client asks
+    // while the first node holds the lease; then the origin answers.
+    let first_client = get_body(&first, BUCKET, "/mirrored.bin");
+    let second_client = async {
+        assert!(
+            wait_until(WAIT, || async { origin.gate_waiting("/mirrored.bin") == 1 }).await,
+            "the first node's copy reaches the origin\n{}",
+            first.stderr_text()
+        );
+        get_body(&second, BUCKET, "/mirrored.bin").await
+    };
+    let release = async {
+        assert!(
+            second
+                .wait_for_stderr("another node is fetching it", WAIT)
+                .await,
+            "the second node waits for the first one's copy\n{}",
+            second.stderr_text()
+        );
+        origin.open_gate("/mirrored.bin");
+    };
+    let (first_answer, second_answer, ()) = tokio::join!(first_client, second_client, release);
+
+    assert_eq!(first_answer.0, 200);
+    assert!(
+        first_answer.1 == body,
+        "the first client gets the whole body"
+    );
+    assert_eq!(second_answer.0, 200, "{}", second.stderr_text());
+    assert!(
+        second_answer.1 == body,
+        "the second client gets the whole body"
+    );
+    assert_eq!(origin.hits("/mirrored.bin"), 1, "one origin GET");
+    assert_eq!(
+        second
+            .metric(
+                "originpull_fills_total",
+                &[("bucket", BUCKET), ("outcome", "stored_elsewhere")],
+            )
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -18,8 +18,9 @@
 //! ends there it is one PUT (its ETag is then the MD5, as on disk); otherwise it becomes a
 //! multipart upload with at most [`PARTS_IN_FLIGHT`] parts in flight, completed only by
 //! `commit` and aborted when the writer is dropped or fails, so no half object is ever visible
-//! and a failed copy leaves no upload behind (a process killed mid-copy leaves its upload to the
-//! bucket's AbortIncompleteMultipartUpload lifecycle rule: object_store cannot list uploads). The ETag served is whatever the store returns (for multipart
+//! and a failed copy leaves no upload behind; an upload in flight is journaled on this node's
+//! disk, so one left by a process killed mid-copy is aborted at the next start
+//! (`store/s3_uploads.rs`). The ETag served is whatever the store returns (for multipart
 //! uploads, `<md5 of part md5s>-<parts>`, not the content's MD5).
 
 use std::collections::HashMap;
@@ -40,6 +41,7 @@ use object_store::{
 };
 use parking_lot::Mutex;
 
+use super::s3_uploads::{JournaledUpload, UploadJournal};
 use super::{
     BucketStore, FillClaim, ListedObject, NewObject, ObjectMeta, ObjectWriter, StoreError,
     StoredObject,
@@ -149,7 +151,9 @@ fn parse_shared_credentials(text: &str, path: &FsPath) -> Result<S3Credentials, 
 pub struct S3Store {
     settings: S3Settings,
     credentials: S3Credentials,
+    /// Clients by S3 bucket.
     clients: Mutex<HashMap<String, Arc<AmazonS3>>>,
+    journal: Option<Arc<UploadJournal>>,
 }
 
 impl S3Store {
@@ -160,7 +164,18 @@ impl S3Store {
             settings,
             credentials,
             clients: Mutex::new(HashMap::new()),
+            journal: None,
         }
+    }
+
+    /// Journals this store's multipart uploads in `journal` (see `store/s3_uploads.rs`).
+    pub fn with_upload_journal(mut self, journal: Arc<UploadJournal>) -> S3Store {
+        self.journal = Some(journal);
+        self
+    }
+
+    pub fn settings(&self) -> &S3Settings {
+        &self.settings
     }
 
     /// Checks that the S3 bucket behind each of `buckets` answers a listing, and names each one
@@ -194,12 +209,26 @@ impl S3Store {
         }
     }
 
+    /// The client of originpull bucket `bucket`'s S3 bucket.
     fn client(&self, bucket: &str) -> Result<Arc<AmazonS3>, StoreError> {
+        self.client_of(&self.settings.s3_bucket_for(bucket))
+    }
+
+    /// Options of every HTTP client talking to the store.
+    pub(super) fn client_options(&self) -> ClientOptions {
+        // No overall timeout: a GET streams a whole object to a client at the client's pace.
+        ClientOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout_disabled()
+            .with_allow_http(self.settings.endpoint.starts_with("http://"))
+    }
+
+    /// The client of S3 bucket `s3_bucket`.
+    pub(super) fn client_of(&self, s3_bucket: &str) -> Result<Arc<AmazonS3>, StoreError> {
         let mut clients = self.clients.lock();
-        if let Some(client) = clients.get(bucket) {
+        if let Some(client) = clients.get(s3_bucket) {
             return Ok(client.clone());
         }
-        let s3_bucket = self.settings.s3_bucket_for(bucket);
         let endpoint = if self.settings.path_style {
             self.settings.endpoint.clone()
         } else {
@@ -214,15 +243,11 @@ impl S3Store {
             retry_timeout: RETRY_TIMEOUT,
             ..RetryConfig::default()
         };
-        // No overall timeout: a GET streams a whole object to a client at the client's pace.
-        let options = ClientOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_timeout_disabled()
-            .with_allow_http(self.settings.endpoint.starts_with("http://"));
+        let options = self.client_options();
         let mut builder = AmazonS3Builder::new()
             .with_endpoint(endpoint)
             .with_region(&self.settings.region)
-            .with_bucket_name(&s3_bucket)
+            .with_bucket_name(s3_bucket)
             .with_virtual_hosted_style_request(!self.settings.path_style)
             .with_access_key_id(&self.credentials.access_key_id)
             .with_secret_access_key(&self.credentials.secret_access_key)
@@ -232,7 +257,7 @@ impl S3Store {
             builder = builder.with_token(token);
         }
         let client = Arc::new(builder.build().map_err(store_error)?);
-        clients.insert(bucket.to_string(), client.clone());
+        clients.insert(s3_bucket.to_string(), client.clone());
         Ok(client)
     }
 
@@ -305,7 +330,7 @@ async fn renew_lease(client: Arc<AmazonS3>, path: Path, mut version: UpdateVersi
 }
 
 /// Runs one request to the store, timing it and counting its failure under `operation`.
-async fn timed<T>(
+pub(super) async fn timed<T>(
     operation: &'static str,
     request: impl std::future::Future<Output = object_store::Result<T>>,
 ) -> object_store::Result<T> {
@@ -505,6 +530,8 @@ impl BucketStore for S3Store {
         })?;
         Ok(Box::new(S3Writer {
             client: self.client(bucket)?,
+            s3_bucket: self.settings.s3_bucket_for(bucket),
+            journal: self.journal.clone(),
             path,
             key: key.clone(),
             described: None,
@@ -674,6 +701,8 @@ impl StoredObject for S3Object {
 /// A new object: one part buffered, then a multipart upload (see the module documentation).
 struct S3Writer {
     client: Arc<AmazonS3>,
+    s3_bucket: String,
+    journal: Option<Arc<UploadJournal>>,
     path: Path,
     key: ObjectKey,
     /// Metadata known before the bytes, sent with the multipart upload's initiation.
@@ -694,13 +723,19 @@ impl S3Writer {
                     .unwrap_or_default(),
                 ..PutMultipartOptions::default()
             };
-            let upload = timed(
-                "multipart_start",
-                self.client.put_multipart_opts(&self.path, options),
+            let upload = JournaledUpload::create(
+                self.client.clone(),
+                self.path.clone(),
+                &self.s3_bucket,
+                options,
+                self.journal.as_ref(),
             )
             .await
             .map_err(store_error)?;
-            self.upload = Some(WriteMultipart::new_with_chunk_size(upload, PART_BYTES));
+            self.upload = Some(WriteMultipart::new_with_chunk_size(
+                Box::new(upload),
+                PART_BYTES,
+            ));
         }
         self.upload
             .as_mut()
