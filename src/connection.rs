@@ -61,6 +61,7 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    pub send_timeout: Duration,
 }
 
 impl ConnectionLimits {
@@ -70,6 +71,7 @@ impl ConnectionLimits {
             header_timeout: Duration::from_secs(server.header_timeout_secs),
             max_header_bytes: server.max_header_bytes,
             max_connections: server.max_connections,
+            send_timeout: Duration::from_secs(server.send_timeout_secs),
         }
     }
 }
@@ -252,7 +254,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
                 head,
                 rest: conn.buf,
             };
-            let session = ServerSession::new_http1(Box::new(framed));
+            let mut session = ServerSession::new_http1(Box::new(framed));
+            // Each write of the answer must finish within it (Pingora times every write).
+            session.set_write_timeout(Some(self.limits.send_timeout));
             let reused = self.app.process_new_http(session, shutdown).await;
             let Some(reused) = reused else { return };
             let (stream, _settings) = reused.consume();

@@ -358,10 +358,14 @@ impl OriginPull {
 
 /// Whether `e` is the client's connection failing (reset, closed, unwritable); every request is
 /// answered from here, so no other connection is involved.
+/// The client left, or stopped reading for `server.send_timeout_secs`: ordinary traffic.
 fn client_gone(e: &Error) -> bool {
     matches!(
         e.etype(),
-        ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+        ErrorType::WriteError
+            | ErrorType::WriteTimedout
+            | ErrorType::ReadError
+            | ErrorType::ConnectionClosed
     )
 }
 

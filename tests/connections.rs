@@ -433,3 +433,51 @@ async fn a_client_leaving_mid_response_is_not_logged_as_an_error() {
         server.stderr_text()
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_large_hit_is_disconnected_after_the_send_timeout() {
+    let origin = TestOrigin::start();
+    let server = Originpull::start(
+        OriginpullConfig::new()
+            .with_bucket(BUCKET, &origin.authority())
+            .with_server_yaml("send_timeout_secs: 1"),
+    );
+    // Larger than loopback's socket buffers on both sides, so the server's writes block.
+    let size = 64 * 1024 * 1024;
+    store_through_a_copy(&server, &origin, "/big.bin", Behavior::generated(size)).await;
+    let open = || async { server.metric("originpull_connections_open", &[]).await };
+    assert!(
+        wait_until(Duration::from_secs(5), || async { open().await == 0.0 }).await,
+        "connections from the copy's polling stayed open"
+    );
+
+    // Asks for 64 MiB and never reads a byte.
+    let mut stalled = RawConnection::connect(server.addr()).await.unwrap();
+    stalled
+        .send(get_request(&server.host(BUCKET), "/big.bin", "").as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || async { open().await == 1.0 }).await,
+        "the stalled client's connection was not counted"
+    );
+    // One write blocked for send_timeout_secs closes it (well before any keep-alive timeout).
+    assert!(
+        wait_until(Duration::from_secs(10), || async { open().await == 0.0 }).await,
+        "a client that stopped reading kept its connection past send_timeout_secs"
+    );
+    drop(stalled);
+    // Ordinary traffic: in the access log as an error, not logged as a server error.
+    assert!(
+        server
+            .wait_for_stderr("result=error", Duration::from_secs(10))
+            .await,
+        "{}",
+        server.stderr_text()
+    );
+    assert!(
+        !server.stderr_text().contains("ERROR"),
+        "{}",
+        server.stderr_text()
+    );
+}

@@ -23,6 +23,10 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// Client connections open at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// How long one write to a client (a response head, or a body piece of up to 256 KiB) may
+    /// take before the connection is closed: a client that stops reading cannot hold a file,
+    /// memory and a connection forever.
+    pub send_timeout_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -37,6 +41,7 @@ impl Default for ServerSettings {
             header_timeout_secs: 15,
             max_header_bytes: 32 * 1024,
             max_connections: 10_000,
+            send_timeout_secs: 60,
         }
     }
 }
@@ -51,6 +56,7 @@ const SERVER_KEYS: &[&str] = &[
     "header_timeout_secs",
     "max_header_bytes",
     "max_connections",
+    "send_timeout_secs",
 ];
 
 pub(crate) fn parse_server(top: &Section<'_>, errors: &mut Errors) -> ServerSettings {
@@ -91,6 +97,7 @@ pub(crate) fn parse_server(top: &Section<'_>, errors: &mut Errors) -> ServerSett
         max_header_bytes: max_header_bytes as usize,
         max_connections: server.positive("max_connections", defaults.max_connections as u64, errors)
             as usize,
+        send_timeout_secs: server.positive("send_timeout_secs", defaults.send_timeout_secs, errors),
     }
 }
 
@@ -111,9 +118,10 @@ mod tests {
         assert_eq!(config.server.max_header_bytes, 32 * 1024);
 
         let config = Config::parse(&with_server(
-            "  keepalive_timeout_secs: 5\n  header_timeout_secs: 3\n  max_header_bytes: 8192\n  max_connections: 100\n",
+            "  keepalive_timeout_secs: 5\n  header_timeout_secs: 3\n  max_header_bytes: 8192\n  max_connections: 100\n  send_timeout_secs: 7\n",
         ))
         .unwrap();
+        assert_eq!(config.server.send_timeout_secs, 7);
         assert_eq!(config.server.keepalive_timeout_secs, 5);
         assert_eq!(config.server.header_timeout_secs, 3);
         assert_eq!(config.server.max_header_bytes, 8192);
@@ -123,7 +131,7 @@ mod tests {
     #[test]
     fn connection_settings_errors_name_the_field() {
         let text = Config::parse(&with_server(
-            "  keepalive_timeout_secs: 0\n  header_timeout_secs: -1\n  max_header_bytes: 100\n  max_connections: 0\n",
+            "  keepalive_timeout_secs: 0\n  header_timeout_secs: -1\n  max_header_bytes: 100\n  max_connections: 0\n  send_timeout_secs: 0\n",
         ))
         .unwrap_err()
         .to_string();
@@ -132,6 +140,7 @@ mod tests {
             "server.header_timeout_secs:",
             "server.max_header_bytes: must be at least 1024",
             "server.max_connections: must be greater than 0",
+            "server.send_timeout_secs: must be greater than 0",
         ] {
             assert!(text.contains(field), "{field} missing from:\n{text}");
         }
