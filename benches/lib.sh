@@ -1,6 +1,6 @@
 # Shared by the benchmark scripts in benches/ (source it; it defines functions only):
 # logging, installing a missing tool, free loopback ports, resident memory, the originpull
-# binary, and an nginx on loopback with a given server block.
+# binary and the head of its config, and an nginx on loopback with a given server block.
 #
 # A script sets BENCH (its name, for log lines) and WORK (its temp dir) before using these.
 
@@ -21,6 +21,20 @@ originpull_bin() {
     (cd "$(dirname "${BASH_SOURCE[0]}")/.." && cargo build --release -q)
     OP_BIN="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/release/originpull"
   fi
+}
+
+# The first lines of a benchmark's originpull config: loopback ports $OP_PORT and $METRICS_PORT,
+# data in $WORK/data, no access log, 2 threads, no grace period. The script appends its own
+# sections (fill, buckets...).
+originpull_config_head() {
+  cat <<EOF
+listen: 127.0.0.1:$OP_PORT
+metrics_listen: 127.0.0.1:$METRICS_PORT
+data_dir: $WORK/data
+domain_suffix: bench.local
+access_log: off
+server: {threads: 2, grace_period_secs: 0, graceful_shutdown_timeout_secs: 1}
+EOF
 }
 
 # start_nginx HTTP_LINES SERVER_BLOCK: one worker on loopback, logs and temp files in $WORK.

@@ -31,18 +31,13 @@ start_nginx "log_format counted '\$request'; access_log $WORK/origin-access.log 
   "server { listen 127.0.0.1:$ORIGIN_PORT; root $WORK/www; }"
 
 HOST=bench-1250000000.bench.local
-cat >"$WORK/originpull.yaml" <<EOF
-listen: 127.0.0.1:$OP_PORT
-metrics_listen: 127.0.0.1:$METRICS_PORT
-data_dir: $WORK/data
-domain_suffix: bench.local
-access_log: off
-server: {threads: 2, grace_period_secs: 0, graceful_shutdown_timeout_secs: 1}
+{ originpull_config_head; cat <<EOF
 fill: {max_object_bytes: 5368709120, read_timeout_ms: 60000}
 buckets:
   - name: bench-1250000000
     origin_pull: {enabled: true, mode: mirror, origin: '127.0.0.1:$ORIGIN_PORT'}
 EOF
+} >"$WORK/originpull.yaml"
 RUST_LOG=warn "$OP_BIN" -c "$WORK/originpull.yaml" >>"$WORK/originpull.log" 2>&1 &
 OP_PID=$!
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$OP_PORT/" && break; sleep 0.1; done

@@ -22,18 +22,13 @@ make_work scan
 ORIGIN_PORT=$(free_port); OP_PORT=$(free_port); METRICS_PORT=$(free_port)
 start_nginx "access_log off;" "server { listen 127.0.0.1:$ORIGIN_PORT; location / { return 404; } }"
 mkdir -p "$WORK/data"
-cat >"$WORK/originpull.yaml" <<EOF
-listen: 127.0.0.1:$OP_PORT
-metrics_listen: 127.0.0.1:$METRICS_PORT
-data_dir: $WORK/data
-domain_suffix: bench.local
-access_log: off
-server: {threads: 2, grace_period_secs: 0, graceful_shutdown_timeout_secs: 1}
+{ originpull_config_head; cat <<EOF
 fill: {negative_ttl_secs: 3600}
 buckets:
   - name: bench-1250000000
     origin_pull: {enabled: true, origin: '127.0.0.1:$ORIGIN_PORT'}
 EOF
+} >"$WORK/originpull.yaml"
 RUST_LOG=error "$OP_BIN" -c "$WORK/originpull.yaml" >>"$WORK/originpull.log" 2>&1 &
 OP_PID=$!
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$OP_PORT/" && break; sleep 0.1; done
@@ -44,13 +39,16 @@ local per_thread = math.floor($KEYS / $THREADS)
 local counter = 0
 local id = 0
 setup = function(thread) thread:set("id", counter); counter = counter + 1 end
-init = function() n = 0 end
+init = function() n = 0; answered = 0 end
 request = function()
   n = n + 1
   return wrk.format("GET", "/scan/" .. id .. "/" .. n .. ".php", {Host = "bench-1250000000.bench.local"})
 end
+-- Counting answers, not requests sent: each thread stops once its share is answered, so the
+-- total answered reaches KEYS and the wait below ends.
 response = function()
-  if n >= per_thread then wrk.thread:stop() end
+  answered = answered + 1
+  if answered >= per_thread then wrk.thread:stop() end
 end
 EOF
 before=$(rss_kib "$OP_PID"); peak=$before

@@ -63,19 +63,14 @@ start_nginx "$NGINX_HTTP" "$NGINX_SERVER"
 
 write_config() {
   # $1: the negative TTL, alternated by the reloader so each rewrite is a real change.
-  cat >"$WORK/originpull.yaml.tmp" <<EOF
-listen: 127.0.0.1:$OP_PORT
-metrics_listen: 127.0.0.1:$METRICS_PORT
-data_dir: $WORK/data
-domain_suffix: bench.local
-access_log: off
-server: {threads: 2, grace_period_secs: 0, graceful_shutdown_timeout_secs: 1}
+  { originpull_config_head; cat <<EOF
 memory_cache: {max_bytes: 67108864}
 fill: {negative_ttl_secs: $1, breaker_secs: 2}
 buckets:
   - name: soak-1250000000
     origin_pull: {enabled: true, origin: '127.0.0.1:$ORIGIN_PORT'}
 EOF
+  } >"$WORK/originpull.yaml.tmp"
   mv "$WORK/originpull.yaml.tmp" "$WORK/originpull.yaml"
 }
 write_config 1

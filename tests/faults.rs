@@ -30,19 +30,25 @@ fn object_file(server: &Originpull, key: &str) -> std::path::PathBuf {
         .join(hash)
 }
 
-#[tokio::test]
-async fn a_truncated_object_file_is_a_miss_and_is_replaced_never_served_short() {
-    let origin = TestOrigin::start();
-    let body = generated_bytes(300_000);
-    origin.route("/page.bin", Behavior::ok(body.clone()));
-    // Memory tier off: every hit reads the file.
+/// A server with the memory tier off (every hit reads the file) that has copied `path` from
+/// `origin`.
+async fn stored_on_disk_only(origin: &TestOrigin, path: &str) -> Originpull {
     let server = Originpull::start(
         OriginpullConfig::new()
             .with_bucket(BUCKET, &origin.authority())
             .with_extra_yaml("memory_cache:\n  max_bytes: 0\n"),
     );
-    assert_eq!(get(&server, BUCKET, "/page.bin").await.status(), 302);
-    assert!(server.wait_stored(BUCKET, "/page.bin").await);
+    assert_eq!(get(&server, BUCKET, path).await.status(), 302);
+    assert!(server.wait_stored(BUCKET, path).await);
+    server
+}
+
+#[tokio::test]
+async fn a_truncated_object_file_is_a_miss_and_is_replaced_never_served_short() {
+    let origin = TestOrigin::start();
+    let body = generated_bytes(300_000);
+    origin.route("/page.bin", Behavior::ok(body.clone()));
+    let server = stored_on_disk_only(&origin, "/page.bin").await;
 
     let file = object_file(&server, "page.bin");
     let len = std::fs::metadata(&file).expect("object file").len();
@@ -53,11 +59,7 @@ async fn a_truncated_object_file_is_a_miss_and_is_replaced_never_served_short() 
     // Never a short 200: the damaged object is a miss (302) and a new copy replaces it.
     let damaged = get(&server, BUCKET, "/page.bin").await;
     assert_eq!(damaged.status(), 302, "a truncated object was served");
-    let replaced = wait_until(Duration::from_secs(15), || async {
-        let (status, served) = get_body(&server, BUCKET, "/page.bin").await;
-        status == 200 && served == body
-    })
-    .await;
+    let replaced = served_whole_eventually(&server, "/page.bin", &body).await;
     assert!(
         replaced,
         "the damaged object was not replaced by a whole copy"
@@ -118,14 +120,8 @@ async fn a_large_object_changed_on_disk_is_cut_short_then_replaced() {
     let origin = TestOrigin::start();
     let body = generated_bytes(3_000_000);
     origin.route("/big.bin", Behavior::ok(body.clone()));
-    // Memory tier off: the hit streams the file, checking it as it goes.
-    let server = Originpull::start(
-        OriginpullConfig::new()
-            .with_bucket(BUCKET, &origin.authority())
-            .with_extra_yaml("memory_cache:\n  max_bytes: 0\n"),
-    );
-    assert_eq!(get(&server, BUCKET, "/big.bin").await.status(), 302);
-    assert!(server.wait_stored(BUCKET, "/big.bin").await);
+    // The hit streams the file, checking it as it goes.
+    let server = stored_on_disk_only(&origin, "/big.bin").await;
     flip_a_byte(&object_file(&server, "big.bin"), 1_500_000);
 
     // The headers went out before the damage could be seen: the body must end abnormally,
@@ -142,11 +138,7 @@ async fn a_large_object_changed_on_disk_is_cut_short_then_replaced() {
     }
 
     // Then it is a miss, and a new copy replaces it.
-    let replaced = wait_until(Duration::from_secs(15), || async {
-        let (status, served) = get_body(&server, BUCKET, "/big.bin").await;
-        status == 200 && served == body
-    })
-    .await;
+    let replaced = served_whole_eventually(&server, "/big.bin", &body).await;
     assert!(
         replaced,
         "the damaged object was not replaced by a whole copy"
@@ -172,11 +164,7 @@ async fn a_small_object_changed_on_disk_is_a_miss_before_any_byte_is_sent() {
         302,
         "a damaged small object was served"
     );
-    let replaced = wait_until(Duration::from_secs(15), || async {
-        let (status, served) = get_body(&server, BUCKET, "/small.css").await;
-        status == 200 && served == body
-    })
-    .await;
+    let replaced = served_whole_eventually(&server, "/small.css", &body).await;
     assert!(
         replaced,
         "the damaged object was not replaced by a whole copy"
