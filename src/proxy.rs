@@ -226,9 +226,12 @@ impl OriginPull {
             };
         ctx.key = key.as_str().to_string();
 
-        let known_missing = bucket.pull.is_some() && self.filler.known_missing(&bucket, &key);
+        let copy_blocked = match bucket.pull {
+            Some(_) => self.filler.copy_blocked(&bucket, &key),
+            None => None,
+        };
         let mut store_failed = false;
-        if !known_missing {
+        if copy_blocked.is_none() {
             match self.store.open(name, &key).await {
                 Ok(Some(object)) => {
                     let fill = &live.config.fill;
@@ -316,13 +319,18 @@ impl OriginPull {
         ctx.origin = Some(origin.clone());
         // HEAD asks about the object without wanting it: it is redirected but not copied.
         if session.req_header().method == Method::GET {
-            let source = CopySource {
-                folder,
-                query: query.map(str::to_string),
-                revalidate: None,
-            };
-            self.filler
-                .start_copy_after_redirect(&bucket, &key, source, &live.config.fill);
+            match copy_blocked {
+                Some(blocked) => self.filler.note_blocked_copy(&bucket, blocked),
+                None => {
+                    let source = CopySource {
+                        folder,
+                        query: query.map(str::to_string),
+                        revalidate: None,
+                    };
+                    self.filler
+                        .start_copy_after_redirect(&bucket, &key, source, &live.config.fill);
+                }
+            }
         }
         let n = write_redirect(session, policy.redirect_code, target, &ctx.reply).await?;
         Ok((RequestResult::Redirect, n))

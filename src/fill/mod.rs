@@ -470,13 +470,23 @@ impl Filler {
         decision
     }
 
-    /// Whether `key` is known to be missing from `bucket`: a copy of it is running or waiting,
-    /// or failed within the negative TTL. A hot key's misses then skip the store lookup while
-    /// its copy runs. (Between a commit and this state being cleared the answer is a redirect
-    /// for an object already stored, which is still a correct answer.)
-    pub fn known_missing(&self, bucket: &Arc<Bucket>, key: &ObjectKey) -> bool {
+    /// Why a copy of `key` would not start now, if it would not: one is running or waiting, or
+    /// one failed within the negative TTL. The key is then known to be missing from `bucket`,
+    /// so a hot key's misses skip the store lookup while its copy runs, and the miss need not
+    /// ask for a copy (see [`Filler::note_blocked_copy`]). (Between a commit and this state
+    /// being cleared the answer is a redirect for an object already stored, which is still a
+    /// correct answer.)
+    pub fn copy_blocked(&self, bucket: &Arc<Bucket>, key: &ObjectKey) -> Option<CopyDecision> {
         let id = CopyKey::new(bucket, key);
-        self.shared.lock().blocked(&id, Instant::now()).is_some()
+        self.shared.lock().blocked(&id, Instant::now())
+    }
+
+    /// Counts a miss whose copy [`Filler::copy_blocked`] found blocked, as asking for the copy
+    /// would have, without taking the schedule's lock again.
+    pub fn note_blocked_copy(&self, bucket: &Bucket, blocked: CopyDecision) {
+        if blocked == CopyDecision::RecentlyFailed {
+            bucket.metrics.count_fill(FillOutcome::NegativeCached);
+        }
     }
 
     /// The mirror-mode miss: joins the copy of `key` that runs, or starts one now (a client
