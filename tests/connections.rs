@@ -368,6 +368,19 @@ async fn reload_counters_start_at_zero_and_copies_have_no_unrouted_series() {
     // A request for an unknown host creates the `bucket=""` request series.
     let resp = raw_get(server.addr(), "nobody.example.com", "/a.txt").await;
     assert_eq!(resp.status, 404);
+    // Requests are counted after their answer is sent: wait for the count, then read the rest.
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            server
+                .metric(
+                    "originpull_requests_total",
+                    &[("bucket", ""), ("result", "no_such_bucket")],
+                )
+                .await
+                == 1.0
+        })
+        .await
+    );
 
     let text = server.metrics_text().await;
     for outcome in ["ok", "error"] {

@@ -1731,6 +1731,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Whether a server on `addr` holds a new connection open, waiting for a request: ready means
+/// a worker took the connection, not only that the kernel queued it (no request is sent, so
+/// nothing reaches the access log or the metrics).
+fn holds_a_connection(addr: SocketAddr) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = StdTcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        // Still open after 100 ms: the server is waiting for the request head.
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        // Closed or reset at once.
+        Ok(_) => false,
+    }
+}
+
 /// The real `originpull` binary running on loopback with a generated config. Dropping it
 /// SIGKILLs the process; if the test is panicking, the tail of its stderr is printed first.
 pub struct Originpull {
@@ -1819,7 +1840,7 @@ impl Originpull {
                     self.stderr_text()
                 );
             }
-            if StdTcpStream::connect_timeout(&self.listen, Duration::from_millis(200)).is_ok() {
+            if holds_a_connection(self.listen) {
                 return;
             }
             if Instant::now() >= deadline {
