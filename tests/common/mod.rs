@@ -1741,14 +1741,14 @@ fn holds_a_connection(addr: SocketAddr) -> bool {
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     let mut byte = [0u8; 1];
-    match stream.read(&mut byte) {
+    match stream.read_exact(&mut byte) {
         // Still open after 100 ms: the server is waiting for the request head.
         Err(e) => matches!(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         ),
-        // Closed or reset at once.
-        Ok(_) => false,
+        // The server spoke first: not originpull waiting for a request.
+        Ok(()) => false,
     }
 }
 
