@@ -36,6 +36,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 use tokio::time::{timeout_at, Instant};
 
+use crate::access_log::{AccessLog, AccessRecord};
 use crate::config::ServerSettings;
 use crate::metrics::{BucketMetrics, RequestResult, METRICS};
 use crate::respond::{error_xml, new_request_id, response_header, ErrorCode, Reply};
@@ -153,6 +154,8 @@ pub struct ConnectionGate<A> {
     app: Arc<A>,
     limits: ConnectionLimits,
     counts: Arc<ConnectionCounts>,
+    /// For the requests answered here, before Pingora (a head over `max_header_bytes`).
+    access_log: Arc<AccessLog>,
 }
 
 impl<A> ConnectionGate<A> {
@@ -160,11 +163,13 @@ impl<A> ConnectionGate<A> {
         app: Arc<A>,
         limits: ConnectionLimits,
         counts: Arc<ConnectionCounts>,
+        access_log: Arc<AccessLog>,
     ) -> ConnectionGate<A> {
         ConnectionGate {
             app,
             limits,
             counts,
+            access_log,
         }
     }
 }
@@ -239,7 +244,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
             {
                 Ok(len) => len,
                 Err(NoHead::TooLarge) => {
-                    conn.refuse_large_head(self.limits.max_header_bytes).await;
+                    conn.refuse_large_head(self.limits.max_header_bytes, &self.access_log)
+                        .await;
                     return;
                 }
                 Err(why) => {
@@ -329,7 +335,8 @@ impl Connection {
     }
 
     /// Answers 431 with the XML error and closes. The head is not parsed any further.
-    async fn refuse_large_head(mut self, max_bytes: usize) {
+    async fn refuse_large_head(mut self, max_bytes: usize, access_log: &AccessLog) {
+        let started = Instant::now();
         let request_id = new_request_id();
         let resource = request_target(&self.buf);
         log::debug!(
@@ -339,7 +346,26 @@ impl Connection {
             return;
         };
         BucketMetrics::unrouted().count_request(RequestResult::BadRequest, response.body_len);
-        if self.stream.write_all(&response.bytes).await.is_err() {
+        let sent = self.stream.write_all(&response.bytes).await.is_ok();
+        let method = request_method(&self.buf);
+        access_log.write(&AccessRecord {
+            time: SystemTime::now(),
+            client: self
+                .stream
+                .get_socket_digest()
+                .and_then(|digest| digest.peer_addr().and_then(|a| a.as_inet()).copied()),
+            host: "-",
+            bucket: "",
+            method: &method,
+            key: "",
+            origin: "-",
+            status: if sent { 431 } else { 0 },
+            result: RequestResult::BadRequest.as_str(),
+            bytes: if sent { response.body_len } else { 0 },
+            duration: started.elapsed(),
+            request_id: &request_id,
+        });
+        if !sent {
             return;
         }
         let _ = self.stream.flush().await;
@@ -380,6 +406,15 @@ fn head_length(buf: &[u8]) -> Option<usize> {
 }
 
 /// The request target of a head, for the error's `<Resource>` (empty if not yet readable).
+/// The method in the request line at the start of `buf`, for the access log.
+fn request_method(buf: &[u8]) -> String {
+    let method = buf
+        .split(|b| *b == b' ' || *b == b'\n')
+        .next()
+        .unwrap_or_default();
+    String::from_utf8_lossy(method).into_owned()
+}
+
 fn request_target(buf: &[u8]) -> String {
     let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
     let target = line.split(|b| *b == b' ').nth(1).unwrap_or_default();

@@ -177,7 +177,7 @@ pub fn build(
             &server.configuration,
             app.clone(),
         ));
-        let gate = ConnectionGate::new(proxy, limits, connections.clone());
+        let gate = ConnectionGate::new(proxy, limits, connections.clone(), app.access_log.clone());
         let service = ListeningService::new(format!("originpull worker {worker}"), gate);
         // No socket buffers for the connection's whole life (Pingora's default is 64 KiB to read
         // and one MSS to write): the gate buffers each request head and response itself, and

@@ -244,7 +244,24 @@ async fn a_head_over_the_limit_gets_431_and_normal_clients_are_still_served() {
         "{xml}"
     );
     assert!(xml.contains("<Resource>/a.txt</Resource>"), "{xml}");
-    assert!(resp.header("x-originpull-request-id").is_some());
+    let request_id = resp
+        .header("x-originpull-request-id")
+        .expect("a request id")
+        .to_string();
+    // In the access log like any answered request, under its request id.
+    assert!(
+        server
+            .wait_for_stderr(
+                "method=\"GET\" key=\"\" status=431 result=bad_request",
+                Duration::from_secs(5)
+            )
+            .await,
+        "{}",
+        server.stderr_text()
+    );
+    assert!(server
+        .stderr_text()
+        .contains(&format!("request_id={request_id}")));
 
     // Just under the default 32 KiB limit is still a request like any other.
     let large_but_allowed = get_request(
