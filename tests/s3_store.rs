@@ -2,7 +2,8 @@
 //! started by `tests/s3_server.py`), read and written by the real binary; objects put and
 //! deleted by another S3 client (boto3); copies landing with their headers; multipart uploads
 //! completed or aborted, also when the copying process was killed (aborted at its next start);
-//! mirror clients of a node that waits for another node's copy; the start-up reachability check.
+//! mirror clients of a node that waits for another node's copy; leases judged by the store's
+//! clock (moto's clock set apart from this machine's); the start-up reachability check.
 //!
 //! moto is installed by `.ci/setup` into a venv (`ORIGINPULL_MOTO_VENV`, by default
 //! `~/.local/share/originpull/moto-venv`). Only when that venv's python is missing are these
@@ -574,6 +575,63 @@ async fn two_nodes_on_one_bucket_fetch_a_cold_key_from_the_origin_once() {
     })
     .await;
     assert!(released, "the lease is released: {:?}", s3.keys());
+}
+
+/// A lease another node wrote a moment ago by the store's clock, which runs 120 s behind this
+/// node's: by this node's clock it looks 120 s old, past the 60 s expiry, but it is live.
+#[tokio::test]
+async fn a_lease_live_by_the_store_clock_is_not_taken_over_whatever_this_node_clock_says() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    origin.route("/live.bin", Behavior::ok(generated_bytes(1000)));
+    s3.client(&["clock", "-120"]);
+    s3.put(".originpull-leases/live.bin", b"lease", "text/plain");
+    let server = s3.originpull(&origin);
+
+    assert_eq!(get(&server, BUCKET, "/live.bin").await.status(), 302);
+    assert!(
+        server
+            .wait_for_stderr("another node is fetching it", WAIT)
+            .await,
+        "the copy waits for the lease's holder\n{}",
+        server.stderr_text()
+    );
+    assert!(
+        !server.stderr_text().contains("took over"),
+        "{}",
+        server.stderr_text()
+    );
+    assert_eq!(origin.hits("/live.bin"), 0, "the origin is not asked");
+}
+
+/// A lease the store dates 120 s back by its own clock, which runs 120 s ahead of this node's:
+/// by this node's clock it was written just now, but its holder is gone; it is taken over.
+#[tokio::test]
+async fn a_lease_expired_by_the_store_clock_is_taken_over_whatever_this_node_clock_says() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    let body = generated_bytes(1000);
+    origin.route("/expired.bin", Behavior::ok(body.clone()));
+    s3.put(".originpull-leases/expired.bin", b"lease", "text/plain");
+    s3.client(&["clock", "120"]);
+    let server = s3.originpull(&origin);
+
+    assert_eq!(get(&server, BUCKET, "/expired.bin").await.status(), 302);
+    assert!(
+        wait_until(WAIT, || async {
+            head_status(&server, "/expired.bin").await == 200
+        })
+        .await,
+        "the copy takes the lease over and lands\n{}",
+        server.stderr_text()
+    );
+    assert!(
+        server.stderr_text().contains("took over the expired lease"),
+        "{}",
+        server.stderr_text()
+    );
+    assert_eq!(get_body(&server, BUCKET, "/expired.bin").await, (200, body));
+    assert_eq!(origin.hits("/expired.bin"), 1);
 }
 
 #[tokio::test]
