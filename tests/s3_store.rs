@@ -3,7 +3,8 @@
 //! deleted by another S3 client (boto3); copies landing with their headers; multipart uploads
 //! completed or aborted, also when the copying process was killed (aborted at its next start);
 //! mirror clients of a node that waits for another node's copy; leases judged by the store's
-//! clock (moto's clock set apart from this machine's); the start-up reachability check.
+//! clock (moto's clock set apart from this machine's); the local tier's eviction, and its copies
+//! served after a restart without asking the store; the start-up reachability check.
 //!
 //! moto is installed by `.ci/setup` into a venv (`ORIGINPULL_MOTO_VENV`, by default
 //! `~/.local/share/originpull/moto-venv`). Only when that venv's python is missing are these
@@ -878,4 +879,94 @@ async fn an_object_deleted_in_the_store_leaves_the_local_tier_within_revalidate_
     .await;
     assert!(gone, "the copy is dropped once revalidated");
     assert!(wait_local_bytes(&server, 0.0).await);
+}
+
+/// Store requests of `operation` this process has made.
+async fn store_requests(server: &Originpull, operation: &str) -> f64 {
+    server
+        .metric(
+            "originpull_store_request_seconds_count",
+            &[("operation", operation)],
+        )
+        .await
+}
+
+#[tokio::test]
+async fn the_local_tier_survives_a_restart_and_still_evicts_past_max_bytes() {
+    let Some(mut s3) = S3Server::start() else {
+        return;
+    };
+    let origin = TestOrigin::start();
+    // Copies are not due for revalidation during the test: a hit asks the store nothing.
+    let mut server = with_local_tier(&s3, &origin, 250_000, 3600);
+    let bodies: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| {
+            let mut body = generated_bytes(100_000);
+            body[0] = i;
+            body
+        })
+        .collect();
+    for (name, body) in ["a.bin", "b.bin", "c.bin"].iter().zip(&bodies) {
+        s3.put(name, body, "application/octet-stream");
+    }
+    assert_eq!(get(&server, BUCKET, "/a.bin").await.status(), 200);
+    assert!(wait_local_bytes(&server, 100_000.0).await, "a.bin copied");
+    assert_eq!(get(&server, BUCKET, "/b.bin").await.status(), 200);
+    assert!(wait_local_bytes(&server, 200_000.0).await, "b.bin copied");
+
+    server.restart();
+    assert!(
+        wait_local_bytes(&server, 200_000.0).await,
+        "both copies are indexed again\n{}",
+        server.stderr_text()
+    );
+    assert_eq!(
+        get_body(&server, BUCKET, "/a.bin").await,
+        (200, bodies[0].clone())
+    );
+    assert_eq!(
+        server.metric("originpull_local_tier_hits_total", &[]).await,
+        1.0,
+        "served from the local tier"
+    );
+    assert_eq!(
+        store_requests(&server, "get").await,
+        0.0,
+        "no GET to the store"
+    );
+    assert_eq!(store_requests(&server, "head").await, 0.0, "no HEAD either");
+
+    // c.bin pushes the tier past max_bytes: b.bin, used least recently, is evicted.
+    assert_eq!(
+        get_body(&server, BUCKET, "/c.bin").await,
+        (200, bodies[2].clone())
+    );
+    assert!(
+        wait_until(WAIT, || async {
+            server
+                .metric("originpull_local_tier_evictions_total", &[])
+                .await
+                == 1.0
+        })
+        .await,
+        "one copy evicted\n{}",
+        server.stderr_text()
+    );
+    assert!(wait_local_bytes(&server, 200_000.0).await);
+    s3.stop();
+    assert_eq!(
+        get_body(&server, BUCKET, "/a.bin").await,
+        (200, bodies[0].clone()),
+        "a.bin is still in the local tier"
+    );
+    assert_eq!(
+        get_body(&server, BUCKET, "/c.bin").await,
+        (200, bodies[2].clone()),
+        "c.bin is in the local tier"
+    );
+    assert_eq!(
+        get(&server, BUCKET, "/b.bin").await.status(),
+        302,
+        "b.bin was evicted"
+    );
 }
