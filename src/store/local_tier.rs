@@ -138,6 +138,16 @@ impl<S: BucketStore> LocalTier<S> {
     /// Opens the tier, keeping the copies an earlier run left; their index is rebuilt in the
     /// background (see the module documentation).
     pub fn open(inner: S, settings: &LocalTierSettings) -> std::io::Result<LocalTier<S>> {
+        let tier = LocalTier::open_unindexed(inner, settings)?;
+        let rebuilding = tier.shared.clone();
+        std::thread::Builder::new()
+            .name("local-tier-index".into())
+            .spawn(move || rebuilding.rebuild_index())?;
+        Ok(tier)
+    }
+
+    /// The tier with its index still to be rebuilt.
+    fn open_unindexed(inner: S, settings: &LocalTierSettings) -> std::io::Result<LocalTier<S>> {
         let root = settings.dir.join("originpull-local-tier");
         let disk = DiskStore::open(&root)?;
         STORE_METRICS.local_tier_bytes.set(0);
@@ -152,10 +162,6 @@ impl<S: BucketStore> LocalTier<S> {
             max_bytes: settings.max_bytes,
             revalidate: Duration::from_secs(settings.revalidate_secs),
         });
-        let rebuilding = shared.clone();
-        std::thread::Builder::new()
-            .name("local-tier-index".into())
-            .spawn(move || rebuilding.rebuild_index())?;
         Ok(LocalTier { shared })
     }
 }
@@ -673,6 +679,31 @@ mod tests {
                 "{name}'s record removed"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_copy_purged_before_the_index_is_rebuilt_is_not_brought_back() {
+        let (remote, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = tier(remote.path(), dir.path(), 1000);
+        for name in ["kept", "purged"] {
+            copy_through(&first, name).await;
+        }
+        let disk = first.shared.disk.clone();
+        drop(first);
+
+        let settings = LocalTierSettings {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 1000,
+            revalidate_secs: 30,
+        };
+        let remote_store = DiskStore::open(remote.path()).unwrap();
+        let second = LocalTier::open_unindexed(remote_store, &settings).unwrap();
+        second.delete(BUCKET, &key("purged")).await.unwrap();
+        second.shared.rebuild_index();
+        assert_eq!(indexed(&second), ["kept"]);
+        let purged = disk.object_path(BUCKET, &key("purged"));
+        assert!(!purged.exists() && !record_path(&purged).exists());
+        assert!(second.open(BUCKET, &key("purged")).await.unwrap().is_none());
     }
 
     #[tokio::test]
