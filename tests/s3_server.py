@@ -10,21 +10,49 @@ conditional write's precondition and then writes without a lock, so concurrent
 "any other S3 tool" would: mb, put (KEY FILE CONTENT_TYPE), delete KEY, head KEY (prints
 ContentType, ETag and Metadata as JSON), uploads (prints the count of multipart uploads in
 progress), upload-keys (prints their keys, one a line), start-upload KEY (creates a multipart
-upload and leaves it), keys (prints the keys, one a line).
+upload and leaves it), keys (prints the keys, one a line). `s3_server.py ENDPOINT clock
+SECONDS` sets the server's clock SECONDS (may be negative) away from this machine's: the
+Last-Modified of objects written from then on and every response's Date follow it.
 """
 import json
 import sys
 import threading
 
+# Not an S3 path (no bucket may be named so): a PUT here sets the store's clock (see `serve`).
+CLOCK_PATH = "/_clock"
+
 
 def serve(port):
+    import datetime
+    import email.utils
+    import time
+
+    import moto.s3.models
     from moto.server import DomainDispatcherApplication, create_backend_app
-    from werkzeug.serving import make_server
+    from werkzeug.serving import WSGIRequestHandler, make_server
 
     app = DomainDispatcherApplication(create_backend_app)
     lock = threading.Lock()
 
+    # The store's clock, `offset` seconds from this machine's: objects' Last-Modified and the
+    # responses' Date both follow it, as they would on a store whose clock differs from a node's.
+    clock = {"offset": 0.0}
+    real_utcnow = moto.s3.models.utcnow
+    moto.s3.models.utcnow = lambda: real_utcnow() + datetime.timedelta(seconds=clock["offset"])
+
+    def date_time_string(self, timestamp=None):
+        if timestamp is None:
+            timestamp = time.time() + clock["offset"]
+        return email.utils.formatdate(timestamp, usegmt=True)
+
+    WSGIRequestHandler.date_time_string = date_time_string
+
     def serialised(environ, start_response):
+        if environ.get("PATH_INFO") == CLOCK_PATH:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            clock["offset"] = float(environ["wsgi.input"].read(length))
+            start_response("204 No Content", [])
+            return []
         with lock:
             # The body is collected under the lock too: moto does its work while it is built.
             return list(app(environ, start_response))
@@ -35,6 +63,15 @@ def serve(port):
 
 
 def client(endpoint, op, bucket, args):
+    if op == "clock":
+        import urllib.request
+
+        request = urllib.request.Request(
+            endpoint + CLOCK_PATH, data=bucket.encode(), method="PUT"
+        )
+        urllib.request.urlopen(request).close()
+        return
+
     import boto3
 
     s3 = boto3.client(

@@ -2,7 +2,9 @@
 //! started by `tests/s3_server.py`), read and written by the real binary; objects put and
 //! deleted by another S3 client (boto3); copies landing with their headers; multipart uploads
 //! completed or aborted, also when the copying process was killed (aborted at its next start);
-//! mirror clients of a node that waits for another node's copy; the start-up reachability check.
+//! mirror clients of a node that waits for another node's copy; leases judged by the store's
+//! clock (moto's clock set apart from this machine's); the local tier's eviction, and its copies
+//! served after a restart without asking the store; the start-up reachability check.
 //!
 //! moto is installed by `.ci/setup` into a venv (`ORIGINPULL_MOTO_VENV`, by default
 //! `~/.local/share/originpull/moto-venv`). Only when that venv's python is missing are these
@@ -576,6 +578,63 @@ async fn two_nodes_on_one_bucket_fetch_a_cold_key_from_the_origin_once() {
     assert!(released, "the lease is released: {:?}", s3.keys());
 }
 
+/// A lease another node wrote a moment ago by the store's clock, which runs 120 s behind this
+/// node's: by this node's clock it looks 120 s old, past the 60 s expiry, but it is live.
+#[tokio::test]
+async fn a_lease_live_by_the_store_clock_is_not_taken_over_whatever_this_node_clock_says() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    origin.route("/live.bin", Behavior::ok(generated_bytes(1000)));
+    s3.client(&["clock", "-120"]);
+    s3.put(".originpull-leases/live.bin", b"lease", "text/plain");
+    let server = s3.originpull(&origin);
+
+    assert_eq!(get(&server, BUCKET, "/live.bin").await.status(), 302);
+    assert!(
+        server
+            .wait_for_stderr("another node is fetching it", WAIT)
+            .await,
+        "the copy waits for the lease's holder\n{}",
+        server.stderr_text()
+    );
+    assert!(
+        !server.stderr_text().contains("took over"),
+        "{}",
+        server.stderr_text()
+    );
+    assert_eq!(origin.hits("/live.bin"), 0, "the origin is not asked");
+}
+
+/// A lease the store dates 120 s back by its own clock, which runs 120 s ahead of this node's:
+/// by this node's clock it was written just now, but its holder is gone; it is taken over.
+#[tokio::test]
+async fn a_lease_expired_by_the_store_clock_is_taken_over_whatever_this_node_clock_says() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    let body = generated_bytes(1000);
+    origin.route("/expired.bin", Behavior::ok(body.clone()));
+    s3.put(".originpull-leases/expired.bin", b"lease", "text/plain");
+    s3.client(&["clock", "120"]);
+    let server = s3.originpull(&origin);
+
+    assert_eq!(get(&server, BUCKET, "/expired.bin").await.status(), 302);
+    assert!(
+        wait_until(WAIT, || async {
+            head_status(&server, "/expired.bin").await == 200
+        })
+        .await,
+        "the copy takes the lease over and lands\n{}",
+        server.stderr_text()
+    );
+    assert!(
+        server.stderr_text().contains("took over the expired lease"),
+        "{}",
+        server.stderr_text()
+    );
+    assert_eq!(get_body(&server, BUCKET, "/expired.bin").await, (200, body));
+    assert_eq!(origin.hits("/expired.bin"), 1);
+}
+
 #[tokio::test]
 async fn a_mirror_client_of_another_node_is_served_once_the_object_lands() {
     let Some(s3) = S3Server::start() else { return };
@@ -820,4 +879,94 @@ async fn an_object_deleted_in_the_store_leaves_the_local_tier_within_revalidate_
     .await;
     assert!(gone, "the copy is dropped once revalidated");
     assert!(wait_local_bytes(&server, 0.0).await);
+}
+
+/// Store requests of `operation` this process has made.
+async fn store_requests(server: &Originpull, operation: &str) -> f64 {
+    server
+        .metric(
+            "originpull_store_request_seconds_count",
+            &[("operation", operation)],
+        )
+        .await
+}
+
+#[tokio::test]
+async fn the_local_tier_survives_a_restart_and_still_evicts_past_max_bytes() {
+    let Some(mut s3) = S3Server::start() else {
+        return;
+    };
+    let origin = TestOrigin::start();
+    // Copies are not due for revalidation during the test: a hit asks the store nothing.
+    let mut server = with_local_tier(&s3, &origin, 250_000, 3600);
+    let bodies: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| {
+            let mut body = generated_bytes(100_000);
+            body[0] = i;
+            body
+        })
+        .collect();
+    for (name, body) in ["a.bin", "b.bin", "c.bin"].iter().zip(&bodies) {
+        s3.put(name, body, "application/octet-stream");
+    }
+    assert_eq!(get(&server, BUCKET, "/a.bin").await.status(), 200);
+    assert!(wait_local_bytes(&server, 100_000.0).await, "a.bin copied");
+    assert_eq!(get(&server, BUCKET, "/b.bin").await.status(), 200);
+    assert!(wait_local_bytes(&server, 200_000.0).await, "b.bin copied");
+
+    server.restart();
+    assert!(
+        wait_local_bytes(&server, 200_000.0).await,
+        "both copies are indexed again\n{}",
+        server.stderr_text()
+    );
+    assert_eq!(
+        get_body(&server, BUCKET, "/a.bin").await,
+        (200, bodies[0].clone())
+    );
+    assert_eq!(
+        server.metric("originpull_local_tier_hits_total", &[]).await,
+        1.0,
+        "served from the local tier"
+    );
+    assert_eq!(
+        store_requests(&server, "get").await,
+        0.0,
+        "no GET to the store"
+    );
+    assert_eq!(store_requests(&server, "head").await, 0.0, "no HEAD either");
+
+    // c.bin pushes the tier past max_bytes: b.bin, used least recently, is evicted.
+    assert_eq!(
+        get_body(&server, BUCKET, "/c.bin").await,
+        (200, bodies[2].clone())
+    );
+    assert!(
+        wait_until(WAIT, || async {
+            server
+                .metric("originpull_local_tier_evictions_total", &[])
+                .await
+                == 1.0
+        })
+        .await,
+        "one copy evicted\n{}",
+        server.stderr_text()
+    );
+    assert!(wait_local_bytes(&server, 200_000.0).await);
+    s3.stop();
+    assert_eq!(
+        get_body(&server, BUCKET, "/a.bin").await,
+        (200, bodies[0].clone()),
+        "a.bin is still in the local tier"
+    );
+    assert_eq!(
+        get_body(&server, BUCKET, "/c.bin").await,
+        (200, bodies[2].clone()),
+        "c.bin is in the local tier"
+    );
+    assert_eq!(
+        get(&server, BUCKET, "/b.bin").await.status(),
+        302,
+        "b.bin was evicted"
+    );
 }

@@ -105,13 +105,29 @@ impl DiskStore {
         Ok(PathBuf::from(path))
     }
 
-    /// A new temporary file's path in the bucket's `tmp/`, named after this process.
-    fn tmp_path(&self, bucket: &str) -> PathBuf {
+    /// A new temporary file's path in the bucket's `tmp/`, named after this process (so
+    /// [`DiskStore::open`] removes it if this process dies before renaming it into place).
+    pub(super) fn tmp_path(&self, bucket: &str) -> PathBuf {
         self.bucket_dir(bucket).join("tmp").join(format!(
             "{}-{:032x}",
             std::process::id(),
             rand::random::<u128>()
         ))
+    }
+    /// The metadata of the object file at `path`, which must hold `key`: `Ok(None)` when there
+    /// is no such file, `Err(Corrupt)` when it is not a whole object (no trailer) or holds
+    /// another key. Reads the trailer only, not the content.
+    pub(super) fn committed_meta(
+        &self,
+        path: &Path,
+        key: &ObjectKey,
+    ) -> Result<Option<ObjectMeta>, StoreError> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        read_trailer(&file, Some(key)).map(Some)
     }
 }
 

@@ -33,7 +33,9 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
 use object_store::path::Path;
+use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{
     Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, GetRange, ObjectStore,
     ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
@@ -67,6 +69,8 @@ const LEASE_RENEW: Duration = Duration::from_secs(20);
 const RETRY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_RETRIES: usize = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Life of the presigned URL of a lease's HEAD: it is used at once.
+const LEASE_HEAD_URL_LIFE: Duration = Duration::from_secs(60);
 
 /// Access keys for the S3 endpoint. Never printed: `Debug` shows only the key id's source.
 #[derive(Clone)]
@@ -154,6 +158,8 @@ pub struct S3Store {
     /// Clients by S3 bucket.
     clients: Mutex<HashMap<String, Arc<AmazonS3>>>,
     journal: Option<Arc<UploadJournal>>,
+    /// The HTTP client of requests object_store has no call for (see [`S3Store::head_lease`]).
+    raw_http: Mutex<Option<HttpClient>>,
 }
 
 impl S3Store {
@@ -165,6 +171,7 @@ impl S3Store {
             credentials,
             clients: Mutex::new(HashMap::new()),
             journal: None,
+            raw_http: Mutex::new(None),
         }
     }
 
@@ -261,6 +268,65 @@ impl S3Store {
         Ok(client)
     }
 
+    /// The HTTP client of requests sent by hand, made on first use with the store's options.
+    fn raw_http(&self) -> object_store::Result<HttpClient> {
+        let mut raw_http = self.raw_http.lock();
+        if let Some(http) = raw_http.as_ref() {
+            return Ok(http.clone());
+        }
+        let http = ReqwestConnector::default().connect(&self.client_options())?;
+        *raw_http = Some(http.clone());
+        Ok(http)
+    }
+
+    /// Reads the lease at `path` with a HEAD, and the store's time of its answer; `None` when
+    /// there is no lease. object_store's `head` drops the response's `Date`, so this HEAD is
+    /// sent by hand: a URL presigned by object_store's own signer, sent with its HTTP client.
+    /// The lease's age is then judged by the store's clock alone (its `Last-Modified` against
+    /// its `Date`), so nodes with skewed clocks neither take a live lease over nor wait past
+    /// an expired one.
+    async fn head_lease(
+        &self,
+        client: &AmazonS3,
+        path: &Path,
+    ) -> object_store::Result<Option<HeldLease>> {
+        let url = client
+            .signed_url_opts(
+                http::Method::HEAD,
+                path,
+                LEASE_HEAD_URL_LIFE,
+                &SignedUrlOptions::new(),
+            )
+            .await?;
+        let request = http::Request::head(url.as_str())
+            .body(HttpRequestBody::empty())
+            .map_err(|e| generic_error(&e.to_string()))?;
+        let response = tokio::time::timeout(RETRY_TIMEOUT, self.raw_http()?.execute(request))
+            .await
+            .map_err(|_| generic_error("the lease HEAD timed out"))?
+            .map_err(|e| generic_error(&e.to_string()))?;
+        let status = response.status();
+        if status == http::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(generic_error(&format!("the lease HEAD answered {status}")));
+        }
+        let headers = response.headers();
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let last_modified = text("last-modified")
+            .and_then(http_date)
+            .ok_or_else(|| generic_error("the lease HEAD has no readable Last-Modified"))?;
+        Ok(Some(HeldLease {
+            version: UpdateVersion {
+                e_tag: text("etag").map(str::to_string),
+                version: text("x-amz-version-id").map(str::to_string),
+            },
+            last_modified,
+            store_now: store_date(headers),
+        }))
+    }
+
     /// The S3 key of `key`; `None` for keys an S3 path cannot hold as is (empty segments, a
     /// trailing `/`), which are then never stored.
     fn path_of(&self, key: &ObjectKey) -> Option<Path> {
@@ -294,6 +360,47 @@ impl Drop for LeaseGuard {
                 }
             });
         }
+    }
+}
+
+/// A lease as a HEAD found it.
+struct HeldLease {
+    /// Its ETag (and version), for the `If-Match` of a takeover.
+    version: UpdateVersion,
+    /// When it was last written (created or renewed), by the store's clock.
+    last_modified: chrono::DateTime<chrono::Utc>,
+    /// The `Date` of the store's answer: the store's clock at the HEAD.
+    store_now: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Whether a lease last written at `last_modified` may be taken over at `store_now`, both read
+/// from the store's clock.
+fn lease_expired(
+    last_modified: chrono::DateTime<chrono::Utc>,
+    store_now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    (store_now - last_modified).num_seconds() >= LEASE_SECS
+}
+
+/// An HTTP date (`Date`, `Last-Modified`).
+fn http_date(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    httpdate::parse_http_date(text)
+        .ok()
+        .map(chrono::DateTime::<chrono::Utc>::from)
+}
+
+/// The store's clock at its answer: the response's `Date`.
+pub(super) fn store_date(headers: &http::HeaderMap) -> Option<chrono::DateTime<chrono::Utc>> {
+    headers
+        .get(http::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(http_date)
+}
+
+pub(super) fn generic_error(message: &str) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "S3",
+        source: message.to_string().into(),
     }
 }
 
@@ -452,8 +559,9 @@ impl BucketStore for S3Store {
     }
 
     /// A lease object `LEASE_FOLDER + key`, created with `If-None-Match: *`; one older than
-    /// [`LEASE_SECS`] (by its Last-Modified against this node's clock) is taken over with
-    /// `If-Match` on its ETag. The store decides each race: exactly one node wins.
+    /// [`LEASE_SECS`] by the store's clock (its Last-Modified against the `Date` of the HEAD
+    /// that read it, see [`S3Store::head_lease`]) is taken over with `If-Match` on its ETag.
+    /// The store decides each race: exactly one node wins.
     async fn claim_fill(
         &self,
         bucket: &str,
@@ -477,21 +585,24 @@ impl BucketStore for S3Store {
         let version = match timed("lease", client.put_opts(&path, lease_body(), create)).await {
             Ok(result) => version_of(result),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                let held = match timed("lease", client.head(&path)).await {
-                    Ok(held) => held,
+                let held = match timed("lease", self.head_lease(&client, &path)).await {
+                    Ok(Some(held)) => held,
                     // Released meanwhile: the caller asks again.
-                    Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                    Ok(None) => return Ok(None),
                     Err(e) => return Err(store_error(e)),
                 };
-                let age = chrono::Utc::now() - held.last_modified;
-                if age.num_seconds() < LEASE_SECS {
+                let store_now = held.store_now.unwrap_or_else(|| {
+                    log::warn!(
+                        "S3 store: the store sent no Date with the lease {path}; judging its \
+                         age by this node's clock"
+                    );
+                    chrono::Utc::now()
+                });
+                if !lease_expired(held.last_modified, store_now) {
                     return Ok(None);
                 }
                 let take_over = PutOptions {
-                    mode: PutMode::Update(UpdateVersion {
-                        e_tag: held.e_tag,
-                        version: held.version,
-                    }),
+                    mode: PutMode::Update(held.version),
                     ..PutOptions::default()
                 };
                 match timed("lease", client.put_opts(&path, lease_body(), take_over)).await {
@@ -875,6 +986,17 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("AKIDEXAMPLE"), "{err}");
+    }
+
+    #[test]
+    fn a_lease_expires_by_the_store_clock_alone() {
+        let at = |text: &str| http_date(text).unwrap();
+        let written = at("Mon, 02 Jan 2006 15:04:05 GMT");
+        // Dates long past by this node's clock: only the store's `Date` decides.
+        assert!(!lease_expired(written, at("Mon, 02 Jan 2006 15:05:04 GMT")));
+        assert!(lease_expired(written, at("Mon, 02 Jan 2006 15:05:05 GMT")));
+        // A lease the store dates in its own future (renewed since the Date was read) is live.
+        assert!(!lease_expired(written, at("Mon, 02 Jan 2006 15:00:00 GMT")));
     }
 
     #[test]

@@ -42,7 +42,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
 
-use super::s3::{timed, S3Store};
+use super::s3::{generic_error, store_date, timed, S3Store};
 use crate::metrics::STORE_METRICS;
 
 /// The journal's directory inside the node's state directory.
@@ -469,22 +469,16 @@ impl UploadCleanup {
             let listed = timed("list_uploads", async {
                 let response = tokio::time::timeout(LIST_TIMEOUT, http.execute(request))
                     .await
-                    .map_err(|_| generic("the listing timed out"))?
-                    .map_err(|e| generic(&e.to_string()))?;
+                    .map_err(|_| generic_error("the listing timed out"))?
+                    .map_err(|e| generic_error(&e.to_string()))?;
                 let status = response.status();
-                let now = response
-                    .headers()
-                    .get(http::header::DATE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| httpdate::parse_http_date(v).ok())
-                    .map(chrono::DateTime::<chrono::Utc>::from)
-                    .unwrap_or_else(chrono::Utc::now);
+                let now = store_date(response.headers()).unwrap_or_else(chrono::Utc::now);
                 let body = tokio::time::timeout(LIST_TIMEOUT, response.into_body().bytes())
                     .await
-                    .map_err(|_| generic("the listing timed out"))?
-                    .map_err(|e| generic(&e.to_string()))?;
+                    .map_err(|_| generic_error("the listing timed out"))?
+                    .map_err(|e| generic_error(&e.to_string()))?;
                 if !status.is_success() {
-                    return Err(generic(&format!(
+                    return Err(generic_error(&format!(
                         "ListMultipartUploads answered {status}: {}",
                         String::from_utf8_lossy(&body)
                             .chars()
@@ -494,7 +488,7 @@ impl UploadCleanup {
                 }
                 parse_listing(&body)
                     .map(|listing| (listing, now))
-                    .map_err(|e| generic(&e))
+                    .map_err(|e| generic_error(&e))
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -533,13 +527,6 @@ impl UploadCleanup {
             }
         }
         Ok(aborted)
-    }
-}
-
-fn generic(message: &str) -> object_store::Error {
-    object_store::Error::Generic {
-        store: "S3",
-        source: message.to_string().into(),
     }
 }
 
