@@ -5,6 +5,7 @@
 #
 #   fuzz/run.sh                        # every target, SECONDS_PER_TARGET (default 60) each
 #   SECONDS_PER_TARGET=600 fuzz/run.sh location byte_range
+#   LIBFUZZER_ARGS="-max_len=16384" fuzz/run.sh config_loader   # more libFuzzer flags, word-split
 #
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). The checked-in seeds
 # in fuzz/corpus/<target>/ are only read; what the fuzzer learns goes to
@@ -33,7 +34,7 @@ for target in "${TARGETS[@]}"; do
     echo "== $target: ${SECONDS_PER_TARGET}s"
     status=0
     cargo +nightly fuzz run "${FUZZ_FLAGS[@]}" "$target" "target/corpus/$target" "corpus/$target" -- \
-        -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -print_final_stats=1 >"$log" 2>&1 ||
+        -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -print_final_stats=1 ${LIBFUZZER_ARGS:-} >"$log" 2>&1 ||
         status=$?
     runs=$(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -n1 || true)
     cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+/[0-9]+[a-zA-Z]*' "$log" | tail -n1 || true)
