@@ -1,8 +1,8 @@
 //! Issue #13, property tests (proptest): the key parser, the `Location` builder, Range handling
 //! and the configuration loader take any input and either give something that round-trips or
 //! refuse it with an error; nothing panics. The properties themselves are
-//! `originpull::properties`, which the fuzz targets (`fuzz/`) check too; regressions found by
-//! fuzzing are at the end, with their exact input.
+//! `originpull::properties`, which the fuzz targets (`fuzz/`) check too; an input fuzzing finds
+//! becomes a test at the end of this file, with its exact bytes.
 
 use originpull::config::{parse_origin, Protocol};
 use originpull::properties::{
