@@ -10,7 +10,8 @@
 //! record what happened, [`reload`] swaps configurations, [`server`] starts it all, with one
 //! [`listener`] per worker thread and a [`connection`] gate in front of each request. [`admin`]
 //! is the separate admin API for finishing a migration (purge, prefetch jobs, progress);
-//! `prefetch` in the binary is its command-line client.
+//! `prefetch` in the binary is its command-line client. [`properties`] states what the parsers
+//! promise for any input, for the property tests and the fuzz targets.
 
 pub mod access_log;
 pub mod admin;
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod origin_choice;
 pub mod prefetch;
+pub mod properties;
 pub mod proxy;
 pub mod redirect;
 pub mod reload;
