@@ -376,19 +376,7 @@ async fn make_variant(
     if object.meta() != meta {
         return Ok(false);
     }
-    let mut body = Vec::with_capacity(meta.size as usize);
-    while (body.len() as u64) < meta.size {
-        let chunk = object
-            .read_at(body.len() as u64, (meta.size as usize) - body.len())
-            .await?;
-        if chunk.is_empty() {
-            return Err(StoreError::Corrupt(format!(
-                "object {:?} is shorter than its size",
-                key.as_str()
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = object.read_whole().await?;
     let compressed = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         encoding.compress(&body)

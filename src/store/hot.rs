@@ -218,13 +218,7 @@ impl<S: BucketStore> BucketStore for HotTier<S> {
         let Some(_claim) = LoadingClaim::try_claim(&shared.loading, id) else {
             return Ok(Some(object));
         };
-        let body = object.read_at(0, size as usize).await?;
-        if body.len() as u64 != size {
-            return Err(StoreError::Corrupt(format!(
-                "object {:?} is shorter than its size",
-                key.as_str()
-            )));
-        }
+        let body = object.read_whole().await?;
         let hot = Arc::new(HotObject {
             bucket: bucket.to_string(),
             variant: None,
@@ -277,13 +271,7 @@ impl<S: BucketStore> BucketStore for HotTier<S> {
             return Ok(Some(object));
         }
         // Small, and read by one request or a few at worst: no loading claim needed.
-        let body = object.read_at(0, size as usize).await?;
-        if body.len() as u64 != size {
-            return Err(StoreError::Corrupt(format!(
-                "variant {variant} of {:?} is shorter than its size",
-                key.as_str()
-            )));
-        }
+        let body = object.read_whole().await?;
         let hot = shared.put_variant(id, bucket, variant, object.meta().clone(), body);
         Ok(Some(Box::new(MemoryObject(hot))))
     }

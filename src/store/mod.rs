@@ -23,7 +23,7 @@ mod write_behind;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::key::ObjectKey;
@@ -135,6 +135,32 @@ pub trait StoredObject: Send {
     /// Reads up to `max` bytes of the content starting at `offset`; an empty result means the
     /// content ended before `offset`.
     async fn read_at(&mut self, offset: u64, max: usize) -> Result<Bytes, StoreError>;
+
+    /// The whole content, read in order from its first byte (so a store that checks content as
+    /// it is read, see [`checksum`], checks it); `Corrupt` if it ends before `meta().size`.
+    async fn read_whole(&mut self) -> Result<Bytes, StoreError> {
+        let size = self.meta().size;
+        let first = self.read_at(0, size as usize).await?;
+        if first.len() as u64 == size {
+            // The usual case: one read, no copy.
+            return Ok(first);
+        }
+        let mut body = BytesMut::with_capacity(size as usize);
+        body.extend_from_slice(&first);
+        while (body.len() as u64) < size {
+            let chunk = self
+                .read_at(body.len() as u64, size as usize - body.len())
+                .await?;
+            if chunk.is_empty() {
+                return Err(StoreError::Corrupt(format!(
+                    "object {:?} is shorter than its size",
+                    self.meta().key
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
 }
 
 /// A new object being written; dropping it without `commit` discards everything written.
