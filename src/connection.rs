@@ -338,7 +338,7 @@ impl Connection {
     async fn refuse_large_head(mut self, max_bytes: usize, access_log: &AccessLog) {
         let started = Instant::now();
         let request_id = new_request_id();
-        let resource = request_target(&self.buf);
+        let (method, resource) = request_line(&self.buf);
         log::debug!(
             "request {request_id}: head larger than server.max_header_bytes ({max_bytes}); 431"
         );
@@ -347,7 +347,6 @@ impl Connection {
         };
         BucketMetrics::unrouted().count_request(RequestResult::BadRequest, response.body_len);
         let sent = self.stream.write_all(&response.bytes).await.is_ok();
-        let method = request_method(&self.buf);
         access_log.write(&AccessRecord {
             time: SystemTime::now(),
             client: self
@@ -405,20 +404,14 @@ fn head_length(buf: &[u8]) -> Option<usize> {
     }
 }
 
-/// The request target of a head, for the error's `<Resource>` (empty if not yet readable).
-/// The method in the request line at the start of `buf`, for the access log.
-fn request_method(buf: &[u8]) -> String {
-    let method = buf
-        .split(|b| *b == b' ' || *b == b'\n')
-        .next()
-        .unwrap_or_default();
-    String::from_utf8_lossy(method).into_owned()
-}
-
-fn request_target(buf: &[u8]) -> String {
+/// The method and the request target of the head at the start of `buf`, for the access log
+/// and the error's `<Resource>` (each empty if not yet readable).
+fn request_line(buf: &[u8]) -> (String, String) {
     let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    let target = line.split(|b| *b == b' ').nth(1).unwrap_or_default();
-    String::from_utf8_lossy(target).into_owned()
+    let mut parts = line.split(|b| *b == b' ');
+    let mut next = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let method = next();
+    (method, next())
 }
 
 struct RawResponse {
@@ -635,8 +628,11 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_target_for_the_error_resource() {
-        assert_eq!(request_target(b"GET /a?b HTTP/1.1\r\nX: y"), "/a?b");
-        assert_eq!(request_target(b"GET"), "");
+    fn reads_the_method_and_target_for_the_log_and_the_error_resource() {
+        assert_eq!(
+            request_line(b"GET /a?b HTTP/1.1\r\nX: y"),
+            ("GET".to_string(), "/a?b".to_string())
+        );
+        assert_eq!(request_line(b"GET"), ("GET".to_string(), String::new()));
     }
 }
