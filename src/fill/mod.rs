@@ -456,7 +456,9 @@ impl Filler {
                 sink: None,
             }),
             CopyDecision::Queued => {}
-            CopyDecision::RecentlyFailed => bucket.metrics.count_fill(FillOutcome::NegativeCached),
+            CopyDecision::RecentlyFailed | CopyDecision::AlreadyInFlight => {
+                self.note_blocked_copy(bucket, decision)
+            }
             CopyDecision::Dropped => {
                 log::warn!(
                     "fill queue full: not copying {:?} into {}",
@@ -465,7 +467,6 @@ impl Filler {
                 );
                 bucket.metrics.count_fill(FillOutcome::Dropped);
             }
-            CopyDecision::AlreadyInFlight => {}
         }
         decision
     }
