@@ -15,19 +15,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use sha2::{Digest, Sha256};
+use originpull::key::ObjectKey;
+use originpull::store::disk::object_path_under;
 
 const BUCKET: &str = "example-1250000000";
 
-/// The disk store's file for `key` (objects are named by the SHA-256 of their key).
-fn object_file(server: &Originpull, key: &str) -> std::path::PathBuf {
-    let hash = hex::encode(Sha256::digest(key.as_bytes()));
-    server
-        .bucket_dir(BUCKET)
-        .join("objects")
-        .join(&hash[0..2])
-        .join(&hash[2..4])
-        .join(hash)
+/// The disk store's file for `key`.
+fn object_file(server: &Originpull, key: &str) -> PathBuf {
+    let key = ObjectKey::from_request_path(&format!("/{key}")).expect("a valid key");
+    object_path_under(server.data_dir(), BUCKET, &key)
 }
 
 /// A server with the memory tier off (every hit reads the file) that has copied `path` from

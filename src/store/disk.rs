@@ -42,6 +42,18 @@ const TRAILER_FIXED: usize = 16;
 /// One read usually fetches the whole trailer.
 const TRAILER_READ: usize = 4096;
 
+/// The file holding `key` of `bucket` in a store rooted at `root` (the layout in the module
+/// documentation; `bucket` is a configured name, one DNS label); also used by tests to find,
+/// and damage, an object's file.
+pub fn object_path_under(root: &Path, bucket: &str, key: &ObjectKey) -> PathBuf {
+    let hash = hex::encode(Sha256::digest(key.as_str().as_bytes()));
+    root.join(bucket)
+        .join("objects")
+        .join(&hash[0..2])
+        .join(&hash[2..4])
+        .join(hash)
+}
+
 #[derive(Debug, Clone)]
 pub struct DiskStore {
     root: PathBuf,
@@ -77,14 +89,9 @@ impl DiskStore {
         self.root.join(bucket)
     }
 
-    /// The file holding `key`; also used by tests to prove where an object lives.
+    /// The file holding `key`.
     pub fn object_path(&self, bucket: &str, key: &ObjectKey) -> PathBuf {
-        let hash = hex::encode(Sha256::digest(key.as_str().as_bytes()));
-        self.bucket_dir(bucket)
-            .join("objects")
-            .join(&hash[0..2])
-            .join(&hash[2..4])
-            .join(hash)
+        object_path_under(&self.root, bucket, key)
     }
 
     /// The file holding `variant` of `key`, beside the object's file.
