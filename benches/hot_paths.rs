@@ -8,10 +8,9 @@ use originpull::config::{parse_origin, Config};
 use originpull::cors::CorsReply;
 use originpull::key::ObjectKey;
 use originpull::redirect::location;
-use originpull::respond::Reply;
+use originpull::respond::{Reply, RequestId};
 use originpull::route::Routes;
-use originpull::serve::object_headers;
-use originpull::store::{BucketStore, DiskStore, HotTier, HotTierLimits, NewObject};
+use originpull::store::{BucketStore, DiskStore, HotTier, HotTierLimits, NewObject, ObjectHead};
 use pingora::http::RequestHeader;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,9 +93,19 @@ fn hot_paths(c: &mut Criterion) {
             .meta()
             .clone()
     });
-    let reply = Reply::new("0123456789abcdef".into());
+    let reply = Reply::new(RequestId::new());
+    // Building an object's head from its metadata: what a hit from disk does.
     c.bench_function("serve/hit_headers", |b| {
-        b.iter(|| object_headers(black_box(&meta), &reply))
+        b.iter(|| {
+            ObjectHead::of(black_box(&meta))
+                .and_then(|head| head.response(&reply))
+                .expect("head")
+        })
+    });
+    // A hit from the memory tier: the head was prepared when the object was loaded.
+    let prepared = ObjectHead::of(&meta).expect("head");
+    c.bench_function("serve/hit_headers_prepared", |b| {
+        b.iter(|| black_box(&prepared).response(&reply).expect("head"))
     });
     // A bucket with CORS rules, a request without Origin: only `Vary: Origin` is added.
     let cors_reply = Reply {
@@ -104,7 +113,7 @@ fn hot_paths(c: &mut Criterion) {
         ..reply.clone()
     };
     c.bench_function("serve/hit_headers_cors_bucket_no_origin", |b| {
-        b.iter(|| object_headers(black_box(&meta), &cors_reply))
+        b.iter(|| black_box(&prepared).response(&cors_reply).expect("head"))
     });
 }
 

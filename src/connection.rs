@@ -39,7 +39,7 @@ use tokio::time::{timeout_at, Instant};
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::config::ServerSettings;
 use crate::metrics::{BucketMetrics, RequestResult, METRICS};
-use crate::respond::{error_xml, new_request_id, response_header, ErrorCode, Reply};
+use crate::respond::{error_xml, response_header, ErrorCode, Reply, RequestId};
 
 /// Read buffer for the next head while a connection is idle; grown only for larger heads.
 const INITIAL_HEAD_BUFFER: usize = 1024;
@@ -337,7 +337,7 @@ impl Connection {
     /// Answers 431 with the XML error and closes. The head is not parsed any further.
     async fn refuse_large_head(mut self, max_bytes: usize, access_log: &AccessLog) {
         let started = Instant::now();
-        let request_id = new_request_id();
+        let request_id = RequestId::new();
         let (method, resource) = request_line(&self.buf);
         log::debug!(
             "request {request_id}: head larger than server.max_header_bytes ({max_bytes}); 431"
@@ -362,7 +362,7 @@ impl Connection {
             result: RequestResult::BadRequest.as_str(),
             bytes: if sent { response.body_len } else { 0 },
             duration: started.elapsed(),
-            request_id: &request_id,
+            request_id: request_id.as_str(),
         });
         if !sent {
             return;
@@ -420,11 +420,11 @@ struct RawResponse {
 }
 
 /// The complete 431 response, with the common headers and the XML body.
-fn large_head_response(resource: &str, request_id: &str) -> pingora::Result<RawResponse> {
+fn large_head_response(resource: &str, request_id: &RequestId) -> pingora::Result<RawResponse> {
     let code = ErrorCode::RequestHeaderSectionTooLarge;
-    let body = error_xml(code, None, resource, request_id);
+    let body = error_xml(code, None, resource, request_id.as_str());
     // No bucket is known before the head is read: no CORS headers.
-    let reply = Reply::new(request_id.to_string());
+    let reply = Reply::new(request_id.clone());
     let mut resp = response_header(code.status(), &reply)?;
     resp.insert_header(header::CONTENT_TYPE, "application/xml")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;

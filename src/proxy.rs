@@ -23,7 +23,7 @@ use crate::mirror::MirrorMiss;
 use crate::origin_choice::Origin;
 use crate::redirect::{location, write_redirect};
 use crate::reload::ConfigHandle;
-use crate::respond::{new_request_id, write_error, ErrorCode, Reply};
+use crate::respond::{write_error, ErrorCode, Reply, RequestId};
 use crate::route::Bucket;
 use crate::serve::{serve_hit, HitOutcome};
 use crate::store::{BucketStore, StoreError};
@@ -62,7 +62,7 @@ impl ProxyHttp for OriginPull {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            reply: Reply::new(new_request_id()),
+            reply: Reply::new(RequestId::new()),
             bucket: None,
             key: String::new(),
             origin: None,
@@ -159,7 +159,7 @@ impl ProxyHttp for OriginPull {
             result: ctx.result.as_str(),
             bytes: ctx.body_bytes,
             duration: ctx.started.elapsed(),
-            request_id: &ctx.reply.request_id,
+            request_id: ctx.reply.request_id.as_str(),
         });
     }
 }

@@ -6,7 +6,7 @@
 //! chunked encoding and flushes each write, and `respond_error` would turn keep-alive off.
 
 use bytes::Bytes;
-use http::{header, StatusCode};
+use http::{header, HeaderValue, StatusCode};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::date::get_cached_date;
 use pingora::proxy::Session;
@@ -139,21 +139,54 @@ fn xml_escape(text: &str) -> String {
 /// an originpull (a loop).
 pub const REQUEST_ID_HEADER: &str = "x-originpull-request-id";
 
-/// A new request id, for `x-originpull-request-id` and the access log.
-pub fn new_request_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+/// One request's id: 16 random hex digits, kept as the header value it is sent as, so each
+/// response copies a reference instead of formatting it again.
+#[derive(Debug, Clone)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// A new random id, for `x-originpull-request-id` and the access log.
+    pub fn new() -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = rand::random::<u64>();
+        let mut digits = [0u8; 16];
+        for (i, digit) in digits.iter_mut().enumerate() {
+            *digit = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        // Hex digits are always a valid header value.
+        RequestId(
+            HeaderValue::from_bytes(&digits)
+                .unwrap_or_else(|_| HeaderValue::from_static("0000000000000000")),
+        )
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> RequestId {
+        RequestId::new()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What every response to one request carries besides its own headers: the request id and the
 /// CORS headers, decided once after routing.
 #[derive(Debug, Clone, Default)]
 pub struct Reply {
-    pub request_id: String,
+    pub request_id: RequestId,
     pub cors: CorsReply,
 }
 
 impl Reply {
-    pub fn new(request_id: String) -> Reply {
+    pub fn new(request_id: RequestId) -> Reply {
         Reply {
             request_id,
             cors: CorsReply::Off,
@@ -161,13 +194,27 @@ impl Reply {
     }
 }
 
+/// The start of every originpull response: its status and `Server`. A head prepared ahead of
+/// its requests (an object's, [`crate::store::ObjectHead`]) starts here and gets the
+/// per-request headers from [`finish_header`] on each use.
+pub fn base_header(status: StatusCode) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(12))?;
+    resp.insert_header(header::SERVER, HeaderValue::from_static("originpull"))?;
+    Ok(resp)
+}
+
+/// Adds what every response carries that differs per request: `Date`, the request id and the
+/// request's CORS headers.
+pub fn finish_header(resp: &mut ResponseHeader, reply: &Reply) -> Result<()> {
+    resp.insert_header(header::DATE, get_cached_date())?;
+    resp.insert_header(REQUEST_ID_HEADER, reply.request_id.0.clone())?;
+    reply.cors.apply(resp)
+}
+
 /// A response header with the headers every originpull response carries.
 pub fn response_header(status: StatusCode, reply: &Reply) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(status, Some(8))?;
-    resp.insert_header(header::SERVER, "originpull")?;
-    resp.insert_header(header::DATE, get_cached_date())?;
-    resp.insert_header(REQUEST_ID_HEADER, reply.request_id.as_str())?;
-    reply.cors.apply(&mut resp)?;
+    let mut resp = base_header(status)?;
+    finish_header(&mut resp, reply)?;
     Ok(resp)
 }
 
@@ -200,11 +247,14 @@ pub async fn write_error(
 ) -> Result<u64> {
     let resource = session.req_header().uri.path().to_string();
     let mut resp = response_header(code.status(), reply)?;
-    resp.insert_header(header::CONTENT_TYPE, "application/xml")?;
+    resp.insert_header(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    )?;
     for (name, value) in extra {
         resp.insert_header(name.clone(), *value)?;
     }
-    let body = error_xml(code, detail, &resource, &reply.request_id);
+    let body = error_xml(code, detail, &resource, reply.request_id.as_str());
     write_complete(session, resp, Bytes::from(body)).await
 }
 

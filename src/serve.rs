@@ -15,9 +15,9 @@ use pingora::proxy::{range_header_filter, RangeType, Session};
 use pingora::{Error, ErrorType, Result};
 
 use crate::compress::Representation;
-use crate::respond::{response_header, write_error, ErrorCode, Reply};
+use crate::respond::{write_error, ErrorCode, Reply};
 use crate::store::checksum::CRC64_HEADER;
-use crate::store::{ObjectMeta, StoredObject};
+use crate::store::StoredObject;
 
 /// Bytes read from the store and written to the client per step.
 pub const CHUNK_BYTES: usize = 256 * 1024;
@@ -42,12 +42,14 @@ pub async fn serve_hit(
         encoding,
         varies,
     } = hit;
-    let meta = object.meta().clone();
-    let mut resp = object_headers(&meta, reply)?;
+    let meta = object.meta();
+    let (size, last_modified) = (meta.size, meta.last_modified_time());
+    let mut resp = object.head()?.response(reply)?;
     if let Some(encoding) = encoding {
         // A distinct strong ETag per encoding: each variant's bytes are fixed for the object's
         // version (kept, never remade while kept) and never served in ranges.
-        resp.insert_header(header::ETAG, meta.variant_etag_header(encoding.as_str()))?;
+        let etag = object.meta().variant_etag_header(encoding.as_str());
+        resp.insert_header(header::ETAG, etag)?;
         resp.insert_header(header::CONTENT_ENCODING, encoding.as_str())?;
         // The CRC is the stored bytes'; a COS SDK would check it against these other bytes.
         resp.remove_header(CRC64_HEADER);
@@ -57,7 +59,7 @@ pub async fn serve_hit(
     }
     let req = session.req_header();
 
-    if precondition_fails(req, &resp, &meta) {
+    if precondition_fails(req, &resp, last_modified) {
         let written = write_error(session, ErrorCode::PreconditionFailed, None, reply, &[]).await?;
         return Ok((HitOutcome::PreconditionFailed, written));
     }
@@ -67,7 +69,7 @@ pub async fn serve_hit(
         return Ok((HitOutcome::NotModified, 0));
     }
 
-    let range = byte_range(req, &mut resp, meta.size)?;
+    let range = byte_range(req, &mut resp, size)?;
 
     if encoding.is_some() {
         // Ranges are cut from the stored bytes only (a Range request is never given a variant),
@@ -113,28 +115,6 @@ pub fn byte_range(
     })
 }
 
-/// The 200 header for an object: size, type, validators and the origin headers it kept.
-pub fn object_headers(meta: &ObjectMeta, reply: &Reply) -> Result<ResponseHeader> {
-    let mut resp = response_header(StatusCode::OK, reply)?;
-    resp.insert_header(header::CONTENT_LENGTH, meta.size)?;
-    resp.insert_header(header::CONTENT_TYPE, meta.content_type.as_str())?;
-    resp.insert_header(header::ETAG, meta.etag_header())?;
-    if let Some(crc64) = meta.crc64 {
-        resp.insert_header(CRC64_HEADER, crc64.to_string())?;
-    }
-    resp.insert_header(
-        header::LAST_MODIFIED,
-        httpdate::fmt_http_date(meta.last_modified_time()),
-    )?;
-    for (name, value) in &meta.headers {
-        // Stored values came from an origin's valid header; skip rather than fail if one is not.
-        if let Ok(value) = HeaderValue::from_str(value) {
-            resp.insert_header(name.clone(), value)?;
-        }
-    }
-    Ok(resp)
-}
-
 /// Turns `resp` into the 416 Pingora's range filter writes for an unsatisfiable range: no body,
 /// `Content-Range: bytes */SIZE`, and none of the body's headers.
 fn make_unsatisfiable(resp: &mut ResponseHeader, size: u64) -> Result<()> {
@@ -153,7 +133,11 @@ fn make_unsatisfiable(resp: &mut ResponseHeader, size: u64) -> Result<()> {
 
 /// If-Match (strong comparison with the ETag of `resp`, the representation served) and
 /// If-Unmodified-Since, evaluated as RFC 9110 §13.2.2 orders.
-fn precondition_fails(req: &RequestHeader, resp: &ResponseHeader, meta: &ObjectMeta) -> bool {
+fn precondition_fails(
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    last_modified: SystemTime,
+) -> bool {
     let mut if_match = req.headers.get_all(header::IF_MATCH).iter().peekable();
     if if_match.peek().is_some() {
         let etag = resp.headers.get(header::ETAG).and_then(|v| v.to_str().ok());
@@ -167,7 +151,6 @@ fn precondition_fails(req: &RequestHeader, resp: &ResponseHeader, meta: &ObjectM
         return !matched;
     }
     if let Ok(Some(since)) = req_header_as_http_date(req, &header::IF_UNMODIFIED_SINCE) {
-        let last_modified: SystemTime = meta.last_modified_time();
         return last_modified > SystemTime::from(since);
     }
     false

@@ -25,7 +25,8 @@ use bytes::Bytes;
 use tinyufo::TinyUfo;
 
 use super::{
-    BucketStore, ListedObject, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject,
+    BucketStore, ListedObject, NewObject, ObjectHead, ObjectMeta, ObjectWriter, StoreError,
+    StoredObject,
 };
 use crate::key::ObjectKey;
 
@@ -39,13 +40,30 @@ pub struct HotTierLimits {
     pub revalidate: Duration,
 }
 
+#[derive(Clone)]
 struct HotObject {
     bucket: String,
     /// `None` for the object itself, else the variant's name.
     variant: Option<String>,
     meta: ObjectMeta,
+    /// Prepared once here, so hits from memory build no header (`None` if it cannot be built:
+    /// each hit then fails as it would from the store).
+    head: Option<Arc<ObjectHead>>,
     body: Bytes,
     loaded_at: Instant,
+}
+
+impl HotObject {
+    fn new(bucket: &str, variant: Option<&str>, meta: ObjectMeta, body: Bytes) -> HotObject {
+        HotObject {
+            bucket: bucket.to_string(),
+            variant: variant.map(str::to_string),
+            head: ObjectHead::of(&meta).ok().map(Arc::new),
+            meta,
+            body,
+            loaded_at: Instant::now(),
+        }
+    }
 }
 
 struct Shared<S> {
@@ -122,13 +140,7 @@ impl<S> Shared<S> {
         body: Bytes,
     ) -> Arc<HotObject> {
         let weight = Self::weight(meta.size);
-        let hot = Arc::new(HotObject {
-            bucket: bucket.to_string(),
-            variant: Some(variant.to_string()),
-            meta,
-            body,
-            loaded_at: Instant::now(),
-        });
+        let hot = Arc::new(HotObject::new(bucket, Some(variant), meta, body));
         self.cache.put(id, hot.clone(), weight);
         hot
     }
@@ -206,11 +218,8 @@ impl<S: BucketStore> BucketStore for HotTier<S> {
         if let Some(stale) = stale.filter(|stale| stale.meta == *object.meta()) {
             // Unchanged in the store: the bytes in memory are still right.
             let renewed = Arc::new(HotObject {
-                bucket: stale.bucket.clone(),
-                variant: None,
-                meta: stale.meta.clone(),
-                body: stale.body.clone(),
                 loaded_at: Instant::now(),
+                ..HotObject::clone(&stale)
             });
             shared.put(id, &renewed, commits_before);
             return Ok(Some(Box::new(MemoryObject(renewed))));
@@ -219,13 +228,7 @@ impl<S: BucketStore> BucketStore for HotTier<S> {
             return Ok(Some(object));
         };
         let body = object.read_whole().await?;
-        let hot = Arc::new(HotObject {
-            bucket: bucket.to_string(),
-            variant: None,
-            meta: object.meta().clone(),
-            body,
-            loaded_at: Instant::now(),
-        });
+        let hot = Arc::new(HotObject::new(bucket, None, object.meta().clone(), body));
         shared.put(id, &hot, commits_before);
         Ok(Some(Box::new(MemoryObject(hot))))
     }
@@ -336,6 +339,13 @@ struct MemoryObject(Arc<HotObject>);
 impl StoredObject for MemoryObject {
     fn meta(&self) -> &ObjectMeta {
         &self.0.meta
+    }
+
+    fn head(&self) -> pingora::Result<Arc<ObjectHead>> {
+        match &self.0.head {
+            Some(head) => Ok(head.clone()),
+            None => ObjectHead::of(&self.0.meta).map(Arc::new),
+        }
     }
 
     async fn read_at(&mut self, offset: u64, max: usize) -> Result<Bytes, StoreError> {

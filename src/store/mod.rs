@@ -14,12 +14,14 @@
 pub mod checksum;
 pub mod counted;
 pub mod disk;
+pub mod head;
 pub mod hot;
 pub mod local_tier;
 pub mod s3;
 pub mod s3_uploads;
 mod write_behind;
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -30,6 +32,7 @@ use crate::key::ObjectKey;
 
 pub use counted::{BucketCounts, CountedStore};
 pub use disk::DiskStore;
+pub use head::ObjectHead;
 pub use hot::{HotTier, HotTierLimits};
 
 /// Headers an object keeps from its origin and sends again on every hit.
@@ -132,6 +135,12 @@ pub enum StoreError {
 #[async_trait]
 pub trait StoredObject: Send {
     fn meta(&self) -> &ObjectMeta;
+
+    /// The head of a hit of this object; a store that keeps objects between requests (the
+    /// memory tier) keeps it prepared, others build it on each call.
+    fn head(&self) -> pingora::Result<Arc<ObjectHead>> {
+        ObjectHead::of(self.meta()).map(Arc::new)
+    }
     /// Reads up to `max` bytes of the content starting at `offset`; an empty result means the
     /// content ended before `offset`.
     async fn read_at(&mut self, offset: u64, max: usize) -> Result<Bytes, StoreError>;
