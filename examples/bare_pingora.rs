@@ -1,7 +1,9 @@
 //! The floor of originpull's stack, for `benches/side_by_side.sh`: a bare Pingora `ProxyHttp`
 //! that answers every request from `request_filter` with a constant response, as originpull
 //! answers a 302 or a small hit, with nothing of originpull's own (no routing, key parsing,
-//! store, metrics, access log or connection gate). Same thread count and the same listening
+//! store, metrics, access log or connection gate). It sends the same header names and value
+//! lengths as originpull and uses the same allocator (mimalloc), so the two put the same bytes
+//! on the wire through the same stack. Same thread count and the same listening
 //! arrangement as originpull (one `SO_REUSEPORT` socket and one single-threaded runtime per
 //! worker, `originpull::listener::WorkerListener`), so the difference between the two is our
 //! request code, not how connections are spread over threads.
@@ -20,6 +22,10 @@ use pingora::server::Server;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
+// The allocator originpull uses: part of the stack, so part of its floor.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Clone)]
 struct Constant {
     status: u16,
@@ -32,15 +38,25 @@ impl ProxyHttp for Constant {
 
     fn new_ctx(&self) {}
 
+    /// The same header names, in the same order and of the same lengths, as originpull's
+    /// answer (`curl -i` a hit and a 302 of the benchmark's bucket), with constant values, so
+    /// both send the same bytes and the difference is the code that makes them.
     async fn request_filter(&self, session: &mut Session, _: &mut ()) -> Result<bool> {
-        let mut resp = ResponseHeader::build(self.status, Some(4))?;
-        resp.insert_header("server", "bare-pingora")?;
-        resp.insert_header("content-length", self.body.len())?;
+        let mut resp = ResponseHeader::build(self.status, Some(12))?;
+        resp.insert_header("server", "originpull")?;
         if self.status == 302 {
-            resp.insert_header("location", "http://origin.example.com/1.jpg")?;
             resp.insert_header("cache-control", "no-store")?;
+            resp.insert_header("content-length", 0)?;
+            resp.insert_header("x-originpull-request-id", "59d494f3e78eebb8")?;
+            resp.insert_header("location", "http://127.0.0.1:18099/missing/nothing.bin")?;
         } else {
+            resp.insert_header("content-length", self.body.len())?;
             resp.insert_header("content-type", "application/octet-stream")?;
+            resp.insert_header("etag", "\"71443672af7eb2a92c26aa6e8b53f184\"")?;
+            resp.insert_header("x-cos-hash-crc64ecma", "10015603723314590922")?;
+            resp.insert_header("last-modified", "Fri, 27 Nov 2026 08:00:44 GMT")?;
+            resp.insert_header("accept-ranges", "bytes")?;
+            resp.insert_header("x-originpull-request-id", "4aceec809fcf15eb")?;
         }
         let empty = self.body.is_empty();
         session.write_response_header(Box::new(resp), empty).await?;

@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, StatusCode};
 use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::date::get_cached_date;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
@@ -233,10 +234,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
                 }
             }
             let _busy = self.counts.enter_busy();
-            let head_deadline = if first {
-                idle_until
-            } else {
-                Instant::now() + self.limits.header_timeout
+            // Usually the whole head came in one read and no deadline is needed.
+            let head_deadline = || {
+                if first {
+                    idle_until
+                } else {
+                    Instant::now() + self.limits.header_timeout
+                }
             };
             let head_len = match conn
                 .read_head(head_deadline, self.limits.max_header_bytes)
@@ -288,25 +292,31 @@ struct Connection {
 }
 
 impl Connection {
-    /// Waits until the client sends something, the idle deadline passes, or the server stops.
+    /// Waits until the client sends something or the idle deadline passes; refuses to wait
+    /// once the server is stopping. An idle connection does not watch for the stop itself
+    /// (registering with the stop signal on every wait cost each request measurable time): the
+    /// stop ends the process as soon as no connection is busy (`server::ExitWhenIdle`), which
+    /// closes idle connections, and a request that arrives first is answered with
+    /// `Connection: close`.
     async fn wait_for_bytes(
         &mut self,
         until: Instant,
         shutdown: &ShutdownWatch,
     ) -> Result<(), NoHead> {
-        let mut stopping = shutdown.clone();
-        if *stopping.borrow() {
+        if *shutdown.borrow() {
             return Err(NoHead::ShuttingDown);
         }
-        tokio::select! {
-            biased;
-            read = self.read_more(until) => read,
-            _ = stopping.wait_for(|stop| *stop) => Err(NoHead::ShuttingDown),
-        }
+        self.read_more(until).await
     }
 
-    /// Reads until `buf` starts with a whole request head; returns its length.
-    async fn read_head(&mut self, deadline: Instant, max_bytes: usize) -> Result<usize, NoHead> {
+    /// Reads until `buf` starts with a whole request head; returns its length. `deadline` is
+    /// asked for only if more bytes must be read.
+    async fn read_head(
+        &mut self,
+        deadline: impl Fn() -> Instant,
+        max_bytes: usize,
+    ) -> Result<usize, NoHead> {
+        let mut until = None;
         loop {
             if let Some(len) = head_length(&self.buf) {
                 return if len > max_bytes {
@@ -318,7 +328,8 @@ impl Connection {
             if self.buf.len() > max_bytes {
                 return Err(NoHead::TooLarge);
             }
-            self.read_more(deadline).await?;
+            let until = *until.get_or_insert_with(&deadline);
+            self.read_more(until).await?;
         }
     }
 
@@ -426,6 +437,8 @@ fn large_head_response(resource: &str, request_id: &RequestId) -> pingora::Resul
     // No bucket is known before the head is read: no CORS headers.
     let reply = Reply::new(request_id.clone());
     let mut resp = response_header(code.status(), &reply)?;
+    // Written here, not by Pingora, which would add it.
+    resp.insert_header(header::DATE, get_cached_date())?;
     resp.insert_header(header::CONTENT_TYPE, "application/xml")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(header::CONNECTION, "close")?;

@@ -174,10 +174,11 @@ impl OriginPull {
         // One configuration generation for the whole request, even if a reload lands meanwhile.
         let live = self.config.current();
 
-        let Some(bucket) = live.routes.bucket_for(session.req_header()).cloned() else {
+        let Some(bucket) = live.routes.bucket_for(session.req_header()) else {
             let n = write_error(session, ErrorCode::NoSuchBucket, None, &ctx.reply, &[]).await?;
             return Ok((RequestResult::NoSuchBucket, n));
         };
+        // Borrowed from `live` for the request; `ctx` keeps one reference for `logging`.
         ctx.bucket = Some(bucket.clone());
         ctx.reply.cors = CorsReply::for_request(&bucket.config.cors, session.req_header());
         let name = bucket.config.name.as_str();
@@ -210,7 +211,7 @@ impl OriginPull {
                 Ok(RequestTarget::Object { key, folder }) => (key, folder),
                 Ok(RequestTarget::Folder { path }) => {
                     ctx.key = path.clone();
-                    return self.redirect_folder(session, ctx, &bucket, &path).await;
+                    return self.redirect_folder(session, ctx, bucket, &path).await;
                 }
                 Err(e) => {
                     let (code, detail) = match e {
@@ -224,10 +225,13 @@ impl OriginPull {
                     return Ok((RequestResult::BadRequest, n));
                 }
             };
-        ctx.key = key.as_str().to_string();
+        if !self.access_log.is_off() {
+            // Only the access log reads it back.
+            ctx.key = key.as_str().to_string();
+        }
 
         let copy_blocked = match bucket.pull {
-            Some(_) => self.filler.copy_blocked(&bucket, &key),
+            Some(_) => self.filler.copy_blocked(bucket, &key),
             None => None,
         };
         let mut store_failed = false;
@@ -236,9 +240,9 @@ impl OriginPull {
                 Ok(Some(object)) => {
                     let fill = &live.config.fill;
                     self.filler
-                        .revalidate_if_due(&bucket, &key, object.meta(), fill);
+                        .revalidate_if_due(bucket, &key, object.meta(), fill);
                     let req = session.req_header();
-                    let hit = self.compressor.select(req, &bucket, &key, object).await;
+                    let hit = self.compressor.select(req, bucket, &key, object).await;
                     let (outcome, n) = serve_hit(session, hit, &ctx.reply).await?;
                     let result = match outcome {
                         HitOutcome::Served | HitOutcome::PreconditionFailed => RequestResult::Hit,
@@ -293,7 +297,7 @@ impl OriginPull {
                 filler: &self.filler,
                 store: self.store.as_ref(),
                 compressor: &self.compressor,
-                bucket: &bucket,
+                bucket,
                 pull,
                 policy,
                 key: &key,
@@ -320,7 +324,7 @@ impl OriginPull {
         // HEAD asks about the object without wanting it: it is redirected but not copied.
         if session.req_header().method == Method::GET {
             match copy_blocked {
-                Some(blocked) => self.filler.note_blocked_copy(&bucket, blocked),
+                Some(blocked) => self.filler.note_blocked_copy(bucket, blocked),
                 None => {
                     let source = CopySource {
                         folder,
@@ -328,7 +332,7 @@ impl OriginPull {
                         revalidate: None,
                     };
                     self.filler
-                        .start_copy_after_redirect(&bucket, &key, source, &live.config.fill);
+                        .start_copy_after_redirect(bucket, &key, source, &live.config.fill);
                 }
             }
         }

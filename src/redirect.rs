@@ -6,14 +6,16 @@
 //! `?query` when the request had one. Nothing else reaches it, so no CR, LF or byte the
 //! configuration and request did not carry can appear.
 
-use bytes::Bytes;
-use http::{header, StatusCode};
+use std::sync::LazyLock;
+
+use http::{header, HeaderValue, StatusCode};
+use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
 use crate::config::OriginAddr;
 use crate::key::safe_query;
-use crate::respond::{response_header, write_complete, Reply};
+use crate::respond::{base_header, finish_header, Reply};
 
 /// The redirect target for `origin_path` (already encoded, with its leading `/`) at `origin`.
 pub fn location(origin: &OriginAddr, origin_path: &str, query: Option<&str>) -> String {
@@ -40,10 +42,31 @@ pub async fn write_redirect(
     reply: &Reply,
 ) -> Result<u64> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
-    let mut resp = response_header(status, reply)?;
+    let mut resp = match PREPARED.iter().find(|head| head.status == status) {
+        Some(head) => head.clone(),
+        None => prepare(status)?,
+    };
+    finish_header(&mut resp, reply)?;
     resp.insert_header(header::LOCATION, location)?;
-    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    write_complete(session, resp, Bytes::new()).await
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(0)
+}
+
+/// The headers of a redirect that are the same on every request, per status: built once, so a
+/// redirect adds only `Date`, its request id, CORS and `Location`.
+static PREPARED: LazyLock<Vec<ResponseHeader>> = LazyLock::new(|| {
+    [301, 302, 303, 307, 308]
+        .into_iter()
+        .filter_map(|code| StatusCode::from_u16(code).ok())
+        .filter_map(|status| prepare(status).ok())
+        .collect()
+});
+
+fn prepare(status: StatusCode) -> Result<ResponseHeader> {
+    let mut resp = base_header(status)?;
+    resp.insert_header(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))?;
+    resp.insert_header(header::CONTENT_LENGTH, HeaderValue::from_static("0"))?;
+    Ok(resp)
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use pingora::http::ResponseHeader;
-use pingora::protocols::http::date::get_cached_date;
 use pingora::proxy::Session;
 use pingora::Result;
 
@@ -203,10 +202,10 @@ pub fn base_header(status: StatusCode) -> Result<ResponseHeader> {
     Ok(resp)
 }
 
-/// Adds what every response carries that differs per request: `Date`, the request id and the
-/// request's CORS headers.
+/// Adds what every response carries that differs per request: the request id and the
+/// request's CORS headers. (`Date` is added by Pingora's HTTP/1 writer to every response it
+/// writes; a response written without it must add its own.)
 pub fn finish_header(resp: &mut ResponseHeader, reply: &Reply) -> Result<()> {
-    resp.insert_header(header::DATE, get_cached_date())?;
     resp.insert_header(REQUEST_ID_HEADER, reply.request_id.0.clone())?;
     reply.cors.apply(resp)
 }

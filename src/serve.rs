@@ -89,6 +89,7 @@ pub async fn serve_hit(
 
 /// The bytes of an object of `size` that a request's `Range` asks for, with `resp` turned into
 /// the matching 206 or 416 (or left a 200 for the whole object). An empty range means no body.
+/// `resp` is the object's head ([`crate::store::ObjectHead`]), which offers ranges already.
 pub fn byte_range(
     req: &RequestHeader,
     resp: &mut ResponseHeader,
@@ -99,6 +100,9 @@ pub fn byte_range(
     Ok(if size == 0 {
         resp.insert_header(header::ACCEPT_RANGES, "bytes")?;
         0..0
+    } else if !req.headers.contains_key(header::RANGE) {
+        // The filter would only add `Accept-Ranges: bytes`, which an object's head has.
+        0..size
     } else {
         match range_header_filter(req, resp, Some(2)) {
             // `bytes=-0` asks for the last zero bytes: Pingora makes it an empty 206, but no

@@ -22,7 +22,10 @@
 pub mod copy;
 pub mod failures;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher, RandomState};
+
+use hashbrown::{Equivalent, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -141,10 +144,38 @@ impl PartialEq for CopyKey {
 
 impl Eq for CopyKey {}
 
-impl std::hash::Hash for CopyKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.bucket_name().hash(state);
+impl Hash for CopyKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        CopyKeyRef::new(&self.bucket, &self.key).hash(state);
+    }
+}
+
+/// A [`CopyKey`] borrowed from a request: what a look-up needs, so the check every hit makes
+/// ([`Filler::copy_blocked`]) clones neither the bucket nor the key.
+struct CopyKeyRef<'a> {
+    bucket: &'a str,
+    key: &'a ObjectKey,
+}
+
+impl<'a> CopyKeyRef<'a> {
+    fn new(bucket: &'a Bucket, key: &'a ObjectKey) -> CopyKeyRef<'a> {
+        CopyKeyRef {
+            bucket: &bucket.config.name,
+            key,
+        }
+    }
+}
+
+impl Hash for CopyKeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.bucket.hash(state);
         self.key.hash(state);
+    }
+}
+
+impl Equivalent<CopyKey> for CopyKeyRef<'_> {
+    fn equivalent(&self, id: &CopyKey) -> bool {
+        *self.key == id.key && self.bucket == id.bucket_name()
     }
 }
 
@@ -172,13 +203,14 @@ struct Schedule {
     running: usize,
     waiting: VecDeque<CopyJob>,
     /// Keys running or waiting (revalidations excepted: their object is in the bucket).
-    in_flight: HashSet<CopyKey>,
+    /// (These tables hash with std's keyed SipHash: their keys come from clients.)
+    in_flight: HashSet<CopyKey, RandomState>,
     /// Keys whose stored object is being revalidated, running or waiting.
-    revalidating: HashSet<CopyKey>,
+    revalidating: HashSet<CopyKey, RandomState>,
     /// Whoever waits for a key's copy to end.
-    waiters: HashMap<CopyKey, Vec<oneshot::Sender<CopyEnd>>>,
+    waiters: HashMap<CopyKey, Vec<oneshot::Sender<CopyEnd>>, RandomState>,
     /// Keys whose last copy failed, with when they may be tried again and how it ended.
-    failed_until: HashMap<CopyKey, (Instant, FillEnd)>,
+    failed_until: HashMap<CopyKey, (Instant, FillEnd), RandomState>,
     /// The same entries in expiry order, so expired ones are dropped without a scan.
     expiries: VecDeque<(Instant, CopyKey)>,
 }
@@ -186,7 +218,10 @@ struct Schedule {
 impl Schedule {
     /// Whether a copy of `id` must not start now: one is running or waiting, or the last one
     /// failed within the negative TTL.
-    fn blocked(&self, id: &CopyKey, now: Instant) -> Option<CopyDecision> {
+    fn blocked<Q>(&self, id: &Q, now: Instant) -> Option<CopyDecision>
+    where
+        Q: Hash + Equivalent<CopyKey>,
+    {
         if self.in_flight.contains(id) {
             Some(CopyDecision::AlreadyInFlight)
         } else if self.recent_failure(id, now).is_some() {
@@ -196,7 +231,13 @@ impl Schedule {
         }
     }
 
-    fn recent_failure(&self, id: &CopyKey, now: Instant) -> Option<FillEnd> {
+    fn recent_failure<Q>(&self, id: &Q, now: Instant) -> Option<FillEnd>
+    where
+        Q: Hash + Equivalent<CopyKey>,
+    {
+        if self.failed_until.is_empty() {
+            return None;
+        }
         self.failed_until
             .get(id)
             .filter(|(until, _)| *until > now)
@@ -400,8 +441,8 @@ impl Filler {
     }
 
     /// Forgets that `key`'s last copy failed (a purge: the next miss copies it again).
-    pub fn forget_failure(&self, bucket: &Arc<Bucket>, key: &ObjectKey) {
-        let id = CopyKey::new(bucket, key);
+    pub fn forget_failure(&self, bucket: &Bucket, key: &ObjectKey) {
+        let id = CopyKeyRef::new(bucket, key);
         self.shared.lock().failed_until.remove(&id);
     }
 
@@ -477,8 +518,8 @@ impl Filler {
     /// ask for a copy (see [`Filler::note_blocked_copy`]). (Between a commit and this state
     /// being cleared the answer is a redirect for an object already stored, which is still a
     /// correct answer.)
-    pub fn copy_blocked(&self, bucket: &Arc<Bucket>, key: &ObjectKey) -> Option<CopyDecision> {
-        let id = CopyKey::new(bucket, key);
+    pub fn copy_blocked(&self, bucket: &Bucket, key: &ObjectKey) -> Option<CopyDecision> {
+        let id = CopyKeyRef::new(bucket, key);
         self.shared.lock().blocked(&id, Instant::now())
     }
 

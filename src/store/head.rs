@@ -33,6 +33,8 @@ impl ObjectHead {
             header::LAST_MODIFIED,
             httpdate::fmt_http_date(meta.last_modified_time()),
         )?;
+        // What Pingora's range filter adds to a 200; a request without `Range` skips it.
+        resp.insert_header(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"))?;
         for (name, value) in &meta.headers {
             // Stored values came from an origin's valid header; skip rather than fail if one is not.
             if let Ok(value) = HeaderValue::from_str(value) {

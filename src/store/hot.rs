@@ -14,6 +14,7 @@
 //! version they were made from, so they need no revalidation: a new version simply looks up a
 //! variant that is not there.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,7 +49,7 @@ struct HotObject {
     meta: ObjectMeta,
     /// Prepared once here, so hits from memory build no header (`None` if it cannot be built:
     /// each hit then fails as it would from the store).
-    head: Option<Arc<ObjectHead>>,
+    head: Option<ObjectHead>,
     body: Bytes,
     loaded_at: Instant,
 }
@@ -58,7 +59,7 @@ impl HotObject {
         HotObject {
             bucket: bucket.to_string(),
             variant: variant.map(str::to_string),
-            head: ObjectHead::of(&meta).ok().map(Arc::new),
+            head: ObjectHead::of(&meta).ok(),
             meta,
             body,
             loaded_at: Instant::now(),
@@ -341,10 +342,10 @@ impl StoredObject for MemoryObject {
         &self.0.meta
     }
 
-    fn head(&self) -> pingora::Result<Arc<ObjectHead>> {
+    fn head(&self) -> pingora::Result<Cow<'_, ObjectHead>> {
         match &self.0.head {
-            Some(head) => Ok(head.clone()),
-            None => ObjectHead::of(&self.0.meta).map(Arc::new),
+            Some(head) => Ok(Cow::Borrowed(head)),
+            None => ObjectHead::of(&self.0.meta).map(Cow::Owned),
         }
     }
 

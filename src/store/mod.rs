@@ -21,7 +21,7 @@ pub mod s3;
 pub mod s3_uploads;
 mod write_behind;
 
-use std::sync::Arc;
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -138,8 +138,8 @@ pub trait StoredObject: Send {
 
     /// The head of a hit of this object; a store that keeps objects between requests (the
     /// memory tier) keeps it prepared, others build it on each call.
-    fn head(&self) -> pingora::Result<Arc<ObjectHead>> {
-        ObjectHead::of(self.meta()).map(Arc::new)
+    fn head(&self) -> pingora::Result<Cow<'_, ObjectHead>> {
+        ObjectHead::of(self.meta()).map(Cow::Owned)
     }
     /// Reads up to `max` bytes of the content starting at `offset`; an empty result means the
     /// content ended before `offset`.
