@@ -17,6 +17,7 @@ pub mod disk;
 pub mod head;
 pub mod hot;
 pub mod local_tier;
+pub mod md5;
 pub mod s3;
 pub mod s3_uploads;
 mod write_behind;

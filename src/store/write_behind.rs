@@ -15,9 +15,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
-use md5::{Digest, Md5};
 
 use super::checksum::Crc64;
+use super::md5::Md5;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -163,7 +163,7 @@ fn hash(mut chunks: mpsc::Receiver<Bytes>) -> [u8; 16] {
     while let Some(chunk) = chunks.blocking_recv() {
         md5.update(&chunk);
     }
-    md5.finalize().into()
+    md5.finalize()
 }
 
 fn write_file(mut out: BodyFile, mut queue: mpsc::Receiver<ToFile>) -> io::Result<()> {
@@ -297,6 +297,7 @@ impl AlignedBlock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use md5::Digest;
 
     /// A writer into a new file `object` in `dir`.
     fn new_writer(dir: &Path) -> (WriteBehind, std::path::PathBuf) {
@@ -352,7 +353,7 @@ mod tests {
             let (digests, file) = write_through(dir.path(), &pieces, b"TRAILER").await;
             assert_eq!(
                 digests.md5,
-                <[u8; 16]>::from(Md5::digest(&body)),
+                <[u8; 16]>::from(md5::Md5::digest(&body)),
                 "len {len}"
             );
             assert_eq!(digests.crc64, crc64_xz_bitwise(&body), "len {len}");
