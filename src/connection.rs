@@ -35,7 +35,7 @@ use pingora::protocols::{
 };
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::config::ServerSettings;
@@ -78,20 +78,38 @@ impl ConnectionLimits {
     }
 }
 
-/// Counts shared by every worker: open connections (for the cap) and connections busy with a
-/// request (for a graceful stop, which waits only for those).
-#[derive(Debug, Default)]
+/// Counts kept for every worker: open connections (for the cap, counted at accept) and
+/// connections busy with a request (for a graceful stop, which waits only for those). The busy
+/// count changes twice per request, so each worker has its own, on its own cache line: one
+/// counter written by both worker threads cost every request a cache-line transfer between
+/// their cores.
+#[derive(Debug)]
 pub struct ConnectionCounts {
     open: AtomicUsize,
-    busy: AtomicUsize,
+    busy_by_worker: Box<[WorkerBusy]>,
     last_refusal_warning: AtomicU64,
 }
 
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct WorkerBusy(AtomicUsize);
+
 impl ConnectionCounts {
+    pub fn new(workers: usize) -> ConnectionCounts {
+        ConnectionCounts {
+            open: AtomicUsize::new(0),
+            busy_by_worker: (0..workers.max(1)).map(|_| WorkerBusy::default()).collect(),
+            last_refusal_warning: AtomicU64::new(0),
+        }
+    }
+
     /// Connections receiving a request head or being answered; idle keep-alive connections
     /// are not counted.
     pub fn busy(&self) -> usize {
-        self.busy.load(Ordering::Acquire)
+        self.busy_by_worker
+            .iter()
+            .map(|worker| worker.0.load(Ordering::Acquire))
+            .sum()
     }
 
     fn try_open(self: &Arc<Self>, max: usize) -> Option<OpenGuard> {
@@ -108,9 +126,10 @@ impl ConnectionCounts {
         Some(OpenGuard(self.clone()))
     }
 
-    fn enter_busy(self: &Arc<Self>) -> BusyGuard {
-        self.busy.fetch_add(1, Ordering::AcqRel);
-        BusyGuard(self.clone())
+    fn enter_busy(&self, worker: usize) -> BusyGuard<'_> {
+        let count = &self.busy_by_worker[worker % self.busy_by_worker.len()].0;
+        count.fetch_add(1, Ordering::AcqRel);
+        BusyGuard(count)
     }
 
     /// Warns at most every [`REFUSAL_WARNING_EVERY_SECS`]: refusals come in floods.
@@ -142,11 +161,11 @@ impl Drop for OpenGuard {
     }
 }
 
-struct BusyGuard(Arc<ConnectionCounts>);
+struct BusyGuard<'a>(&'a AtomicUsize);
 
-impl Drop for BusyGuard {
+impl Drop for BusyGuard<'_> {
     fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -155,6 +174,8 @@ pub struct ConnectionGate<A> {
     app: Arc<A>,
     limits: ConnectionLimits,
     counts: Arc<ConnectionCounts>,
+    /// This gate's worker: which busy count it keeps.
+    worker: usize,
     /// For the requests answered here, before Pingora (a head over `max_header_bytes`).
     access_log: Arc<AccessLog>,
 }
@@ -164,12 +185,14 @@ impl<A> ConnectionGate<A> {
         app: Arc<A>,
         limits: ConnectionLimits,
         counts: Arc<ConnectionCounts>,
+        worker: usize,
         access_log: Arc<AccessLog>,
     ) -> ConnectionGate<A> {
         ConnectionGate {
             app,
             limits,
             counts,
+            worker,
             access_log,
         }
     }
@@ -219,6 +242,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
             buf: BytesMut::new(),
         };
         let mut first = true;
+        // One idle timer for the connection's life, re-armed only when it fires early (see
+        // `wait_for_bytes`): arming and cancelling a timer per request cost each request more
+        // than the rest of the idle wait.
+        let mut idle_timer = Box::pin(sleep_until(accepted + self.limits.header_timeout));
         loop {
             // A new connection must deliver its first head within the header timeout; a reused
             // one may idle for the keep-alive timeout, then has the header timeout for the head.
@@ -228,12 +255,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
                 Instant::now() + self.limits.keepalive_timeout
             };
             if conn.buf.is_empty() {
-                if let Err(why) = conn.wait_for_bytes(idle_until, shutdown).await {
+                if let Err(why) = conn
+                    .wait_for_bytes(idle_until, idle_timer.as_mut(), shutdown)
+                    .await
+                {
                     log::debug!("closing idle connection: {why:?}");
                     return;
                 }
             }
-            let _busy = self.counts.enter_busy();
+            let _busy = self.counts.enter_busy(self.worker);
             // Usually the whole head came in one read and no deadline is needed.
             let head_deadline = || {
                 if first {
@@ -292,8 +322,8 @@ struct Connection {
 }
 
 impl Connection {
-    /// Waits until the client sends something or the idle deadline passes; refuses to wait
-    /// once the server is stopping. An idle connection does not watch for the stop itself
+    /// Waits until the client sends something or the idle deadline `until` passes, as `timer`
+    /// (armed at or before `until`) tells; refuses to wait once the server is stopping. An idle connection does not watch for the stop itself
     /// (registering with the stop signal on every wait cost each request measurable time): the
     /// stop ends the process as soon as no connection is busy (`server::ExitWhenIdle`), which
     /// closes idle connections, and a request that arrives first is answered with
@@ -301,12 +331,37 @@ impl Connection {
     async fn wait_for_bytes(
         &mut self,
         until: Instant,
+        mut timer: Pin<&mut Sleep>,
         shutdown: &ShutdownWatch,
     ) -> Result<(), NoHead> {
         if *shutdown.borrow() {
             return Err(NoHead::ShuttingDown);
         }
-        self.read_more(until).await
+        // The timer may be armed earlier than `until` (an earlier request's deadline), never
+        // later.
+        if timer.deadline() > until {
+            timer.as_mut().reset(until);
+        }
+        loop {
+            if self.buf.capacity() == self.buf.len() {
+                self.buf.reserve(INITIAL_HEAD_BUFFER);
+            }
+            tokio::select! {
+                biased;
+                read = self.stream.read_buf(&mut self.buf) => {
+                    return match read {
+                        Ok(0) | Err(_) => Err(NoHead::Closed),
+                        Ok(_) => Ok(()),
+                    };
+                }
+                () = timer.as_mut() => {
+                    if Instant::now() >= until {
+                        return Err(NoHead::TimedOut);
+                    }
+                    timer.as_mut().reset(until);
+                }
+            }
+        }
     }
 
     /// Reads until `buf` starts with a whole request head; returns its length. `deadline` is

@@ -3,7 +3,7 @@
 //! `upstream_peer` is never reached. `logging` writes the access log line and counts metrics.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::{header, Method};
@@ -43,13 +43,15 @@ pub struct OriginPull {
 
 /// What one request became, for `logging`.
 pub struct RequestCtx {
-    started: Instant,
+    /// For the access log's duration; not read (so not taken) while the log is off.
+    started: Option<Instant>,
     /// The request id, and the CORS headers once routed: what every response carries.
     reply: Reply,
     /// `None` when the host matched no bucket.
     bucket: Option<Arc<Bucket>>,
     key: String,
-    /// The origin a redirect pointed at.
+    /// The origin a redirect pointed at (kept only for the access log: a reference shared by
+    /// every worker costs a cache-line transfer per request).
     origin: Option<Arc<Origin>>,
     result: RequestResult,
     body_bytes: u64,
@@ -61,7 +63,7 @@ impl ProxyHttp for OriginPull {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            started: Instant::now(),
+            started: (!self.access_log.is_off()).then(Instant::now),
             reply: Reply::new(RequestId::new()),
             bucket: None,
             key: String::new(),
@@ -158,7 +160,9 @@ impl ProxyHttp for OriginPull {
             status,
             result: ctx.result.as_str(),
             bytes: ctx.body_bytes,
-            duration: ctx.started.elapsed(),
+            duration: ctx
+                .started
+                .map_or(Duration::ZERO, |started| started.elapsed()),
             request_id: ctx.reply.request_id.as_str(),
         });
     }
@@ -172,7 +176,7 @@ impl OriginPull {
         ctx: &mut RequestCtx,
     ) -> Result<(RequestResult, u64)> {
         // One configuration generation for the whole request, even if a reload lands meanwhile.
-        let live = self.config.current();
+        let live = self.config.for_request();
 
         let Some(bucket) = live.routes.bucket_for(session.req_header()) else {
             let n = write_error(session, ErrorCode::NoSuchBucket, None, &ctx.reply, &[]).await?;
@@ -320,7 +324,9 @@ impl OriginPull {
             &policy.origin_path(folder.as_deref().unwrap_or(key.as_str())),
             query,
         );
-        ctx.origin = Some(origin.clone());
+        if !self.access_log.is_off() {
+            ctx.origin = Some(origin.clone());
+        }
         // HEAD asks about the object without wanting it: it is redirected but not copied.
         if session.req_header().method == Method::GET {
             match copy_blocked {
@@ -362,7 +368,9 @@ impl OriginPull {
             &policy.origin_path(path),
             session.req_header().uri.query(),
         );
-        ctx.origin = Some(origin.clone());
+        if !self.access_log.is_off() {
+            ctx.origin = Some(origin.clone());
+        }
         let n = write_redirect(session, policy.redirect_code, target, &ctx.reply).await?;
         Ok((RequestResult::Redirect, n))
     }

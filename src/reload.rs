@@ -63,6 +63,13 @@ impl ConfigHandle {
         self.live.load_full()
     }
 
+    /// The running generation, for one request: unlike [`ConfigHandle::current`] it does not
+    /// touch the generation's reference count, which every worker thread would otherwise write
+    /// twice per request.
+    pub fn for_request(&self) -> arc_swap::Guard<Arc<LiveConfig>> {
+        self.live.load()
+    }
+
     /// Re-reads the file; on any error the running configuration stays and the error is logged
     /// and counted.
     pub fn reload(&self) -> bool {

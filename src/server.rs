@@ -164,7 +164,7 @@ pub fn build(
         store,
         access_log: Arc::new(access_log),
     };
-    let connections = Arc::new(ConnectionCounts::default());
+    let connections = Arc::new(ConnectionCounts::new(threads));
     server.add_service(background_service(
         "exit when idle",
         ExitWhenIdle {
@@ -177,7 +177,13 @@ pub fn build(
             &server.configuration,
             app.clone(),
         ));
-        let gate = ConnectionGate::new(proxy, limits, connections.clone(), app.access_log.clone());
+        let gate = ConnectionGate::new(
+            proxy,
+            limits,
+            connections.clone(),
+            worker,
+            app.access_log.clone(),
+        );
         let service = ListeningService::new(format!("originpull worker {worker}"), gate);
         // No socket buffers for the connection's whole life (Pingora's default is 64 KiB to read
         // and one MSS to write): the gate buffers each request head and response itself, and

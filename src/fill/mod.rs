@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use std::hash::{Hash, Hasher, RandomState};
 
 use hashbrown::{Equivalent, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -308,6 +309,10 @@ struct Shared {
     store: Arc<dyn BucketStore>,
     connector: Connector,
     schedule: Mutex<Schedule>,
+    /// Whether any key is in flight or remembered as failed, as the schedule's lock last left
+    /// it: every hit asks [`Filler::copy_blocked`], and while nothing is blocked it answers
+    /// without taking the lock, which both worker threads would otherwise write per request.
+    anything_blocked: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -323,6 +328,7 @@ impl Filler {
                 // One connector for all copies: it owns the connection pool.
                 connector: Connector::new(None),
                 schedule: Mutex::new(Schedule::default()),
+                anything_blocked: AtomicBool::new(false),
             }),
         }
     }
@@ -519,6 +525,11 @@ impl Filler {
     /// being cleared the answer is a redirect for an object already stored, which is still a
     /// correct answer.)
     pub fn copy_blocked(&self, bucket: &Bucket, key: &ObjectKey) -> Option<CopyDecision> {
+        // A key blocked by a copy that starts meanwhile is caught when its miss asks for the
+        // copy, under the lock.
+        if !self.shared.anything_blocked.load(Ordering::Acquire) {
+            return None;
+        }
         let id = CopyKeyRef::new(bucket, key);
         self.shared.lock().blocked(&id, Instant::now())
     }
@@ -924,11 +935,46 @@ impl Drop for FinishGuard<'_> {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Schedule> {
+    fn lock(&self) -> ScheduleGuard<'_> {
         // The schedule stays consistent even if a holder panicked: every update is one step.
-        self.schedule
+        let schedule = self
+            .schedule
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        ScheduleGuard {
+            schedule,
+            anything_blocked: &self.anything_blocked,
+        }
+    }
+}
+
+/// The schedule, locked; on release it updates [`Shared::anything_blocked`] (only when that
+/// changes, so the flag's cache line stays shared between the cores that read it).
+struct ScheduleGuard<'a> {
+    schedule: MutexGuard<'a, Schedule>,
+    anything_blocked: &'a AtomicBool,
+}
+
+impl std::ops::Deref for ScheduleGuard<'_> {
+    type Target = Schedule;
+
+    fn deref(&self) -> &Schedule {
+        &self.schedule
+    }
+}
+
+impl std::ops::DerefMut for ScheduleGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Schedule {
+        &mut self.schedule
+    }
+}
+
+impl Drop for ScheduleGuard<'_> {
+    fn drop(&mut self) {
+        let blocked = !self.schedule.in_flight.is_empty() || !self.schedule.failed_until.is_empty();
+        if self.anything_blocked.load(Ordering::Relaxed) != blocked {
+            self.anything_blocked.store(blocked, Ordering::Release);
+        }
     }
 }
 

@@ -75,7 +75,9 @@ struct Shared<S> {
     /// Objects being read into memory right now.
     loading: Mutex<HashSet<u64>>,
     limits: HotTierLimits,
-    hasher: std::collections::hash_map::RandomState,
+    /// Seeded per process; a collision of two keys' ids only makes them share a slot (a look-up
+    /// checks bucket and key), so a fast hash is enough.
+    hasher: hashbrown::DefaultHashBuilder,
 }
 
 pub struct HotTier<S> {
