@@ -323,11 +323,12 @@ struct Connection {
 
 impl Connection {
     /// Waits until the client sends something or the idle deadline `until` passes, as `timer`
-    /// (armed at or before `until`) tells; refuses to wait once the server is stopping. An idle connection does not watch for the stop itself
-    /// (registering with the stop signal on every wait cost each request measurable time): the
-    /// stop ends the process as soon as no connection is busy (`server::ExitWhenIdle`), which
-    /// closes idle connections, and a request that arrives first is answered with
-    /// `Connection: close`.
+    /// (armed at or before `until`) tells; refuses to wait once the server is stopping.
+    ///
+    /// An idle connection does not watch for the stop itself (registering with the stop signal
+    /// on every wait cost each request measurable time): the stop ends the process as soon as
+    /// no connection is busy (`server::ExitWhenIdle`), which closes idle connections, and a
+    /// request that arrives first is answered with `Connection: close`.
     async fn wait_for_bytes(
         &mut self,
         until: Instant,
@@ -343,9 +344,7 @@ impl Connection {
             timer.as_mut().reset(until);
         }
         loop {
-            if self.buf.capacity() == self.buf.len() {
-                self.buf.reserve(INITIAL_HEAD_BUFFER);
-            }
+            self.make_room();
             tokio::select! {
                 biased;
                 read = self.stream.read_buf(&mut self.buf) => {
@@ -388,11 +387,20 @@ impl Connection {
         }
     }
 
-    /// One read into `buf`, growing it as a head needs.
-    async fn read_more(&mut self, deadline: Instant) -> Result<(), NoHead> {
-        if self.buf.capacity() == self.buf.len() {
+    /// Room for a whole ordinary head in `buf` before a read. Each head is split off the front
+    /// of the buffer, so what is left at its end shrinks request by request; reading into a
+    /// few bytes would cut the next head in two (a second read, and a deadline timer, per
+    /// request). Once the earlier heads are gone, `reserve` reuses the same memory.
+    fn make_room(&mut self) {
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare < INITIAL_HEAD_BUFFER / 2 {
             self.buf.reserve(self.buf.len().max(INITIAL_HEAD_BUFFER));
         }
+    }
+
+    /// One read into `buf`, growing it as a head needs.
+    async fn read_more(&mut self, deadline: Instant) -> Result<(), NoHead> {
+        self.make_room();
         match timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
             Err(_) => Err(NoHead::TimedOut),
             Ok(Ok(0)) | Ok(Err(_)) => Err(NoHead::Closed),

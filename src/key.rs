@@ -95,16 +95,22 @@ fn decode_path(path: &str) -> Result<String, KeyError> {
     let Some(encoded) = path.strip_prefix('/') else {
         return Err(KeyError::Invalid("the path must start with /"));
     };
-    if !percent_escapes_are_complete(encoded.as_bytes()) {
-        return Err(KeyError::Invalid("the path has a malformed percent escape"));
-    }
-    let decoded: Vec<u8> = percent_decode(encoded.as_bytes()).collect();
-    if decoded.len() > MAX_KEY_BYTES {
+    let key = if encoded.contains('%') {
+        if !percent_escapes_are_complete(encoded.as_bytes()) {
+            return Err(KeyError::Invalid("the path has a malformed percent escape"));
+        }
+        let decoded: Vec<u8> = percent_decode(encoded.as_bytes()).collect();
+        let Ok(key) = String::from_utf8(decoded) else {
+            return Err(KeyError::Invalid("the object key is not valid UTF-8"));
+        };
+        key
+    } else {
+        // Nothing to decode (most paths): the text is the key, and UTF-8 already.
+        encoded.to_string()
+    };
+    if key.len() > MAX_KEY_BYTES {
         return Err(KeyError::TooLong);
     }
-    let Ok(key) = String::from_utf8(decoded) else {
-        return Err(KeyError::Invalid("the object key is not valid UTF-8"));
-    };
     if key.chars().any(char::is_control) {
         return Err(KeyError::Invalid(
             "the object key contains NUL or control characters",

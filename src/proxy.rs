@@ -22,7 +22,7 @@ use crate::metrics::{BucketMetrics, RequestResult};
 use crate::mirror::MirrorMiss;
 use crate::origin_choice::Origin;
 use crate::redirect::{location, write_redirect};
-use crate::reload::ConfigHandle;
+use crate::reload::{ConfigHandle, LiveConfig};
 use crate::respond::{write_error, ErrorCode, Reply, RequestId};
 use crate::route::Bucket;
 use crate::serve::{serve_hit, HitOutcome};
@@ -47,7 +47,8 @@ pub struct RequestCtx {
     started: Option<Instant>,
     /// The request id, and the CORS headers once routed: what every response carries.
     reply: Reply,
-    /// `None` when the host matched no bucket.
+    /// The bucket, for the access log (kept only while it is on); `None` when the host matched
+    /// no bucket.
     bucket: Option<Arc<Bucket>>,
     key: String,
     /// The origin a redirect pointed at (kept only for the access log: a reference shared by
@@ -79,10 +80,28 @@ impl ProxyHttp for OriginPull {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let (result, body_bytes) = self.answer(session, ctx).await?;
+        // One configuration generation for the whole request, even if a reload lands meanwhile.
+        let live = self.config.for_request();
+        let bucket = live.routes.bucket_for(session.req_header());
+        let answered = match bucket {
+            Some(bucket) => self.answer(session, ctx, &live, bucket).await,
+            None => write_error(session, ErrorCode::NoSuchBucket, None, &ctx.reply, &[])
+                .await
+                .map(|n| (RequestResult::NoSuchBucket, n)),
+        };
+        let (result, body_bytes) = match &answered {
+            Ok(answer) => *answer,
+            Err(_) => (RequestResult::Error, 0),
+        };
+        // Counted here, while the bucket is borrowed from the generation: keeping a reference
+        // for `logging` would write the bucket's shared reference count twice per request.
+        match bucket {
+            Some(bucket) => bucket.metrics.count_request(result, body_bytes),
+            None => BucketMetrics::unrouted().count_request(result, body_bytes),
+        }
         ctx.result = result;
         ctx.body_bytes = body_bytes;
-        Ok(true)
+        answered.map(|_| true)
     }
 
     async fn upstream_peer(&self, _: &mut Session, _: &mut RequestCtx) -> Result<Box<HttpPeer>> {
@@ -130,12 +149,9 @@ impl ProxyHttp for OriginPull {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        // Metrics were counted in `request_filter`, which every request reaches.
         if error.is_some() {
             ctx.result = RequestResult::Error;
-        }
-        match &ctx.bucket {
-            Some(bucket) => bucket.metrics.count_request(ctx.result, ctx.body_bytes),
-            None => BucketMetrics::unrouted().count_request(ctx.result, ctx.body_bytes),
         }
         if self.access_log.is_off() {
             return;
@@ -174,16 +190,12 @@ impl OriginPull {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
+        live: &LiveConfig,
+        bucket: &Arc<Bucket>,
     ) -> Result<(RequestResult, u64)> {
-        // One configuration generation for the whole request, even if a reload lands meanwhile.
-        let live = self.config.for_request();
-
-        let Some(bucket) = live.routes.bucket_for(session.req_header()) else {
-            let n = write_error(session, ErrorCode::NoSuchBucket, None, &ctx.reply, &[]).await?;
-            return Ok((RequestResult::NoSuchBucket, n));
-        };
-        // Borrowed from `live` for the request; `ctx` keeps one reference for `logging`.
-        ctx.bucket = Some(bucket.clone());
+        if !self.access_log.is_off() {
+            ctx.bucket = Some(bucket.clone());
+        }
         ctx.reply.cors = CorsReply::for_request(&bucket.config.cors, session.req_header());
         let name = bucket.config.name.as_str();
 
