@@ -18,7 +18,7 @@
 
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -88,6 +88,9 @@ pub struct ConnectionCounts {
     open: AtomicUsize,
     busy_by_worker: Box<[WorkerBusy]>,
     last_refusal_warning: AtomicU64,
+    /// Set once when a graceful stop begins. Connections read this instead of Pingora's stop
+    /// signal, whose every read takes a lock that all workers share.
+    stopping: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -100,7 +103,17 @@ impl ConnectionCounts {
             open: AtomicUsize::new(0),
             busy_by_worker: (0..workers.max(1)).map(|_| WorkerBusy::default()).collect(),
             last_refusal_warning: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
         }
+    }
+
+    /// A graceful stop began: idle connections stop taking requests.
+    pub fn note_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// Connections receiving a request head or being answered; idle keep-alive connections
@@ -256,7 +269,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
             };
             if conn.buf.is_empty() {
                 if let Err(why) = conn
-                    .wait_for_bytes(idle_until, idle_timer.as_mut(), shutdown)
+                    .wait_for_bytes(idle_until, idle_timer.as_mut(), &self.counts)
                     .await
                 {
                     log::debug!("closing idle connection: {why:?}");
@@ -333,9 +346,9 @@ impl Connection {
         &mut self,
         until: Instant,
         mut timer: Pin<&mut Sleep>,
-        shutdown: &ShutdownWatch,
+        counts: &ConnectionCounts,
     ) -> Result<(), NoHead> {
-        if *shutdown.borrow() {
+        if counts.is_stopping() {
             return Err(NoHead::ShuttingDown);
         }
         // The timer may be armed earlier than `until` (an earlier request's deadline), never

@@ -271,6 +271,7 @@ impl BackgroundService for ExitWhenIdle {
         if shutdown.wait_for(|stopping| *stopping).await.is_err() {
             return;
         }
+        self.connections.note_stopping();
         loop {
             if self.connections.busy() == 0 && self.filler.is_idle() {
                 log::info!("graceful stop: no request or copy is running; exiting");
