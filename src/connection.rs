@@ -310,6 +310,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
             let mut session = ServerSession::new_http1(Box::new(framed));
             // Each write of the answer must finish within it (Pingora times every write).
             session.set_write_timeout(Some(self.limits.send_timeout));
+            if self.counts.is_stopping() {
+                // The last request of this connection: the client is told so.
+                session.set_keepalive(None);
+            }
             let reused = self.app.process_new_http(session, shutdown).await;
             let Some(reused) = reused else { return };
             let (stream, _settings) = reused.consume();

@@ -380,6 +380,51 @@ async fn sigterm_waits_for_a_running_copy_then_exits() {
 }
 
 #[tokio::test]
+async fn during_a_graceful_stop_a_keep_alive_connection_gets_one_last_answer_then_is_closed() {
+    let origin = TestOrigin::start();
+    origin.route("/slow.bin", Behavior::gate(b"holds the stop open".to_vec()));
+    origin.route("/a.txt", Behavior::ok(b"a".to_vec()));
+    let mut server = start_with_grace_period(
+        OriginpullConfig::new().with_bucket(BUCKET, &origin.authority()),
+        30,
+    );
+    let host = server.host(BUCKET);
+    let mut kept = RawConnection::connect(server.addr()).await.unwrap();
+    let first = kept
+        .request(get_request(&host, "/a.txt", "").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(first.status, 302);
+    assert_ne!(first.header("connection"), Some("close"));
+    // A running copy keeps the stopping server up.
+    assert_eq!(get(&server, BUCKET, "/slow.bin").await.status(), 302);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            origin.gate_waiting("/slow.bin") == 1
+        })
+        .await
+    );
+
+    server.signal("TERM");
+    // The stop is seen by the next wait of the idle connection: give the signal a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let last = kept
+        .request(get_request(&host, "/a.txt", "").as_bytes())
+        .await
+        .unwrap();
+    // 200 once the first request's copy of /a.txt has landed, 302 before.
+    assert!(matches!(last.status, 200 | 302), "{last:?}");
+    assert_eq!(last.header("connection"), Some("close"), "{last:?}");
+    assert!(kept.closed_by_peer_within(Duration::from_secs(5)).await);
+
+    origin.open_gate("/slow.bin");
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the server did not exit once its copy finished");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
 async fn reload_counters_start_at_zero_and_copies_have_no_unrouted_series() {
     let server = Originpull::start(OriginpullConfig::new().with_disabled_bucket(BUCKET));
     // A request for an unknown host creates the `bucket=""` request series.
