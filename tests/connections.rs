@@ -343,6 +343,19 @@ async fn sigterm_on_an_idle_server_exits_at_once() {
     assert!(status.success(), "{status}");
 }
 
+/// Asks for `/slow.bin` (a gated route of `origin`) and waits until its copy is held at the
+/// origin: a copy running for as long as the test keeps the gate shut.
+async fn start_a_held_copy(server: &Originpull, origin: &TestOrigin) {
+    assert_eq!(get(server, BUCKET, "/slow.bin").await.status(), 302);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            origin.gate_waiting("/slow.bin") == 1
+        })
+        .await,
+        "the copy of /slow.bin never reached the origin"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_waits_for_a_running_copy_then_exits() {
     let origin = TestOrigin::start();
@@ -354,13 +367,7 @@ async fn sigterm_waits_for_a_running_copy_then_exits() {
         OriginpullConfig::new().with_bucket(BUCKET, &origin.authority()),
         30,
     );
-    assert_eq!(get(&server, BUCKET, "/slow.bin").await.status(), 302);
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            origin.gate_waiting("/slow.bin") == 1
-        })
-        .await
-    );
+    start_a_held_copy(&server, &origin).await;
 
     server.signal("TERM");
     assert!(
@@ -397,13 +404,7 @@ async fn during_a_graceful_stop_a_keep_alive_connection_gets_one_last_answer_the
     assert_eq!(first.status, 302);
     assert_ne!(first.header("connection"), Some("close"));
     // A running copy keeps the stopping server up.
-    assert_eq!(get(&server, BUCKET, "/slow.bin").await.status(), 302);
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            origin.gate_waiting("/slow.bin") == 1
-        })
-        .await
-    );
+    start_a_held_copy(&server, &origin).await;
 
     server.signal("TERM");
     // The stop is seen by the next wait of the idle connection: give the signal a moment.
