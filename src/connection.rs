@@ -255,9 +255,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
             buf: BytesMut::new(),
         };
         let mut first = true;
-        // One idle timer for the connection's life, re-armed only when it fires early (see
-        // `wait_for_bytes`): arming and cancelling a timer per request cost each request more
-        // than the rest of the idle wait.
+        // One timer for the connection's life, for every wait for bytes, re-armed only when it
+        // fires early (see `read_more`): arming and cancelling a timer per request cost each
+        // request more than the rest of the idle wait.
         let mut idle_timer = Box::pin(sleep_until(accepted + self.limits.header_timeout));
         loop {
             // A new connection must deliver its first head within the header timeout; a reused
@@ -286,7 +286,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
                 }
             };
             let head_len = match conn
-                .read_head(head_deadline, self.limits.max_header_bytes)
+                .read_head(
+                    head_deadline,
+                    idle_timer.as_mut(),
+                    self.limits.max_header_bytes,
+                )
                 .await
             {
                 Ok(len) => len,
@@ -339,8 +343,8 @@ struct Connection {
 }
 
 impl Connection {
-    /// Waits until the client sends something or the idle deadline `until` passes, as `timer`
-    /// (armed at or before `until`) tells; refuses to wait once the server is stopping.
+    /// Waits until the client sends something or the idle deadline `until` passes; refuses to
+    /// wait once the server is stopping.
     ///
     /// An idle connection does not watch for the stop itself (registering with the stop signal
     /// on every wait cost each request measurable time): the stop ends the process as soon as
@@ -349,14 +353,60 @@ impl Connection {
     async fn wait_for_bytes(
         &mut self,
         until: Instant,
-        mut timer: Pin<&mut Sleep>,
+        timer: Pin<&mut Sleep>,
         counts: &ConnectionCounts,
     ) -> Result<(), NoHead> {
         if counts.is_stopping() {
             return Err(NoHead::ShuttingDown);
         }
-        // The timer may be armed earlier than `until` (an earlier request's deadline), never
-        // later.
+        self.read_more(until, timer).await
+    }
+
+    /// Reads until `buf` starts with a whole request head; returns its length. `deadline` is
+    /// asked for only if more bytes must be read.
+    async fn read_head(
+        &mut self,
+        deadline: impl Fn() -> Instant,
+        mut timer: Pin<&mut Sleep>,
+        max_bytes: usize,
+    ) -> Result<usize, NoHead> {
+        let mut until = None;
+        loop {
+            if let Some(len) = head_length(&self.buf) {
+                return if len > max_bytes {
+                    Err(NoHead::TooLarge)
+                } else {
+                    Ok(len)
+                };
+            }
+            if self.buf.len() > max_bytes {
+                return Err(NoHead::TooLarge);
+            }
+            let until = *until.get_or_insert_with(&deadline);
+            self.read_more(until, timer.as_mut()).await?;
+        }
+    }
+
+    /// Room for a whole ordinary head in `buf` before a read. Each head is split off the front
+    /// of the buffer, so what is left at its end shrinks request by request; reading into a
+    /// few bytes would cut the next head in two (a second read, and a deadline timer, per
+    /// request). Once the earlier heads are gone, `reserve` reuses the same memory.
+    fn make_room(&mut self) {
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare < INITIAL_HEAD_BUFFER / 2 {
+            self.buf.reserve(self.buf.len().max(INITIAL_HEAD_BUFFER));
+        }
+    }
+
+    /// One read into `buf`, growing it as a head needs, by `until`. `timer` is the
+    /// connection's one timer, armed at or before `until`: when it fires early (armed for an
+    /// earlier deadline) it is re-armed, so a busy connection does not arm and cancel a timer
+    /// per read.
+    async fn read_more(
+        &mut self,
+        until: Instant,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Result<(), NoHead> {
         if timer.deadline() > until {
             timer.as_mut().reset(until);
         }
@@ -377,51 +427,6 @@ impl Connection {
                     timer.as_mut().reset(until);
                 }
             }
-        }
-    }
-
-    /// Reads until `buf` starts with a whole request head; returns its length. `deadline` is
-    /// asked for only if more bytes must be read.
-    async fn read_head(
-        &mut self,
-        deadline: impl Fn() -> Instant,
-        max_bytes: usize,
-    ) -> Result<usize, NoHead> {
-        let mut until = None;
-        loop {
-            if let Some(len) = head_length(&self.buf) {
-                return if len > max_bytes {
-                    Err(NoHead::TooLarge)
-                } else {
-                    Ok(len)
-                };
-            }
-            if self.buf.len() > max_bytes {
-                return Err(NoHead::TooLarge);
-            }
-            let until = *until.get_or_insert_with(&deadline);
-            self.read_more(until).await?;
-        }
-    }
-
-    /// Room for a whole ordinary head in `buf` before a read. Each head is split off the front
-    /// of the buffer, so what is left at its end shrinks request by request; reading into a
-    /// few bytes would cut the next head in two (a second read, and a deadline timer, per
-    /// request). Once the earlier heads are gone, `reserve` reuses the same memory.
-    fn make_room(&mut self) {
-        let spare = self.buf.capacity() - self.buf.len();
-        if spare < INITIAL_HEAD_BUFFER / 2 {
-            self.buf.reserve(self.buf.len().max(INITIAL_HEAD_BUFFER));
-        }
-    }
-
-    /// One read into `buf`, growing it as a head needs.
-    async fn read_more(&mut self, deadline: Instant) -> Result<(), NoHead> {
-        self.make_room();
-        match timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
-            Err(_) => Err(NoHead::TimedOut),
-            Ok(Ok(0)) | Ok(Err(_)) => Err(NoHead::Closed),
-            Ok(Ok(_)) => Ok(()),
         }
     }
 
