@@ -121,6 +121,7 @@ impl DiskStore {
             rand::random::<u128>()
         ))
     }
+
     /// The metadata of the object file at `path`, which must hold `key`: `Ok(None)` when there
     /// is no such file, `Err(Corrupt)` when it is not a whole object (no trailer) or holds
     /// another key. Reads the trailer only, not the content.
@@ -129,10 +130,8 @@ impl DiskStore {
         path: &Path,
         key: &ObjectKey,
     ) -> Result<Option<ObjectMeta>, StoreError> {
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(file) = open_existing(path)? else {
+            return Ok(None);
         };
         read_trailer(&file, Some(key)).map(Some)
     }
@@ -146,10 +145,8 @@ impl BucketStore for DiskStore {
         key: &ObjectKey,
     ) -> Result<Option<Box<dyn StoredObject>>, StoreError> {
         let path = self.object_path(bucket, key);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(file) = open_existing(&path)? else {
+            return Ok(None);
         };
         let mut meta = read_trailer(&file, Some(key))?;
         meta.checked_at = modified_secs(&file)?;
@@ -167,10 +164,8 @@ impl BucketStore for DiskStore {
         key: &ObjectKey,
     ) -> Result<Option<ObjectMeta>, StoreError> {
         let path = self.object_path(bucket, key);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(file) = open_existing(&path)? else {
+            return Ok(None);
         };
         // A damaged file is removed too, but was never an object: nothing to report.
         let meta = read_trailer(&file, Some(key)).ok();
@@ -240,10 +235,8 @@ impl BucketStore for DiskStore {
         variant: &str,
     ) -> Result<Option<Box<dyn StoredObject>>, StoreError> {
         let path = self.variant_path(bucket, key, variant)?;
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(file) = open_existing(&path)? else {
+            return Ok(None);
         };
         match read_trailer(&file, Some(key)) {
             Ok(meta) if meta.is_variant_of(of) => Ok(Some(Box::new(DiskObject {
@@ -441,6 +434,15 @@ fn read_trailer(file: &File, key: Option<&ObjectKey>) -> Result<ObjectMeta, Stor
         return Err(corrupt("size does not match its metadata"));
     }
     Ok(meta)
+}
+
+/// The file at `path` opened for reading, `None` when there is none.
+fn open_existing(path: &Path) -> io::Result<Option<File>> {
+    match File::open(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 struct DiskObject {
