@@ -1,6 +1,7 @@
 //! The data plane: originpull's Pingora `ProxyHttp` implementation. Every request is answered in
 //! `request_filter` (route → key → hit, redirect or error); nothing is proxied inline, so
-//! `upstream_peer` is never reached. `logging` writes the access log line and counts metrics.
+//! `upstream_peer` is never reached. `request_filter` counts each request in the metrics, and
+//! `logging` writes its access log line.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

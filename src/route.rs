@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use hashbrown::HashMap;
-
 use pingora::http::RequestHeader;
 
 use crate::config::{BucketConfig, Config, ConfigErrors};

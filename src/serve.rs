@@ -48,8 +48,7 @@ pub async fn serve_hit(
     if let Some(encoding) = encoding {
         // A distinct strong ETag per encoding: each variant's bytes are fixed for the object's
         // version (kept, never remade while kept) and never served in ranges.
-        let etag = object.meta().variant_etag_header(encoding.as_str());
-        resp.insert_header(header::ETAG, etag)?;
+        resp.insert_header(header::ETAG, meta.variant_etag_header(encoding.as_str()))?;
         resp.insert_header(header::CONTENT_ENCODING, encoding.as_str())?;
         // The CRC is the stored bytes'; a COS SDK would check it against these other bytes.
         resp.remove_header(CRC64_HEADER);
@@ -98,7 +97,6 @@ pub fn byte_range(
     // Pingora's range filter mishandles an empty body; an empty object has no ranges to serve.
     // Allowing at most one range: a multi-range request gets the whole object, as RFC 9110 permits.
     Ok(if size == 0 {
-        resp.insert_header(header::ACCEPT_RANGES, "bytes")?;
         0..0
     } else if !req.headers.contains_key(header::RANGE) {
         // The filter would only add `Accept-Ranges: bytes`, which an object's head has.

@@ -24,12 +24,11 @@ pub mod failures;
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher, RandomState};
-
-use hashbrown::{Equivalent, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use hashbrown::{Equivalent, HashMap, HashSet};
 use pingora::connectors::http::Connector;
 use tokio::sync::{mpsc, oneshot};
 

@@ -142,6 +142,7 @@ pub trait StoredObject: Send {
     fn head(&self) -> pingora::Result<Cow<'_, ObjectHead>> {
         ObjectHead::of(self.meta()).map(Cow::Owned)
     }
+
     /// Reads up to `max` bytes of the content starting at `offset`; an empty result means the
     /// content ended before `offset`.
     async fn read_at(&mut self, offset: u64, max: usize) -> Result<Bytes, StoreError>;

@@ -15,11 +15,11 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use super::checksum::Crc64;
 use super::md5::Md5;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 /// Chunks queued for each thread: bounds what a fast origin and a slow disk can pile up.
 const QUEUE_CHUNKS: usize = 16;
