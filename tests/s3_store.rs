@@ -797,13 +797,9 @@ async fn wait_local_bytes(server: &Originpull, bytes: f64) -> bool {
     .await
 }
 
-#[tokio::test]
-async fn the_local_tier_evicts_past_max_bytes_and_serves_while_the_store_is_down() {
-    let Some(mut s3) = S3Server::start() else {
-        return;
-    };
-    let origin = TestOrigin::start();
-    let server = with_local_tier(&s3, &origin, 250_000, 30);
+/// Puts `a.bin`, `b.bin` and `c.bin`, 100,000 distinct bytes each, into the store; returns
+/// their bodies in that order.
+fn put_three_objects(s3: &S3Server) -> Vec<Vec<u8>> {
     let bodies: Vec<Vec<u8>> = (0..3u8)
         .map(|i| {
             let mut body = generated_bytes(100_000);
@@ -814,6 +810,17 @@ async fn the_local_tier_evicts_past_max_bytes_and_serves_while_the_store_is_down
     for (name, body) in ["a.bin", "b.bin", "c.bin"].iter().zip(&bodies) {
         s3.put(name, body, "application/octet-stream");
     }
+    bodies
+}
+
+#[tokio::test]
+async fn the_local_tier_evicts_past_max_bytes_and_serves_while_the_store_is_down() {
+    let Some(mut s3) = S3Server::start() else {
+        return;
+    };
+    let origin = TestOrigin::start();
+    let server = with_local_tier(&s3, &origin, 250_000, 30);
+    let bodies = put_three_objects(&s3);
     assert_eq!(
         get_body(&server, BUCKET, "/a.bin").await,
         (200, bodies[0].clone())
@@ -899,16 +906,7 @@ async fn the_local_tier_survives_a_restart_and_still_evicts_past_max_bytes() {
     let origin = TestOrigin::start();
     // Copies are not due for revalidation during the test: a hit asks the store nothing.
     let mut server = with_local_tier(&s3, &origin, 250_000, 3600);
-    let bodies: Vec<Vec<u8>> = (0..3u8)
-        .map(|i| {
-            let mut body = generated_bytes(100_000);
-            body[0] = i;
-            body
-        })
-        .collect();
-    for (name, body) in ["a.bin", "b.bin", "c.bin"].iter().zip(&bodies) {
-        s3.put(name, body, "application/octet-stream");
-    }
+    let bodies = put_three_objects(&s3);
     assert_eq!(get(&server, BUCKET, "/a.bin").await.status(), 200);
     assert!(wait_local_bytes(&server, 100_000.0).await, "a.bin copied");
     assert_eq!(get(&server, BUCKET, "/b.bin").await.status(), 200);
