@@ -3,7 +3,8 @@
 //!
 //! [`ConnectionGate`] sits between a worker's listening socket and Pingora's HTTP/1 session.
 //! It reads each request head itself, with a deadline and a size limit, and hands Pingora
-//! exactly one complete head at a time; Pingora answers it and gives the connection back. So:
+//! exactly one complete head at a time, as the session's pipelined prefix (so Pingora parses
+//! it without reading the socket); Pingora answers it and gives the connection back. So:
 //! - an idle connection holds no Pingora session, no request future and no buffer, only the
 //!   socket and this loop (`docs/benchmarks.md`, idle connections): the response write buffer
 //!   exists only while a request is answered;
@@ -12,10 +13,11 @@
 //!   the bytes after a head wait here until its response is written. Pingora 0.9.1 on its own
 //!   answers the first and then closes the connection.
 //!
-//! The head's end is found with `httparse`, the parser Pingora uses, and where it rejects the
-//! request line Pingora's own rule (the first blank line) is followed, so both always agree on
-//! where a request ends.
+//! The head's end is where `httparse`, the parser Pingora uses, ends it (found without parsing
+//! when every line ends in CRLF), and where it rejects the request line Pingora's own rule (the
+//! first blank line) is followed, so both always agree on where a request ends.
 
+use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -24,7 +26,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use http::{header, StatusCode};
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::date::get_cached_date;
@@ -47,6 +49,9 @@ const INITIAL_HEAD_BUFFER: usize = 1024;
 /// Response write buffer, while a request is answered: a response head plus a small body leave
 /// in one send instead of two. Larger writes bypass it.
 const WRITE_BUFFER: usize = 16 * 1024;
+/// A client that keeps the server's writes waiting must take this many bytes per
+/// `send_timeout` (the largest body piece the server writes at once), else it is disconnected.
+const SEND_PROGRESS_BYTES: usize = 256 * 1024;
 /// Headers per request, as Pingora's parser allows (more is a 400 from Pingora).
 const MAX_HEADERS: usize = 256;
 /// After a 431 the rest of the client's head is read and dropped for at most this long, so the
@@ -305,15 +310,22 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
                     return;
                 }
             };
-            let head = conn.buf.split_to(head_len).freeze();
+            let head = if head_len == conn.buf.len() {
+                // The usual case: the buffer holds just this head. Splitting it would turn it
+                // into a shared buffer (an allocation) for nothing.
+                std::mem::take(&mut conn.buf)
+            } else {
+                conn.buf.split_to(head_len)
+            };
             let framed = FramedStream {
                 inner: BufWriter::with_capacity(WRITE_BUFFER, conn.stream),
-                head,
                 rest: conn.buf,
+                send_timer: SendTimer::new(idle_timer, self.limits.send_timeout),
             };
             let mut session = ServerSession::new_http1(Box::new(framed));
-            // Each write of the answer must finish within it (Pingora times every write).
-            session.set_write_timeout(Some(self.limits.send_timeout));
+            // Pingora parses the head from this buffer without reading the stream (and so
+            // without a read timeout, a buffer of its own or a copy).
+            session.set_pipelined_prefix(head);
             if self.counts.is_stopping() {
                 // The last request of this connection: the client is told so.
                 session.set_keepalive(None);
@@ -330,7 +342,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
             if framed.flush().await.is_err() {
                 return;
             }
-            conn = framed.into_connection();
+            (conn, idle_timer) = framed.into_connection();
             first = false;
         }
     }
@@ -487,6 +499,9 @@ fn head_length(buf: &[u8]) -> Option<usize> {
     if buf.is_empty() {
         return None;
     }
+    if let Some(len) = crlf_head_length(buf) {
+        return Some(len);
+    }
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     match request.parse_with_uninit_headers(buf, &mut headers) {
@@ -498,6 +513,28 @@ fn head_length(buf: &[u8]) -> Option<usize> {
             .map(|end| end + 4),
         Err(_) => Some(buf.len()),
     }
+}
+
+/// The usual head, found without parsing it (Pingora parses it next): lines that all end in
+/// CRLF, up to the first blank line. That is where `httparse` ends such a head, and where the
+/// framing above ends one it refuses; a head it refuses for other reasons is answered 400 and
+/// the connection closed either way. Anything else (a bare LF, leading blank lines, an
+/// unfinished head) is left to `httparse`.
+fn crlf_head_length(buf: &[u8]) -> Option<usize> {
+    if matches!(buf.first(), Some(b'\r' | b'\n')) {
+        return None;
+    }
+    let mut line_start = 0;
+    for lf in memchr::memchr_iter(b'\n', buf) {
+        if lf == 0 || buf[lf - 1] != b'\r' {
+            return None;
+        }
+        if lf - 1 == line_start {
+            return Some(lf + 1);
+        }
+        line_start = lf + 1;
+    }
+    None
 }
 
 /// The method and the request target of the head at the start of `buf`, for the access log
@@ -546,38 +583,93 @@ fn large_head_response(resource: &str, request_id: &RequestId) -> pingora::Resul
     })
 }
 
-/// The connection as Pingora sees it for one request: reads return the request's head first,
-/// then whatever was read after it (a body), then the socket. Writes are buffered until Pingora
-/// flushes.
+/// The connection as Pingora sees it for one request, after the head it was handed: reads
+/// return whatever was read after the head (a body), then the socket. Writes are buffered
+/// until Pingora flushes, and are bounded by the send timeout.
 #[derive(Debug)]
 struct FramedStream {
     inner: BufWriter<Stream>,
-    head: Bytes,
     rest: BytesMut,
+    send_timer: SendTimer,
+}
+
+/// The send timeout, on the connection's one timer: armed only when a write has to wait for
+/// the client, so an answer that goes out at once arms nothing (Pingora's own write timeout
+/// starts a timeout for every write). While armed, the client must take
+/// [`SEND_PROGRESS_BYTES`] before the deadline, which then starts again at the next wait.
+#[derive(Debug)]
+struct SendTimer {
+    timer: Pin<Box<Sleep>>,
+    timeout: Duration,
+    /// Bytes written since the deadline was armed; `None` while it is not.
+    written_since_armed: Option<usize>,
+}
+
+impl SendTimer {
+    fn new(timer: Pin<Box<Sleep>>, timeout: Duration) -> SendTimer {
+        SendTimer {
+            timer,
+            timeout,
+            written_since_armed: None,
+        }
+    }
+
+    /// Passes on the outcome of a write (or flush) of `written` bytes, or fails it once the
+    /// client has kept it waiting past the deadline.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        outcome: Poll<std::io::Result<T>>,
+        written: impl FnOnce(&T) -> usize,
+    ) -> Poll<std::io::Result<T>> {
+        match outcome {
+            Poll::Ready(Ok(done)) => {
+                if let Some(since) = self.written_since_armed.as_mut() {
+                    *since += written(&done);
+                    if *since >= SEND_PROGRESS_BYTES {
+                        self.written_since_armed = None;
+                    }
+                }
+                Poll::Ready(Ok(done))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if self.written_since_armed.is_none() {
+                    self.written_since_armed = Some(0);
+                    self.timer.as_mut().reset(Instant::now() + self.timeout);
+                }
+                match self.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client took too long to read the answer (server.send_timeout_secs)",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
 }
 
 impl FramedStream {
-    /// Back to a connection between requests, keeping unread bytes (the next pipelined head).
-    fn into_connection(self) -> Connection {
+    /// Back to a connection between requests, keeping unread bytes (the next pipelined head),
+    /// and the connection's timer.
+    fn into_connection(self) -> (Connection, Pin<Box<Sleep>>) {
         let FramedStream {
             inner,
-            head,
             mut rest,
+            send_timer,
         } = self;
-        let buf = if !head.is_empty() {
-            let mut buf = BytesMut::from(&head[..]);
-            buf.extend_from_slice(&rest);
-            buf
-        } else if rest.is_empty() {
+        let buf = if rest.is_empty() {
             // Release the last head's buffer while the connection idles.
             BytesMut::new()
         } else {
             std::mem::take(&mut rest)
         };
-        Connection {
+        let connection = Connection {
             stream: inner.into_inner(),
             buf,
-        }
+        };
+        (connection, send_timer.timer)
     }
 }
 
@@ -595,10 +687,6 @@ impl AsyncRead for FramedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if !this.head.is_empty() {
-            serve_from(&mut this.head, buf);
-            return Poll::Ready(Ok(()));
-        }
         if !this.rest.is_empty() {
             serve_from(&mut this.rest, buf);
             return Poll::Ready(Ok(()));
@@ -613,15 +701,21 @@ impl AsyncWrite for FramedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let outcome = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.send_timer.watch(cx, outcome, |n| *n)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let outcome = Pin::new(&mut this.inner).poll_flush(cx);
+        this.send_timer.watch(cx, outcome, |()| 0)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        let outcome = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.send_timer.watch(cx, outcome, |()| 0)
     }
 
     fn poll_write_vectored(
@@ -629,7 +723,9 @@ impl AsyncWrite for FramedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let outcome = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.send_timer.watch(cx, outcome, |n| *n)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -712,6 +808,31 @@ mod tests {
         let mut then_more = bare_lf.to_vec();
         then_more.extend_from_slice(b"GET");
         assert_eq!(head_length(&then_more), Some(bare_lf.len()));
+        // A bare LF before the first CRLF CRLF: httparse's end, not the scan's.
+        let mixed = b"GET /a HTTP/1.1\nHost: x\n\nGET /b HTTP/1.1\r\nHost: y\r\n\r\n";
+        assert_eq!(head_length(mixed), Some(b"GET /a HTTP/1.1\nHost: x\n\n".len()));
+    }
+
+    #[test]
+    fn the_crlf_scan_ends_a_head_where_httparse_does() {
+        let heads: [&[u8]; 4] = [
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HEAD /b?c=d HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\nX: \r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\nOrigin: http://a\r\n\r\n",
+        ];
+        for head in heads {
+            let mut pipelined = head.to_vec();
+            pipelined.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let parsed = httparse::Request::new(&mut headers).parse(&pipelined);
+            assert_eq!(parsed.ok(), Some(httparse::Status::Complete(head.len())));
+            assert_eq!(crlf_head_length(&pipelined), Some(head.len()));
+        }
+        // Leading blank lines, which httparse skips, are left to it.
+        let leading = b"\r\nGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(crlf_head_length(leading), None);
+        assert_eq!(head_length(leading), Some(leading.len()));
     }
 
     #[test]

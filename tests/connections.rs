@@ -7,6 +7,8 @@ mod common;
 
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use common::*;
 
 const BUCKET: &str = "example-1250000000";
@@ -510,22 +512,36 @@ async fn a_client_leaving_mid_response_is_not_logged_as_an_error() {
     );
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_a_large_hit_is_disconnected_after_the_send_timeout() {
+/// A server with `send_timeout_secs: 1` that holds a 64 MiB object (larger than loopback's
+/// socket buffers on both sides, so the server's writes to a slow client wait), and no open
+/// connection.
+async fn a_large_hit_with_a_one_second_send_timeout() -> (TestOrigin, Originpull) {
     let origin = TestOrigin::start();
     let server = Originpull::start(
         OriginpullConfig::new()
             .with_bucket(BUCKET, &origin.authority())
             .with_server_yaml("send_timeout_secs: 1"),
     );
-    // Larger than loopback's socket buffers on both sides, so the server's writes block.
     let size = 64 * 1024 * 1024;
     store_through_a_copy(&server, &origin, "/big.bin", Behavior::generated(size)).await;
-    let open = || async { server.metric("originpull_connections_open", &[]).await };
     assert!(
-        wait_until(Duration::from_secs(5), || async { open().await == 0.0 }).await,
+        wait_until(Duration::from_secs(5), || async {
+            open_connections(&server).await == 0.0
+        })
+        .await,
         "connections from the copy's polling stayed open"
     );
+    (origin, server)
+}
+
+async fn open_connections(server: &Originpull) -> f64 {
+    server.metric("originpull_connections_open", &[]).await
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_large_hit_is_disconnected_after_the_send_timeout() {
+    let (_origin, server) = a_large_hit_with_a_one_second_send_timeout().await;
+    let open = || open_connections(&server);
 
     // Asks for 64 MiB and never reads a byte.
     let mut stalled = RawConnection::connect(server.addr()).await.unwrap();
@@ -556,4 +572,41 @@ async fn a_client_that_stops_reading_a_large_hit_is_disconnected_after_the_send_
         "{}",
         server.stderr_text()
     );
+}
+
+#[tokio::test]
+async fn a_client_reading_a_large_hit_far_too_slowly_is_disconnected_after_the_send_timeout() {
+    let (_origin, server) = a_large_hit_with_a_one_second_send_timeout().await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut slow = socket.connect(server.addr()).await.unwrap();
+    slow.write_all(get_request(&server.host(BUCKET), "/big.bin", "").as_bytes())
+        .await
+        .unwrap();
+    // 8 KiB every 250 ms: the server's writes keep making some progress, but far less than the
+    // 256 KiB per send_timeout_secs a client that keeps them waiting must take.
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0; 8 * 1024];
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if matches!(slow.read(&mut buf).await, Ok(0) | Err(_)) {
+                break;
+            }
+        }
+    });
+    assert!(
+        wait_until(Duration::from_secs(2), || async {
+            open_connections(&server).await == 1.0
+        })
+        .await,
+        "the slow client's connection was not counted"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            open_connections(&server).await == 0.0
+        })
+        .await,
+        "a client reading 32 KiB/s kept its connection past send_timeout_secs"
+    );
+    reader.abort();
 }
