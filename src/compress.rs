@@ -280,7 +280,7 @@ impl Compressor {
         object: Box<dyn StoredObject>,
     ) -> Representation {
         let meta = object.meta();
-        if !is_compressible(meta) {
+        if !object.is_compressible() {
             return Representation::stored(object, false);
         }
         if req.headers.contains_key(RANGE) {

@@ -50,6 +50,8 @@ struct HotObject {
     /// Prepared once here, so hits from memory build no header (`None` if it cannot be built:
     /// each hit then fails as it would from the store).
     head: Option<ObjectHead>,
+    /// [`crate::compress::is_compressible`] of `meta`, asked on every hit.
+    compressible: bool,
     body: Bytes,
     loaded_at: Instant,
 }
@@ -60,6 +62,7 @@ impl HotObject {
             bucket: bucket.to_string(),
             variant: variant.map(str::to_string),
             head: ObjectHead::of(&meta).ok(),
+            compressible: crate::compress::is_compressible(&meta),
             meta,
             body,
             loaded_at: Instant::now(),
@@ -349,6 +352,10 @@ impl StoredObject for MemoryObject {
             Some(head) => Ok(Cow::Borrowed(head)),
             None => ObjectHead::of(&self.0.meta).map(Cow::Owned),
         }
+    }
+
+    fn is_compressible(&self) -> bool {
+        self.0.compressible
     }
 
     async fn read_at(&mut self, offset: u64, max: usize) -> Result<Bytes, StoreError> {

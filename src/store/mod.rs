@@ -143,6 +143,12 @@ pub trait StoredObject: Send {
         ObjectHead::of(self.meta()).map(Cow::Owned)
     }
 
+    /// Whether compressed variants of this object may be served
+    /// ([`crate::compress::is_compressible`]); the memory tier keeps the answer with the object.
+    fn is_compressible(&self) -> bool {
+        crate::compress::is_compressible(self.meta())
+    }
+
     /// Reads up to `max` bytes of the content starting at `offset`; an empty result means the
     /// content ended before `offset`.
     async fn read_at(&mut self, offset: u64, max: usize) -> Result<Bytes, StoreError>;
