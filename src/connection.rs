@@ -40,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, R
 use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::clock::coarse_now;
 use crate::config::ServerSettings;
 use crate::metrics::{BucketMetrics, RequestResult, METRICS};
 use crate::respond::{error_xml, response_header, ErrorCode, Reply, RequestId};
@@ -270,7 +271,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
             let idle_until = if first {
                 accepted + self.limits.header_timeout
             } else {
-                Instant::now() + self.limits.keepalive_timeout
+                Instant::from_std(coarse_now()) + self.limits.keepalive_timeout
             };
             if conn.buf.is_empty() {
                 if let Err(why) = conn

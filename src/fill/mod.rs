@@ -32,6 +32,7 @@ use hashbrown::{Equivalent, HashMap, HashSet};
 use pingora::connectors::http::Connector;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::clock::coarse_now;
 use crate::config::FillSettings;
 use crate::key::{safe_query, ObjectKey};
 use crate::metrics::{FillOutcome, METRICS};
@@ -462,7 +463,7 @@ impl Filler {
         let id = CopyKey::new(bucket, key);
         let decision = {
             let mut schedule = self.shared.lock();
-            let decision = if let Some(blocked) = schedule.blocked(&id, Instant::now()) {
+            let decision = if let Some(blocked) = schedule.blocked(&id, coarse_now()) {
                 blocked
             } else if schedule.revalidating.contains(&id) {
                 // Its revalidation is a copy of the key too: one at a time.
@@ -530,7 +531,7 @@ impl Filler {
             return None;
         }
         let id = CopyKeyRef::new(bucket, key);
-        self.shared.lock().blocked(&id, Instant::now())
+        self.shared.lock().blocked(&id, coarse_now())
     }
 
     /// Counts a miss whose copy [`Filler::copy_blocked`] found blocked, as asking for the copy
@@ -559,7 +560,7 @@ impl Filler {
                 return MirrorTicket::Follower(schedule.wait_for(&id));
             }
             // Only "not found" is remembered for mirror clients; other failures are retried.
-            if schedule.recent_failure(&id, Instant::now()) == Some(FillEnd::NotFound) {
+            if schedule.recent_failure(&id, coarse_now()) == Some(FillEnd::NotFound) {
                 drop(schedule);
                 bucket.metrics.count_fill(FillOutcome::NegativeCached);
                 return MirrorTicket::NotFound;
@@ -866,7 +867,7 @@ impl Filler {
             schedule.in_flight.remove(id);
             if matches!(end, CopyEnd::Failed { .. }) && limits.negative_ttl_secs > 0 {
                 let ttl = Duration::from_secs(limits.negative_ttl_secs);
-                schedule.remember_failure(id, end.kind(), Instant::now(), ttl);
+                schedule.remember_failure(id, end.kind(), coarse_now(), ttl);
             } else {
                 schedule.failed_until.remove(id);
             }

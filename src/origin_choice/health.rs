@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 
 use prometheus::IntGauge;
 
+use crate::clock::coarse_now;
 use crate::metrics::METRICS;
 
 /// The process's start, so instants fit in an atomic as milliseconds.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 fn now_ms() -> u64 {
-    EPOCH.elapsed().as_millis() as u64
+    coarse_now().saturating_duration_since(*EPOCH).as_millis() as u64
 }
 
 /// One origin's health; shared by every generation that lists the origin.

@@ -29,6 +29,7 @@ use super::{
     BucketStore, ListedObject, NewObject, ObjectHead, ObjectMeta, ObjectWriter, StoreError,
     StoredObject,
 };
+use crate::clock::coarse_now;
 use crate::key::ObjectKey;
 
 /// TinyUFO weighs entries in u16 units; ours are KiB, plus one for the entry's own overhead.
@@ -65,7 +66,7 @@ impl HotObject {
             compressible: crate::compress::is_compressible(&meta),
             meta,
             body,
-            loaded_at: Instant::now(),
+            loaded_at: coarse_now(),
         }
     }
 }
@@ -156,7 +157,8 @@ impl<S> Shared<S> {
     fn lookup(&self, id: u64, bucket: &str, key: &ObjectKey) -> Option<(Arc<HotObject>, bool)> {
         let hot = self.cache.get(&id)?;
         let same = hot.bucket == bucket && hot.variant.is_none() && hot.meta.key == key.as_str();
-        let fresh = hot.loaded_at.elapsed() < self.limits.revalidate;
+        let fresh =
+            coarse_now().saturating_duration_since(hot.loaded_at) < self.limits.revalidate;
         same.then_some((hot, fresh))
     }
 
@@ -224,7 +226,7 @@ impl<S: BucketStore> BucketStore for HotTier<S> {
         if let Some(stale) = stale.filter(|stale| stale.meta == *object.meta()) {
             // Unchanged in the store: the bytes in memory are still right.
             let renewed = Arc::new(HotObject {
-                loaded_at: Instant::now(),
+                loaded_at: coarse_now(),
                 ..HotObject::clone(&stale)
             });
             shared.put(id, &renewed, commits_before);
