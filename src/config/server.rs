@@ -23,9 +23,9 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// Client connections open at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
-    /// How long one write to a client (a response head, or a body piece of up to 256 KiB) may
-    /// take before the connection is closed: a client that stops reading cannot hold a file,
-    /// memory and a connection forever.
+    /// While writes to a client wait for it, it must take 256 KiB within this long, else the
+    /// connection is closed: a client that stops reading cannot hold a file, memory and a
+    /// connection forever.
     pub send_timeout_secs: u64,
 }
 
