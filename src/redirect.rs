@@ -9,13 +9,13 @@
 use std::sync::LazyLock;
 
 use http::{header, HeaderValue, StatusCode};
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use pingora::Result;
+use pingora::ErrorType::InternalError;
+use pingora::{OrErr, Result};
 
 use crate::config::OriginAddr;
 use crate::key::safe_query;
-use crate::respond::{base_header, finish_header, Reply};
+use crate::respond::{base_header, PreparedHead, Reply};
 
 /// The redirect target for `origin_path` (already encoded, with its leading `/`) at `origin`.
 pub fn location(origin: &OriginAddr, origin_path: &str, query: Option<&str>) -> String {
@@ -42,19 +42,21 @@ pub async fn write_redirect(
     reply: &Reply,
 ) -> Result<u64> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
-    let mut resp = match PREPARED.iter().find(|head| head.status == status) {
-        Some(head) => head.clone(),
-        None => prepare(status)?,
+    // Built from the configuration and the request's encoded path and query: always valid.
+    let location = HeaderValue::try_from(location)
+        .or_err(InternalError, "redirect Location is no header value")?;
+    let location = Some((header::LOCATION, location));
+    let resp = match PREPARED.iter().find(|head| head.status() == status) {
+        Some(head) => head.finish(reply, location)?,
+        None => prepare(status)?.finish(reply, location)?,
     };
-    finish_header(&mut resp, reply)?;
-    resp.insert_header(header::LOCATION, location)?;
     session.write_response_header(Box::new(resp), true).await?;
     Ok(0)
 }
 
 /// The headers of a redirect that are the same on every request, per status: built once, so a
 /// redirect adds only `Date`, its request id, CORS and `Location`.
-static PREPARED: LazyLock<Vec<ResponseHeader>> = LazyLock::new(|| {
+static PREPARED: LazyLock<Vec<PreparedHead>> = LazyLock::new(|| {
     [301, 302, 303, 307, 308]
         .into_iter()
         .filter_map(|code| StatusCode::from_u16(code).ok())
@@ -62,11 +64,11 @@ static PREPARED: LazyLock<Vec<ResponseHeader>> = LazyLock::new(|| {
         .collect()
 });
 
-fn prepare(status: StatusCode) -> Result<ResponseHeader> {
+fn prepare(status: StatusCode) -> Result<PreparedHead> {
     let mut resp = base_header(status)?;
     resp.insert_header(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))?;
     resp.insert_header(header::CONTENT_LENGTH, HeaderValue::from_static("0"))?;
-    Ok(resp)
+    Ok(PreparedHead::new(resp))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! chunked encoding and flushes each write, and `respond_error` would turn keep-alive off.
 
 use bytes::Bytes;
-use http::{header, HeaderValue, StatusCode};
+use http::{header, HeaderName, HeaderValue, StatusCode};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -137,6 +137,7 @@ fn xml_escape(text: &str) -> String {
 /// Carries each response's request id; a copy that sees it in an origin's answer has reached
 /// an originpull (a loop).
 pub const REQUEST_ID_HEADER: &str = "x-originpull-request-id";
+const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
 /// One request's id: 16 random hex digits, kept as the header value it is sent as, so each
 /// response copies a reference instead of formatting it again.
@@ -194,8 +195,8 @@ impl Reply {
 }
 
 /// The start of every originpull response: its status and `Server`. A head prepared ahead of
-/// its requests (an object's, [`crate::store::ObjectHead`]) starts here and gets the
-/// per-request headers from [`finish_header`] on each use.
+/// its requests (an object's, [`crate::store::ObjectHead`], or a redirect's) starts here and
+/// becomes a [`PreparedHead`].
 pub fn base_header(status: StatusCode) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(status, Some(12))?;
     resp.insert_header(header::SERVER, HeaderValue::from_static("originpull"))?;
@@ -208,6 +209,43 @@ pub fn base_header(status: StatusCode) -> Result<ResponseHeader> {
 pub fn finish_header(resp: &mut ResponseHeader, reply: &Reply) -> Result<()> {
     resp.insert_header(REQUEST_ID_HEADER, reply.request_id.0.clone())?;
     reply.cors.apply(resp)
+}
+
+/// A response head built ahead of its requests, kept as plain `http` parts: each use clones
+/// them and adds its per-request headers straight into the header map, where a Pingora
+/// header would clone and grow its header-case map too, and parse and copy each added name.
+/// The names go on the wire as Pingora writes them without a case map, the same bytes here:
+/// standard names in their usual case, others in lower case as originpull writes them.
+#[derive(Debug, Clone)]
+pub struct PreparedHead(http::response::Parts);
+
+impl PreparedHead {
+    pub fn new(resp: ResponseHeader) -> PreparedHead {
+        PreparedHead(resp.into())
+    }
+
+    /// The head for one request: the request id, then `extra` (a redirect's `Location`), then
+    /// the request's CORS headers, as [`finish_header`] adds them to a header built per request.
+    pub fn finish(
+        &self,
+        reply: &Reply,
+        extra: Option<(HeaderName, HeaderValue)>,
+    ) -> Result<ResponseHeader> {
+        let mut parts = self.0.clone();
+        parts
+            .headers
+            .insert(REQUEST_ID_NAME, reply.request_id.0.clone());
+        if let Some((name, value)) = extra {
+            parts.headers.insert(name, value);
+        }
+        let mut resp = ResponseHeader::from(parts);
+        reply.cors.apply(&mut resp)?;
+        Ok(resp)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.0.status
+    }
 }
 
 /// A response header with the headers every originpull response carries.

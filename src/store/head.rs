@@ -3,7 +3,7 @@
 //! `Last-Modified`, the origin headers it kept) already turned into header values. The memory
 //! tier keeps one beside each object it holds, so a hit from memory formats and validates none
 //! of them again: it clones the head and adds the per-request headers
-//! ([`crate::respond::finish_header`]).
+//! ([`crate::respond::PreparedHead`]).
 
 use http::{header, HeaderValue, StatusCode};
 use pingora::http::ResponseHeader;
@@ -11,12 +11,12 @@ use pingora::Result;
 
 use super::checksum::CRC64_HEADER;
 use super::ObjectMeta;
-use crate::respond::{base_header, finish_header, Reply};
+use crate::respond::{base_header, PreparedHead, Reply};
 
 #[derive(Debug, Clone)]
 pub struct ObjectHead {
     /// The 200 header without the per-request headers.
-    prepared: ResponseHeader,
+    prepared: PreparedHead,
 }
 
 impl ObjectHead {
@@ -41,13 +41,13 @@ impl ObjectHead {
                 resp.insert_header(name.clone(), value)?;
             }
         }
-        Ok(ObjectHead { prepared: resp })
+        Ok(ObjectHead {
+            prepared: PreparedHead::new(resp),
+        })
     }
 
     /// The 200 header of one request for the object.
     pub fn response(&self, reply: &Reply) -> Result<ResponseHeader> {
-        let mut resp = self.prepared.clone();
-        finish_header(&mut resp, reply)?;
-        Ok(resp)
+        self.prepared.finish(reply, None)
     }
 }
