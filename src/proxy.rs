@@ -247,13 +247,19 @@ impl OriginPull {
             ctx.key = key.as_str().to_string();
         }
 
+        // Memory first: a hit from memory needs neither the copy schedule nor a store look-up.
+        let in_memory = self.store.open_in_memory(name, &key);
         let copy_blocked = match bucket.pull {
-            Some(_) => self.filler.copy_blocked(bucket, &key),
-            None => None,
+            Some(_) if in_memory.is_none() => self.filler.copy_blocked(bucket, &key),
+            _ => None,
         };
         let mut store_failed = false;
         if copy_blocked.is_none() {
-            match self.store.open(name, &key).await {
+            let opened = match in_memory {
+                Some(object) => Ok(Some(object)),
+                None => self.store.open(name, &key).await,
+            };
+            match opened {
                 Ok(Some(object)) => {
                     let fill = &live.config.fill;
                     self.filler

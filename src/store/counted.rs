@@ -143,6 +143,10 @@ impl<S: BucketStore> CountedStore<S> {
 
 #[async_trait]
 impl<S: BucketStore> BucketStore for CountedStore<S> {
+    fn open_in_memory(&self, bucket: &str, key: &ObjectKey) -> Option<Box<dyn StoredObject>> {
+        self.inner.open_in_memory(bucket, key)
+    }
+
     async fn open(
         &self,
         bucket: &str,

@@ -202,6 +202,14 @@ impl Drop for LoadingClaim<'_> {
 
 #[async_trait]
 impl<S: BucketStore> BucketStore for HotTier<S> {
+    fn open_in_memory(&self, bucket: &str, key: &ObjectKey) -> Option<Box<dyn StoredObject>> {
+        let shared = &self.shared;
+        match shared.lookup(shared.id(bucket, key), bucket, key) {
+            Some((hot, true)) => Some(Box::new(MemoryObject(hot))),
+            _ => None,
+        }
+    }
+
     async fn open(
         &self,
         bucket: &str,

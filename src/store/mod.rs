@@ -195,6 +195,14 @@ pub trait ObjectWriter: Send {
 
 #[async_trait]
 pub trait BucketStore: Send + Sync + 'static {
+    /// Opens `key` in `bucket` if memory holds it, still fresh, without waiting for anything:
+    /// the memory tier's hit, at no more cost than a look-up. `None` means "ask [`open`]".
+    ///
+    /// [`open`]: BucketStore::open
+    fn open_in_memory(&self, _bucket: &str, _key: &ObjectKey) -> Option<Box<dyn StoredObject>> {
+        None
+    }
+
     /// Opens `key` in `bucket`; `Ok(None)` when there is no such object.
     async fn open(
         &self,
