@@ -25,7 +25,10 @@ fn coarse_monotonic() -> Duration {
     // SAFETY: `now` is a valid, writable timespec; CLOCK_MONOTONIC_COARSE exists on every
     // Linux since 2.6.32, and on failure `now` stays zero (then the clock reads as the base).
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
-    Duration::new(now.tv_sec.max(0) as u64, now.tv_nsec.clamp(0, 999_999_999) as u32)
+    Duration::new(
+        now.tv_sec.max(0) as u64,
+        now.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -36,7 +36,7 @@ use pingora::protocols::{
     TimingDigest, UniqueID, UniqueIDType,
 };
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 
 use crate::access_log::{AccessLog, AccessRecord};
@@ -50,6 +50,8 @@ const INITIAL_HEAD_BUFFER: usize = 1024;
 /// Response write buffer, while a request is answered: a response head plus a small body leave
 /// in one send instead of two. Larger writes bypass it.
 const WRITE_BUFFER: usize = 16 * 1024;
+/// Write buffers each worker keeps for its next requests (see [`WriteBuffer`]).
+const SPARE_WRITE_BUFFERS: usize = 8;
 /// A client that keeps the server's writes waiting must take this many bytes per
 /// `send_timeout` (the largest body piece the server writes at once), else it is disconnected.
 const SEND_PROGRESS_BYTES: usize = 256 * 1024;
@@ -319,7 +321,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
                 conn.buf.split_to(head_len)
             };
             let framed = FramedStream {
-                inner: BufWriter::with_capacity(WRITE_BUFFER, conn.stream),
+                stream: conn.stream,
+                out: WriteBuffer::take(),
                 rest: conn.buf,
                 send_timer: SendTimer::new(idle_timer, self.limits.send_timeout),
             };
@@ -589,9 +592,48 @@ fn large_head_response(resource: &str, request_id: &RequestId) -> pingora::Resul
 /// until Pingora flushes, and are bounded by the send timeout.
 #[derive(Debug)]
 struct FramedStream {
-    inner: BufWriter<Stream>,
+    stream: Stream,
+    out: WriteBuffer,
     rest: BytesMut,
     send_timer: SendTimer,
+}
+
+/// Bytes written by Pingora and not yet sent. The buffer comes from the worker's spares and
+/// goes back after the request, so an idle connection holds none and a request allocates
+/// none: a new 16 KiB buffer per request cost more than the rest of the gate.
+#[derive(Debug)]
+struct WriteBuffer {
+    bytes: Vec<u8>,
+    /// How much of `bytes` the socket has taken.
+    sent: usize,
+}
+
+thread_local! {
+    static SPARES: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl WriteBuffer {
+    fn take() -> WriteBuffer {
+        let bytes = SPARES
+            .with_borrow_mut(Vec::pop)
+            .unwrap_or_else(|| Vec::with_capacity(WRITE_BUFFER));
+        WriteBuffer { bytes, sent: 0 }
+    }
+
+    /// Returns the buffer to this worker's spares (up to [`SPARE_WRITE_BUFFERS`]).
+    fn give_back(self) {
+        let mut bytes = self.bytes;
+        bytes.clear();
+        SPARES.with_borrow_mut(|spares| {
+            if spares.len() < SPARE_WRITE_BUFFERS {
+                spares.push(bytes);
+            }
+        });
+    }
+
+    fn has_room_for(&self, len: usize) -> bool {
+        self.bytes.len() + len <= WRITE_BUFFER
+    }
 }
 
 /// The send timeout, on the connection's one timer: armed only when a write has to wait for
@@ -656,20 +698,19 @@ impl FramedStream {
     /// and the connection's timer.
     fn into_connection(self) -> (Connection, Pin<Box<Sleep>>) {
         let FramedStream {
-            inner,
+            stream,
+            out,
             mut rest,
             send_timer,
         } = self;
+        out.give_back();
         let buf = if rest.is_empty() {
             // Release the last head's buffer while the connection idles.
             BytesMut::new()
         } else {
             std::mem::take(&mut rest)
         };
-        let connection = Connection {
-            stream: inner.into_inner(),
-            buf,
-        };
+        let connection = Connection { stream, buf };
         (connection, send_timer.timer)
     }
 }
@@ -692,7 +733,28 @@ impl AsyncRead for FramedStream {
             serve_from(&mut this.rest, buf);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl FramedStream {
+    /// Sends what is buffered, under the send timeout.
+    fn poll_send_buffered(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let out = &mut self.out;
+        while out.sent < out.bytes.len() {
+            let outcome = Pin::new(&mut self.stream).poll_write(cx, &out.bytes[out.sent..]);
+            match self.send_timer.watch(cx, outcome, |n| *n) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => out.sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        out.bytes.clear();
+        out.sent = 0;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -703,90 +765,86 @@ impl AsyncWrite for FramedStream {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        let outcome = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.send_timer.watch(cx, outcome, |n| *n)
+        if !this.out.has_room_for(buf.len()) {
+            ready!(this.poll_send_buffered(cx))?;
+        }
+        if buf.len() >= WRITE_BUFFER {
+            // Large pieces (a big object's body) go straight to the socket.
+            let outcome = Pin::new(&mut this.stream).poll_write(cx, buf);
+            return this.send_timer.watch(cx, outcome, |n| *n);
+        }
+        this.out.bytes.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let outcome = Pin::new(&mut this.inner).poll_flush(cx);
+        ready!(this.poll_send_buffered(cx))?;
+        let outcome = Pin::new(&mut this.stream).poll_flush(cx);
         this.send_timer.watch(cx, outcome, |()| 0)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let outcome = Pin::new(&mut this.inner).poll_shutdown(cx);
+        ready!(this.poll_send_buffered(cx))?;
+        let outcome = Pin::new(&mut this.stream).poll_shutdown(cx);
         this.send_timer.watch(cx, outcome, |()| 0)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let outcome = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.send_timer.watch(cx, outcome, |n| *n)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 
 #[async_trait]
 impl Shutdown for FramedStream {
     async fn shutdown(&mut self) {
-        if let Err(e) = self.inner.flush().await {
+        if let Err(e) = self.flush().await {
             log::debug!("flushing before shutdown: {e}");
         }
-        Shutdown::shutdown(self.inner.get_mut().as_mut()).await
+        Shutdown::shutdown(self.stream.as_mut()).await
     }
 }
 
 impl UniqueID for FramedStream {
     fn id(&self) -> UniqueIDType {
-        self.inner.get_ref().id()
+        self.stream.id()
     }
 }
 
 impl Ssl for FramedStream {
     fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
-        self.inner.get_ref().get_ssl_digest()
+        self.stream.get_ssl_digest()
     }
 
     fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
-        self.inner.get_ref().selected_alpn_proto()
+        self.stream.selected_alpn_proto()
     }
 }
 
 impl GetTimingDigest for FramedStream {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_ref().get_timing_digest()
+        self.stream.get_timing_digest()
     }
 
     fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_ref().get_read_pending_time()
+        self.stream.get_read_pending_time()
     }
 
     fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_ref().get_write_pending_time()
+        self.stream.get_write_pending_time()
     }
 }
 
 impl GetProxyDigest for FramedStream {
     fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
-        self.inner.get_ref().get_proxy_digest()
+        self.stream.get_proxy_digest()
     }
 }
 
 impl GetSocketDigest for FramedStream {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_ref().get_socket_digest()
+        self.stream.get_socket_digest()
     }
 
     fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
-        self.inner.get_mut().set_socket_digest(socket_digest)
+        self.stream.set_socket_digest(socket_digest)
     }
 }
 
@@ -811,7 +869,10 @@ mod tests {
         assert_eq!(head_length(&then_more), Some(bare_lf.len()));
         // A bare LF before the first CRLF CRLF: httparse's end, not the scan's.
         let mixed = b"GET /a HTTP/1.1\nHost: x\n\nGET /b HTTP/1.1\r\nHost: y\r\n\r\n";
-        assert_eq!(head_length(mixed), Some(b"GET /a HTTP/1.1\nHost: x\n\n".len()));
+        assert_eq!(
+            head_length(mixed),
+            Some(b"GET /a HTTP/1.1\nHost: x\n\n".len())
+        );
     }
 
     #[test]

@@ -157,8 +157,7 @@ impl<S> Shared<S> {
     fn lookup(&self, id: u64, bucket: &str, key: &ObjectKey) -> Option<(Arc<HotObject>, bool)> {
         let hot = self.cache.get(&id)?;
         let same = hot.bucket == bucket && hot.variant.is_none() && hot.meta.key == key.as_str();
-        let fresh =
-            coarse_now().saturating_duration_since(hot.loaded_at) < self.limits.revalidate;
+        let fresh = coarse_now().saturating_duration_since(hot.loaded_at) < self.limits.revalidate;
         same.then_some((hot, fresh))
     }
 
