@@ -17,26 +17,23 @@
 //! when every line ends in CRLF), and where it rejects the request line Pingora's own rule (the
 //! first blank line) is followed, so both always agree on where a request ends.
 
-use std::future::Future;
-use std::mem::MaybeUninit;
+mod framed;
+mod head;
+
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use http::{header, StatusCode};
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::date::get_cached_date;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
-    TimingDigest, UniqueID, UniqueIDType,
-};
+use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 
 use crate::access_log::{AccessLog, AccessRecord};
@@ -44,19 +41,11 @@ use crate::clock::coarse_now;
 use crate::config::ServerSettings;
 use crate::metrics::{BucketMetrics, RequestResult, METRICS};
 use crate::respond::{error_xml, response_header, ErrorCode, Reply, RequestId};
+use framed::FramedStream;
+use head::{head_length, request_line};
 
 /// Read buffer for the next head while a connection is idle; grown only for larger heads.
 const INITIAL_HEAD_BUFFER: usize = 1024;
-/// Response write buffer, while a request is answered: a response head plus a small body leave
-/// in one send instead of two. Larger writes bypass it.
-const WRITE_BUFFER: usize = 16 * 1024;
-/// Write buffers each worker keeps for its next requests (see [`WriteBuffer`]).
-const SPARE_WRITE_BUFFERS: usize = 8;
-/// A client that keeps the server's writes waiting must take this many bytes per
-/// `send_timeout` (the largest body piece the server writes at once), else it is disconnected.
-const SEND_PROGRESS_BYTES: usize = 256 * 1024;
-/// Headers per request, as Pingora's parser allows (more is a 400 from Pingora).
-const MAX_HEADERS: usize = 256;
 /// After a 431 the rest of the client's head is read and dropped for at most this long, so the
 /// close does not reset the connection before the client has read the answer.
 const LINGER: Duration = Duration::from_secs(2);
@@ -320,12 +309,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
             } else {
                 conn.buf.split_to(head_len)
             };
-            let framed = FramedStream {
-                stream: conn.stream,
-                out: WriteBuffer::take(),
-                rest: conn.buf,
-                send_timer: SendTimer::new(idle_timer, self.limits.send_timeout),
-            };
+            let framed =
+                FramedStream::new(conn.stream, conn.buf, idle_timer, self.limits.send_timeout);
             let mut session = ServerSession::new_http1(Box::new(framed));
             // Pingora parses the head from this buffer without reading the stream (and so
             // without a read timeout, a buffer of its own or a copy).
@@ -346,7 +331,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
             if framed.flush().await.is_err() {
                 return;
             }
-            (conn, idle_timer) = framed.into_connection();
+            let (stream, unread, timer) = framed.into_parts();
+            conn = Connection {
+                stream,
+                buf: unread,
+            };
+            idle_timer = timer;
             first = false;
         }
     }
@@ -495,62 +485,6 @@ impl Connection {
     }
 }
 
-/// The length of the request head at the start of `buf`, if it is all there. A head that
-/// `httparse` refuses is framed as Pingora frames it: when the request line has characters
-/// Pingora escapes and parses again, the head ends at the first blank line; any other error
-/// gives Pingora everything read, so it answers 400 and closes.
-fn head_length(buf: &[u8]) -> Option<usize> {
-    if buf.is_empty() {
-        return None;
-    }
-    if let Some(len) = crlf_head_length(buf) {
-        return Some(len);
-    }
-    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut []);
-    match request.parse_with_uninit_headers(buf, &mut headers) {
-        Ok(httparse::Status::Complete(len)) => Some(len),
-        Ok(httparse::Status::Partial) => None,
-        Err(httparse::Error::Token | httparse::Error::Version) => buf
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|end| end + 4),
-        Err(_) => Some(buf.len()),
-    }
-}
-
-/// The usual head, found without parsing it (Pingora parses it next): lines that all end in
-/// CRLF, up to the first blank line. That is where `httparse` ends such a head, and where the
-/// framing above ends one it refuses; a head it refuses for other reasons is answered 400 and
-/// the connection closed either way. Anything else (a bare LF, leading blank lines, an
-/// unfinished head) is left to `httparse`.
-fn crlf_head_length(buf: &[u8]) -> Option<usize> {
-    if matches!(buf.first(), Some(b'\r' | b'\n')) {
-        return None;
-    }
-    let mut line_start = 0;
-    for lf in memchr::memchr_iter(b'\n', buf) {
-        if lf == 0 || buf[lf - 1] != b'\r' {
-            return None;
-        }
-        if lf - 1 == line_start {
-            return Some(lf + 1);
-        }
-        line_start = lf + 1;
-    }
-    None
-}
-
-/// The method and the request target of the head at the start of `buf`, for the access log
-/// and the error's `<Resource>` (each empty if not yet readable).
-fn request_line(buf: &[u8]) -> (String, String) {
-    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    let mut parts = line.split(|b| *b == b' ');
-    let mut next = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-    let method = next();
-    (method, next())
-}
-
 struct RawResponse {
     bytes: BytesMut,
     body_len: u64,
@@ -585,335 +519,4 @@ fn large_head_response(resource: &str, request_id: &RequestId) -> pingora::Resul
         bytes,
         body_len: body.len() as u64,
     })
-}
-
-/// The connection as Pingora sees it for one request, after the head it was handed: reads
-/// return whatever was read after the head (a body), then the socket. Writes are buffered
-/// until Pingora flushes, and are bounded by the send timeout.
-#[derive(Debug)]
-struct FramedStream {
-    stream: Stream,
-    out: WriteBuffer,
-    rest: BytesMut,
-    send_timer: SendTimer,
-}
-
-/// Bytes written by Pingora and not yet sent. The buffer comes from the worker's spares and
-/// goes back after the request, so an idle connection holds none and a request allocates
-/// none: a new 16 KiB buffer per request cost more than the rest of the gate.
-#[derive(Debug)]
-struct WriteBuffer {
-    bytes: Vec<u8>,
-    /// How much of `bytes` the socket has taken.
-    sent: usize,
-}
-
-thread_local! {
-    static SPARES: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-impl WriteBuffer {
-    fn take() -> WriteBuffer {
-        let bytes = SPARES
-            .with_borrow_mut(Vec::pop)
-            .unwrap_or_else(|| Vec::with_capacity(WRITE_BUFFER));
-        WriteBuffer { bytes, sent: 0 }
-    }
-
-    /// Returns the buffer to this worker's spares (up to [`SPARE_WRITE_BUFFERS`]).
-    fn give_back(self) {
-        let mut bytes = self.bytes;
-        bytes.clear();
-        SPARES.with_borrow_mut(|spares| {
-            if spares.len() < SPARE_WRITE_BUFFERS {
-                spares.push(bytes);
-            }
-        });
-    }
-
-    fn has_room_for(&self, len: usize) -> bool {
-        self.bytes.len() + len <= WRITE_BUFFER
-    }
-}
-
-/// The send timeout, on the connection's one timer: armed only when a write has to wait for
-/// the client, so an answer that goes out at once arms nothing (Pingora's own write timeout
-/// starts a timeout for every write). While armed, the client must take
-/// [`SEND_PROGRESS_BYTES`] before the deadline, which then starts again at the next wait.
-#[derive(Debug)]
-struct SendTimer {
-    timer: Pin<Box<Sleep>>,
-    timeout: Duration,
-    /// Bytes written since the deadline was armed; `None` while it is not.
-    written_since_armed: Option<usize>,
-}
-
-impl SendTimer {
-    fn new(timer: Pin<Box<Sleep>>, timeout: Duration) -> SendTimer {
-        SendTimer {
-            timer,
-            timeout,
-            written_since_armed: None,
-        }
-    }
-
-    /// Passes on the outcome of a write (or flush) of `written` bytes, or fails it once the
-    /// client has kept it waiting past the deadline.
-    fn watch<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        outcome: Poll<std::io::Result<T>>,
-        written: impl FnOnce(&T) -> usize,
-    ) -> Poll<std::io::Result<T>> {
-        match outcome {
-            Poll::Ready(Ok(done)) => {
-                if let Some(since) = self.written_since_armed.as_mut() {
-                    *since += written(&done);
-                    if *since >= SEND_PROGRESS_BYTES {
-                        self.written_since_armed = None;
-                    }
-                }
-                Poll::Ready(Ok(done))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                if self.written_since_armed.is_none() {
-                    self.written_since_armed = Some(0);
-                    self.timer.as_mut().reset(Instant::now() + self.timeout);
-                }
-                match self.timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the client took too long to read the answer (server.send_timeout_secs)",
-                    ))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-}
-
-impl FramedStream {
-    /// Back to a connection between requests, keeping unread bytes (the next pipelined head),
-    /// and the connection's timer.
-    fn into_connection(self) -> (Connection, Pin<Box<Sleep>>) {
-        let FramedStream {
-            stream,
-            out,
-            mut rest,
-            send_timer,
-        } = self;
-        out.give_back();
-        let buf = if rest.is_empty() {
-            // Release the last head's buffer while the connection idles.
-            BytesMut::new()
-        } else {
-            std::mem::take(&mut rest)
-        };
-        let connection = Connection { stream, buf };
-        (connection, send_timer.timer)
-    }
-}
-
-/// Moves as much of `pending` (contiguous bytes) into `buf` as fits.
-fn serve_from(pending: &mut impl Buf, buf: &mut ReadBuf<'_>) {
-    let n = pending.chunk().len().min(buf.remaining());
-    buf.put_slice(&pending.chunk()[..n]);
-    pending.advance(n);
-}
-
-impl AsyncRead for FramedStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if !this.rest.is_empty() {
-            serve_from(&mut this.rest, buf);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl FramedStream {
-    /// Sends what is buffered, under the send timeout.
-    fn poll_send_buffered(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let out = &mut self.out;
-        while out.sent < out.bytes.len() {
-            let outcome = Pin::new(&mut self.stream).poll_write(cx, &out.bytes[out.sent..]);
-            match self.send_timer.watch(cx, outcome, |n| *n) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
-                }
-                Poll::Ready(Ok(n)) => out.sent += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        out.bytes.clear();
-        out.sent = 0;
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for FramedStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if !this.out.has_room_for(buf.len()) {
-            ready!(this.poll_send_buffered(cx))?;
-        }
-        if buf.len() >= WRITE_BUFFER {
-            // Large pieces (a big object's body) go straight to the socket.
-            let outcome = Pin::new(&mut this.stream).poll_write(cx, buf);
-            return this.send_timer.watch(cx, outcome, |n| *n);
-        }
-        this.out.bytes.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_send_buffered(cx))?;
-        let outcome = Pin::new(&mut this.stream).poll_flush(cx);
-        this.send_timer.watch(cx, outcome, |()| 0)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_send_buffered(cx))?;
-        let outcome = Pin::new(&mut this.stream).poll_shutdown(cx);
-        this.send_timer.watch(cx, outcome, |()| 0)
-    }
-}
-
-#[async_trait]
-impl Shutdown for FramedStream {
-    async fn shutdown(&mut self) {
-        if let Err(e) = self.flush().await {
-            log::debug!("flushing before shutdown: {e}");
-        }
-        Shutdown::shutdown(self.stream.as_mut()).await
-    }
-}
-
-impl UniqueID for FramedStream {
-    fn id(&self) -> UniqueIDType {
-        self.stream.id()
-    }
-}
-
-impl Ssl for FramedStream {
-    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
-        self.stream.get_ssl_digest()
-    }
-
-    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
-        self.stream.selected_alpn_proto()
-    }
-}
-
-impl GetTimingDigest for FramedStream {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.stream.get_timing_digest()
-    }
-
-    fn get_read_pending_time(&self) -> Duration {
-        self.stream.get_read_pending_time()
-    }
-
-    fn get_write_pending_time(&self) -> Duration {
-        self.stream.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for FramedStream {
-    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
-        self.stream.get_proxy_digest()
-    }
-}
-
-impl GetSocketDigest for FramedStream {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.stream.get_socket_digest()
-    }
-
-    fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
-        self.stream.set_socket_digest(socket_digest)
-    }
-}
-
-impl Peek for FramedStream {}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_end_of_one_head_among_pipelined_requests() {
-        let one = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
-        let mut two = one.to_vec();
-        two.extend_from_slice(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(head_length(one), Some(one.len()));
-        assert_eq!(head_length(&two), Some(one.len()));
-        assert_eq!(head_length(b"GET /a HTTP/1.1\r\nHost: x\r\n"), None);
-        assert_eq!(head_length(b""), None);
-        let bare_lf = b"GET /a HTTP/1.1\nHost: x\n\n";
-        let mut then_more = bare_lf.to_vec();
-        then_more.extend_from_slice(b"GET");
-        assert_eq!(head_length(&then_more), Some(bare_lf.len()));
-        // A bare LF before the first CRLF CRLF: httparse's end, not the scan's.
-        let mixed = b"GET /a HTTP/1.1\nHost: x\n\nGET /b HTTP/1.1\r\nHost: y\r\n\r\n";
-        assert_eq!(
-            head_length(mixed),
-            Some(b"GET /a HTTP/1.1\nHost: x\n\n".len())
-        );
-    }
-
-    #[test]
-    fn the_crlf_scan_ends_a_head_where_httparse_does() {
-        let heads: [&[u8]; 4] = [
-            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
-            b"HEAD /b?c=d HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\nX: \r\n\r\n",
-            b"GET / HTTP/1.0\r\n\r\n",
-            b"OPTIONS * HTTP/1.1\r\nHost: x\r\nOrigin: http://a\r\n\r\n",
-        ];
-        for head in heads {
-            let mut pipelined = head.to_vec();
-            pipelined.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n");
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let parsed = httparse::Request::new(&mut headers).parse(&pipelined);
-            assert_eq!(parsed.ok(), Some(httparse::Status::Complete(head.len())));
-            assert_eq!(crlf_head_length(&pipelined), Some(head.len()));
-        }
-        // Leading blank lines, which httparse skips, are left to it.
-        let leading = b"\r\nGET / HTTP/1.1\r\n\r\n";
-        assert_eq!(crlf_head_length(leading), None);
-        assert_eq!(head_length(leading), Some(leading.len()));
-    }
-
-    #[test]
-    fn frames_refused_heads_as_pingora_does() {
-        // A request line with a byte Pingora escapes: the head ends at the first blank line.
-        let escaped = b"GET /a?q=\x7f HTTP/1.1\r\nHost: x\r\n\r\nGET /b";
-        assert_eq!(head_length(escaped), Some(escaped.len() - 6));
-        assert_eq!(head_length(b"GET /a?q=\x7f HTTP/1.1\r\nHost: x\r\n"), None);
-        // Anything else malformed goes to Pingora whole, to be answered 400.
-        let bad = b"GET /a HTTP/1.1\r\nHo st: x\r\n\r\n";
-        assert_eq!(head_length(bad), Some(bad.len()));
-    }
-
-    #[test]
-    fn reads_the_method_and_target_for_the_log_and_the_error_resource() {
-        assert_eq!(
-            request_line(b"GET /a?b HTTP/1.1\r\nX: y"),
-            ("GET".to_string(), "/a?b".to_string())
-        );
-        assert_eq!(request_line(b"GET"), ("GET".to_string(), String::new()));
-    }
 }

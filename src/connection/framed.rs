@@ -1,0 +1,305 @@
+//! The connection as Pingora sees it while one request is answered ([`FramedStream`]): the
+//! bytes read after the request's head, then the socket; a write buffer borrowed from the
+//! worker's spares; and the send timeout, on the connection's one timer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Response write buffer, while a request is answered: a response head plus a small body leave
+/// in one send instead of two. Larger writes bypass it.
+const WRITE_BUFFER: usize = 16 * 1024;
+/// Write buffers each worker keeps for its next requests (see [`WriteBuffer`]).
+const SPARE_WRITE_BUFFERS: usize = 8;
+/// A client that keeps the server's writes waiting must take this many bytes per
+/// `send_timeout` (the largest body piece the server writes at once), else it is disconnected.
+const SEND_PROGRESS_BYTES: usize = 256 * 1024;
+
+/// The connection as Pingora sees it for one request, after the head it was handed: reads
+/// return whatever was read after the head (a body), then the socket. Writes are buffered
+/// until Pingora flushes, and are bounded by the send timeout.
+#[derive(Debug)]
+pub(super) struct FramedStream {
+    stream: Stream,
+    out: WriteBuffer,
+    rest: BytesMut,
+    send_timer: SendTimer,
+}
+
+/// Bytes written by Pingora and not yet sent. The buffer comes from the worker's spares and
+/// goes back after the request, so an idle connection holds none and a request allocates
+/// none: a new 16 KiB buffer per request cost more than the rest of the gate.
+#[derive(Debug)]
+struct WriteBuffer {
+    bytes: Vec<u8>,
+    /// How much of `bytes` the socket has taken.
+    sent: usize,
+}
+
+thread_local! {
+    static SPARES: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl WriteBuffer {
+    fn take() -> WriteBuffer {
+        let bytes = SPARES
+            .with_borrow_mut(Vec::pop)
+            .unwrap_or_else(|| Vec::with_capacity(WRITE_BUFFER));
+        WriteBuffer { bytes, sent: 0 }
+    }
+
+    /// Returns the buffer to this worker's spares (up to [`SPARE_WRITE_BUFFERS`]).
+    fn give_back(self) {
+        let mut bytes = self.bytes;
+        bytes.clear();
+        SPARES.with_borrow_mut(|spares| {
+            if spares.len() < SPARE_WRITE_BUFFERS {
+                spares.push(bytes);
+            }
+        });
+    }
+
+    fn has_room_for(&self, len: usize) -> bool {
+        self.bytes.len() + len <= WRITE_BUFFER
+    }
+}
+
+/// The send timeout, on the connection's one timer: armed only when a write has to wait for
+/// the client, so an answer that goes out at once arms nothing (Pingora's own write timeout
+/// starts a timeout for every write). While armed, the client must take
+/// [`SEND_PROGRESS_BYTES`] before the deadline, which then starts again at the next wait.
+#[derive(Debug)]
+struct SendTimer {
+    timer: Pin<Box<Sleep>>,
+    timeout: Duration,
+    /// Bytes written since the deadline was armed; `None` while it is not.
+    written_since_armed: Option<usize>,
+}
+
+impl SendTimer {
+    fn new(timer: Pin<Box<Sleep>>, timeout: Duration) -> SendTimer {
+        SendTimer {
+            timer,
+            timeout,
+            written_since_armed: None,
+        }
+    }
+
+    /// Passes on the outcome of a write (or flush) of `written` bytes, or fails it once the
+    /// client has kept it waiting past the deadline.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        outcome: Poll<std::io::Result<T>>,
+        written: impl FnOnce(&T) -> usize,
+    ) -> Poll<std::io::Result<T>> {
+        match outcome {
+            Poll::Ready(Ok(done)) => {
+                if let Some(since) = self.written_since_armed.as_mut() {
+                    *since += written(&done);
+                    if *since >= SEND_PROGRESS_BYTES {
+                        self.written_since_armed = None;
+                    }
+                }
+                Poll::Ready(Ok(done))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if self.written_since_armed.is_none() {
+                    self.written_since_armed = Some(0);
+                    self.timer.as_mut().reset(Instant::now() + self.timeout);
+                }
+                match self.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client took too long to read the answer (server.send_timeout_secs)",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl FramedStream {
+    /// `stream` for one request whose head has been handed to Pingora: `rest` holds the bytes
+    /// read after it, `timer` is the connection's one timer.
+    pub(super) fn new(
+        stream: Stream,
+        rest: BytesMut,
+        timer: Pin<Box<Sleep>>,
+        send_timeout: Duration,
+    ) -> FramedStream {
+        FramedStream {
+            stream,
+            out: WriteBuffer::take(),
+            rest,
+            send_timer: SendTimer::new(timer, send_timeout),
+        }
+    }
+
+    /// Back to a connection between requests: the socket, the bytes not read (the next
+    /// pipelined head; an empty buffer holds no memory), and the connection's timer.
+    pub(super) fn into_parts(self) -> (Stream, BytesMut, Pin<Box<Sleep>>) {
+        let FramedStream {
+            stream,
+            out,
+            mut rest,
+            send_timer,
+        } = self;
+        out.give_back();
+        let unread = if rest.is_empty() {
+            // Release the last head's buffer while the connection idles.
+            BytesMut::new()
+        } else {
+            std::mem::take(&mut rest)
+        };
+        (stream, unread, send_timer.timer)
+    }
+}
+
+/// Moves as much of `pending` (contiguous bytes) into `buf` as fits.
+fn serve_from(pending: &mut impl Buf, buf: &mut ReadBuf<'_>) {
+    let n = pending.chunk().len().min(buf.remaining());
+    buf.put_slice(&pending.chunk()[..n]);
+    pending.advance(n);
+}
+
+impl AsyncRead for FramedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.rest.is_empty() {
+            serve_from(&mut this.rest, buf);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl FramedStream {
+    /// Sends what is buffered, under the send timeout.
+    fn poll_send_buffered(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let out = &mut self.out;
+        while out.sent < out.bytes.len() {
+            let outcome = Pin::new(&mut self.stream).poll_write(cx, &out.bytes[out.sent..]);
+            match self.send_timer.watch(cx, outcome, |n| *n) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => out.sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        out.bytes.clear();
+        out.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for FramedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if !this.out.has_room_for(buf.len()) {
+            ready!(this.poll_send_buffered(cx))?;
+        }
+        if buf.len() >= WRITE_BUFFER {
+            // Large pieces (a big object's body) go straight to the socket.
+            let outcome = Pin::new(&mut this.stream).poll_write(cx, buf);
+            return this.send_timer.watch(cx, outcome, |n| *n);
+        }
+        this.out.bytes.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_buffered(cx))?;
+        let outcome = Pin::new(&mut this.stream).poll_flush(cx);
+        this.send_timer.watch(cx, outcome, |()| 0)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_buffered(cx))?;
+        let outcome = Pin::new(&mut this.stream).poll_shutdown(cx);
+        this.send_timer.watch(cx, outcome, |()| 0)
+    }
+}
+
+#[async_trait]
+impl Shutdown for FramedStream {
+    async fn shutdown(&mut self) {
+        if let Err(e) = self.flush().await {
+            log::debug!("flushing before shutdown: {e}");
+        }
+        Shutdown::shutdown(self.stream.as_mut()).await
+    }
+}
+
+impl UniqueID for FramedStream {
+    fn id(&self) -> UniqueIDType {
+        self.stream.id()
+    }
+}
+
+impl Ssl for FramedStream {
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.stream.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+        self.stream.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for FramedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.stream.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.stream.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.stream.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for FramedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.stream.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for FramedStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.stream.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
+        self.stream.set_socket_digest(socket_digest)
+    }
+}
+
+impl Peek for FramedStream {}
