@@ -155,7 +155,7 @@ impl FramedStream {
         let FramedStream {
             stream,
             out,
-            mut rest,
+            rest,
             send_timer,
         } = self;
         out.give_back();
@@ -163,9 +163,28 @@ impl FramedStream {
             // Release the last head's buffer while the connection idles.
             BytesMut::new()
         } else {
-            std::mem::take(&mut rest)
+            rest
         };
         (stream, unread, send_timer.timer)
+    }
+
+    /// Sends what is buffered, under the send timeout.
+    fn poll_send_buffered(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let out = &mut self.out;
+        while out.sent < out.bytes.len() {
+            let outcome = Pin::new(&mut self.stream).poll_write(cx, &out.bytes[out.sent..]);
+            match self.send_timer.watch(cx, outcome, |n| *n) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => out.sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        out.bytes.clear();
+        out.sent = 0;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -188,27 +207,6 @@ impl AsyncRead for FramedStream {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl FramedStream {
-    /// Sends what is buffered, under the send timeout.
-    fn poll_send_buffered(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let out = &mut self.out;
-        while out.sent < out.bytes.len() {
-            let outcome = Pin::new(&mut self.stream).poll_write(cx, &out.bytes[out.sent..]);
-            match self.send_timer.watch(cx, outcome, |n| *n) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
-                }
-                Poll::Ready(Ok(n)) => out.sent += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        out.bytes.clear();
-        out.sent = 0;
-        Poll::Ready(Ok(()))
     }
 }
 
