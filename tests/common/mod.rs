@@ -20,7 +20,7 @@
 //! Not every test file uses every item, hence the module-wide `dead_code` allowance.
 #![allow(dead_code)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::future::Future;
 use std::io::{self, Read};
@@ -1723,12 +1723,21 @@ fn yaml_string(s: &str) -> String {
     }
 }
 
-/// Picks a free loopback port by binding :0 and releasing it. Racy in principle, fine for tests.
+/// Picks a free loopback port by binding :0 and releasing it. Racy in principle, fine for tests;
+/// but the kernel may hand the same released port out again at once (a server once got it for
+/// both `listen` and `metrics_listen`), so no port is returned twice in one test process.
 pub fn free_port() -> u16 {
-    StdTcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = StdTcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Whether a server on `addr` holds a new connection open, waiting for a request: ready means
