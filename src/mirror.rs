@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::compress::Compressor;
 use crate::config::FillSettings;
+use crate::connection::send_each_write;
 use crate::fill::copy::{head_object, CopyRequest, MirrorEvent, MirrorHead};
 use crate::fill::{CopyEnd, CopySource, FillEnd, Filler, MirrorTicket};
 use crate::key::{safe_query, ObjectKey};
@@ -149,6 +150,8 @@ impl MirrorMiss<'_> {
                 return Error::e_explain(ErrorType::InternalError, "mirror body before its head")
             }
         };
+        // The body arrives at the origin's pace: every piece goes out as it comes.
+        send_each_write(session);
         session
             .write_response_header(Box::new(self.head_header(&head)?), false)
             .await?;

@@ -15,6 +15,7 @@ use pingora::proxy::{range_header_filter, RangeType, Session};
 use pingora::{Error, ErrorType, Result};
 
 use crate::compress::Representation;
+use crate::connection::{send_each_write, WRITE_BUFFER};
 use crate::respond::{write_error, ErrorCode, Reply};
 use crate::store::checksum::CRC64_HEADER;
 use crate::store::StoredObject;
@@ -80,6 +81,10 @@ pub async fn serve_hit(
     if is_head || range.is_empty() {
         session.write_response_header(Box::new(resp), true).await?;
         return Ok((HitOutcome::Served, 0));
+    }
+    if object.is_remote() || range.end - range.start > WRITE_BUFFER as u64 {
+        // Not one small piece read at once: each piece goes out as it is read.
+        send_each_write(session);
     }
     session.write_response_header(Box::new(resp), false).await?;
     let written = stream_range(session, object.as_mut(), range).await?;

@@ -375,3 +375,79 @@ async fn a_reload_from_redirect_to_mirror_under_load_fails_no_request() {
         "redirected {redirected}, mirrored {mirrored}"
     );
 }
+
+#[tokio::test]
+async fn the_head_and_each_piece_reach_the_client_as_the_origin_sends_them() {
+    let origin = TestOrigin::start();
+    let body = generated_bytes(1024 * 1024);
+    // The head and 10 KB at once, then silence until the copy gives up on the origin.
+    origin.route(
+        "/paused.bin",
+        Behavior::Stall {
+            headers_then_stall: true,
+            partial: body[..10_000].to_vec(),
+        },
+    );
+    let server = Originpull::start(
+        mirror_bucket(&origin.authority(), "").with_extra_yaml("fill:\n  read_timeout_ms: 4000\n"),
+    );
+    let started = std::time::Instant::now();
+    let mut response = get(&server, BUCKET, "/paused.bin").await;
+    assert_eq!(response.status(), 200);
+    let mut received = 0;
+    while received < 10_000 {
+        let chunk = tokio::time::timeout(Duration::from_secs(3), response.chunk())
+            .await
+            .expect("the first 10 KB were held back")
+            .expect("body")
+            .expect("more body");
+        received += chunk.len();
+    }
+    assert_eq!(received, 10_000);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the origin's first piece took {:?} to reach the client",
+        started.elapsed()
+    );
+    // Then the origin's silence ends the response abnormally.
+    assert!(response.bytes().await.is_err());
+}
+
+#[tokio::test]
+async fn an_origin_failing_after_a_small_first_piece_gives_an_aborted_200() {
+    let origin = TestOrigin::start();
+    let body = generated_bytes(1024 * 1024);
+    origin.route(
+        "/reset.bin",
+        Behavior::ResetMidBody {
+            body: body.clone(),
+            send_bytes: 10_000,
+        },
+    );
+    origin.route(
+        "/short.bin",
+        Behavior::ShortBody {
+            body: body.clone(),
+            send_bytes: 10_000,
+        },
+    );
+    let server = Originpull::start(mirror_bucket(&origin.authority(), ""));
+    for path in ["/reset.bin", "/short.bin"] {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            server.host(BUCKET)
+        );
+        let response = raw_request(server.addr(), request.as_bytes()).await;
+        assert_eq!(response.status, 200, "{path}");
+        assert_eq!(response.header("content-length"), Some("1048576"), "{path}");
+        assert!(
+            !response.body_complete,
+            "{path}: the cut-off body looked whole"
+        );
+        assert!(
+            response.body.len() >= 10_000,
+            "{path}: {}",
+            response.body.len()
+        );
+    }
+}

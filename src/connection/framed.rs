@@ -1,15 +1,22 @@
 //! The connection as Pingora sees it while one request is answered ([`FramedStream`]): the
 //! bytes read after the request's head, then the socket; a write buffer borrowed from the
 //! worker's spares; and the send timeout, on the connection's one timer.
+//!
+//! The write buffer gathers a response head and a small body into one send; Pingora flushes
+//! a body with a `Content-Length` only at its end. An answer whose body comes from a source
+//! that may make it wait (an origin, a remote store) asks for each write to be sent at once
+//! instead ([`send_each_write`]), so the client gets every byte as the source produces it.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType,
@@ -19,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 
 /// Response write buffer, while a request is answered: a response head plus a small body leave
 /// in one send instead of two. Larger writes bypass it.
-const WRITE_BUFFER: usize = 16 * 1024;
+pub const WRITE_BUFFER: usize = 16 * 1024;
 /// Write buffers each worker keeps for its next requests (see [`WriteBuffer`]).
 const SPARE_WRITE_BUFFERS: usize = 8;
 /// A client that keeps the server's writes waiting must take this many bytes per
@@ -35,6 +42,22 @@ pub(super) struct FramedStream {
     out: WriteBuffer,
     rest: BytesMut,
     send_timer: SendTimer,
+    /// Set by [`send_each_write`]: every write is sent at once, not gathered.
+    sends_each_write: AtomicBool,
+}
+
+/// Makes every write of the response `session` is answering go to the client at once, for an
+/// answer whose body arrives piece by piece from a source that may make it wait: the head
+/// and each piece are then never held back waiting for more. Call it before writing the head.
+/// (A session on another stream, such as HTTP/2's, sends its frames as written already.)
+pub fn send_each_write(session: &ServerSession) {
+    let framed = session
+        .stream()
+        .and_then(|stream| stream.as_any().downcast_ref::<FramedStream>());
+    if let Some(framed) = framed {
+        // Relaxed: only this request's task reads and writes the flag.
+        framed.sends_each_write.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Bytes written by Pingora and not yet sent. The buffer comes from the worker's spares and
@@ -146,6 +169,7 @@ impl FramedStream {
             out: WriteBuffer::take(),
             rest,
             send_timer: SendTimer::new(timer, send_timeout),
+            sends_each_write: AtomicBool::new(false),
         }
     }
 
@@ -157,6 +181,7 @@ impl FramedStream {
             out,
             rest,
             send_timer,
+            sends_each_write: _,
         } = self;
         out.give_back();
         let unread = if rest.is_empty() {
@@ -226,6 +251,13 @@ impl AsyncWrite for FramedStream {
             return this.send_timer.watch(cx, outcome, |n| *n);
         }
         this.out.bytes.extend_from_slice(buf);
+        if this.sends_each_write.load(Ordering::Relaxed) {
+            // Sent now if the socket takes it; if the client is not reading, it waits in the
+            // buffer (the socket's is full anyway) for the next write or flush.
+            if let Poll::Ready(Err(e)) = this.poll_send_buffered(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
         Poll::Ready(Ok(buf.len()))
     }
 

@@ -42,6 +42,7 @@ use crate::config::ServerSettings;
 use crate::metrics::{BucketMetrics, RequestResult, METRICS};
 use crate::respond::{error_xml, response_header, ErrorCode, Reply, RequestId};
 use framed::FramedStream;
+pub use framed::{send_each_write, WRITE_BUFFER};
 use head::{head_length, request_line};
 
 /// Read buffer for the next head while a connection is idle; grown only for larger heads.

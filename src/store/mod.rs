@@ -149,6 +149,12 @@ pub trait StoredObject: Send {
         crate::compress::is_compressible(self.meta())
     }
 
+    /// Whether reads go over the network (a remote store), so one may wait for a while: the
+    /// answer then sends what it has as soon as it has it, instead of gathering it.
+    fn is_remote(&self) -> bool {
+        false
+    }
+
     /// Reads up to `max` bytes of the content starting at `offset`; an empty result means the
     /// content ended before `offset`.
     async fn read_at(&mut self, offset: u64, max: usize) -> Result<Bytes, StoreError>;

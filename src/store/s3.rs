@@ -754,6 +754,10 @@ impl StoredObject for S3Object {
         &self.meta
     }
 
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     async fn read_at(&mut self, offset: u64, max: usize) -> Result<Bytes, StoreError> {
         if offset >= self.meta.size || max == 0 {
             return Ok(Bytes::new());
