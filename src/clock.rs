@@ -17,6 +17,11 @@ pub fn coarse_now() -> Instant {
     instant + coarse_monotonic().saturating_sub(coarse)
 }
 
+/// The coarse monotonic clock in whole seconds: for events counted per interval.
+pub fn coarse_seconds() -> u64 {
+    coarse_monotonic().as_secs()
+}
+
 fn coarse_monotonic() -> Duration {
     let mut now = libc::timespec {
         tv_sec: 0,

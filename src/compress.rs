@@ -25,8 +25,16 @@ use pingora::http::RequestHeader;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::key::ObjectKey;
+use crate::log_summary::SummarizedLog;
 use crate::route::Bucket;
 use crate::store::{BucketStore, ObjectMeta, StoreError, StoredObject};
+
+/// Failures to open or make a variant: each hit of a compressible object can meet one.
+static VARIANT_FAILURES: SummarizedLog = SummarizedLog::new(
+    log::Level::Warn,
+    module_path!(),
+    "failures of compressed variants",
+);
 
 /// Smaller objects gain too little to be worth a variant (headers and framing eat the gain).
 pub const MIN_BYTES: u64 = 1024;
@@ -99,9 +107,19 @@ impl Encoding {
 /// Whether hits on this object are compressed: a text-like type, a size worth it, no
 /// `Content-Encoding` of its own, and no `Cache-Control: no-transform` from its origin.
 pub fn is_compressible(meta: &ObjectMeta) -> bool {
-    (MIN_BYTES..=MAX_BYTES).contains(&meta.size)
-        && is_compressible_type(&meta.content_type)
-        && !meta.headers.iter().any(|(name, value)| {
+    is_compressible_object(Some(meta.size), &meta.content_type, &meta.headers)
+}
+
+/// [`is_compressible`] for an object described by its parts, its size maybe not yet known
+/// (a body streamed from its origin): then only its type and headers decide.
+pub fn is_compressible_object(
+    size: Option<u64>,
+    content_type: &str,
+    headers: &[(String, String)],
+) -> bool {
+    size.is_none_or(|size| (MIN_BYTES..=MAX_BYTES).contains(&size))
+        && is_compressible_type(content_type)
+        && !headers.iter().any(|(name, value)| {
             name == "content-encoding"
                 || (name == "cache-control"
                     && value
@@ -307,11 +325,13 @@ impl Compressor {
                 Representation::stored(object, true)
             }
             Err(e) => {
-                log::warn!(
-                    "bucket {name}: variant {} of {:?}: {e}",
-                    encoding.as_str(),
-                    key.as_str()
-                );
+                VARIANT_FAILURES.note(|| {
+                    format!(
+                        "bucket {name}: variant {} of {:?}: {e}",
+                        encoding.as_str(),
+                        key.as_str()
+                    )
+                });
                 Representation::stored(object, true)
             }
         }
@@ -342,11 +362,13 @@ impl Compressor {
             match make_variant(&*store, name, &key, &meta, encoding, permit).await {
                 Ok(true) => bucket.metrics.count_compression(encoding),
                 Ok(false) => {}
-                Err(e) => log::warn!(
-                    "bucket {name}: making variant {} of {:?}: {e}",
-                    encoding.as_str(),
-                    key.as_str()
-                ),
+                Err(e) => VARIANT_FAILURES.note(|| {
+                    format!(
+                        "bucket {name}: making variant {} of {:?}: {e}",
+                        encoding.as_str(),
+                        key.as_str()
+                    )
+                }),
             }
         });
     }

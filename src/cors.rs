@@ -56,6 +56,44 @@ impl CorsReply {
         }
     }
 
+    /// Whether a miss of `req` answered with a redirect to the origin would fail in a browser
+    /// where an answer from the bucket itself works (`origin_pull.cors_misses`):
+    /// - a CORS-mode request (a font, `fetch()`, a module script) from the bucket's own page,
+    ///   or from a site the bucket's rules allow: the browser applies CORS to the origin's
+    ///   answer, and a plain origin sends no `Access-Control-Allow-Origin` nor answers a
+    ///   preflight; a worker's script (mode `same-origin`) may not be redirected at all;
+    /// - a stylesheet: redirected, its relative URLs (its fonts) resolve at the origin, where
+    ///   they become CORS requests to the origin.
+    ///
+    /// Over HTTPS a browser says what a request is for in its `Sec-Fetch-*` headers. Over
+    /// plain HTTP it sends none: a stylesheet is known by its `Accept: text/css`, a font or a
+    /// cross-site `fetch()` by its `Origin`, and a same-origin `fetch()` only by coming from the
+    /// bucket's own page (`Referer`) and accepting anything, as scripts do too (those are
+    /// mirrored as well, which costs the edge the first body but breaks nothing).
+    pub fn redirect_would_fail(&self, req: &RequestHeader) -> bool {
+        let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
+        if let Some(mode) = header("sec-fetch-mode") {
+            let same_origin = header("sec-fetch-site") == Some(b"same-origin");
+            return match mode {
+                b"cors" | b"same-origin" if same_origin => true,
+                _ if header("sec-fetch-dest") == Some(b"style") => true,
+                _ => matches!(self, CorsReply::Allowed(_)),
+            };
+        }
+        if matches!(self, CorsReply::Allowed(_)) {
+            return true;
+        }
+        let accept = header("accept").unwrap_or_default();
+        if accept.starts_with(b"text/css") {
+            return true;
+        }
+        // A same-origin `fetch()`: no `Origin`, no hint but where it comes from. A `Range`
+        // request (media) is left to the redirect: mirrored, it would wait for the whole copy.
+        accept == b"*/*"
+            && !req.headers.contains_key(http::header::RANGE)
+            && header("referer").is_some_and(|referer| same_host(referer, header("host")))
+    }
+
     /// Adds the headers to a response. Names are given as static strings: Pingora keeps the
     /// wire case of each name, and copies names it does not know into a new buffer otherwise.
     ///
@@ -214,6 +252,21 @@ fn wildcard_match(pattern: &WildcardPattern, text: &[u8]) -> bool {
                 && text[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
         }
     }
+}
+
+/// Whether the URL `referer` is at `host` (the request's `Host`, compared as written, ASCII
+/// case aside).
+fn same_host(referer: &[u8], host: Option<&[u8]>) -> bool {
+    let Some(host) = host else { return false };
+    let rest = referer
+        .strip_prefix(b"http://")
+        .or_else(|| referer.strip_prefix(b"https://"));
+    let Some(rest) = rest else { return false };
+    let authority_end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    rest[..authority_end].eq_ignore_ascii_case(host)
 }
 
 #[cfg(test)]

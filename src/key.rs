@@ -150,6 +150,13 @@ impl ObjectKey {
         &self.0
     }
 
+    /// The key of `document` (a valid key segment, such as an index document) in the folder
+    /// this key names; `None` when it would be too long.
+    pub fn in_folder(&self, document: &str) -> Option<ObjectKey> {
+        let key = format!("{}/{document}", self.0);
+        (key.len() <= MAX_KEY_BYTES).then_some(ObjectKey(key))
+    }
+
     /// The URL path that names this key at an origin: `/` plus the key with every byte outside
     /// the unreserved and path-safe set percent-encoded. The 302 and the copy use the same path,
     /// so the client is sent to the object the bucket will store (the redirect also carries the

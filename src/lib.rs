@@ -24,6 +24,7 @@ pub mod demo;
 pub mod fill;
 pub mod key;
 pub mod listener;
+pub mod log_summary;
 pub mod metrics;
 pub mod mirror;
 pub mod origin_choice;

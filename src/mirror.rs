@@ -35,14 +35,16 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::compress::is_compressible_object;
 use crate::compress::Compressor;
 use crate::config::FillSettings;
 use crate::connection::send_each_write;
-use crate::fill::copy::{head_object, CopyRequest, MirrorEvent, MirrorHead};
+use crate::fill::copy::{head_object, CopyError, CopyRequest, MirrorEvent, MirrorHead, MovedTo};
 use crate::fill::{CopyEnd, CopySource, FillEnd, Filler, MirrorTicket};
 use crate::key::{safe_query, ObjectKey};
 use crate::metrics::RequestResult;
 use crate::origin_choice::{BucketPull, PullPolicy};
+use crate::redirect::write_redirect;
 use crate::respond::{response_header, write_error, ErrorCode, Reply};
 use crate::route::Bucket;
 use crate::serve::{serve_hit, stream_range};
@@ -87,11 +89,13 @@ impl MirrorMiss<'_> {
                 plain_get,
             );
             let end = match ticket {
-                MirrorTicket::NotFound => FillEnd::NotFound,
+                MirrorTicket::NotFound => {
+                    return self.answer_failure(session, FillEnd::NotFound).await
+                }
                 MirrorTicket::Leader(events) => return self.lead(session, events).await,
                 MirrorTicket::Follower(end) => wait_for_end(end).await,
             };
-            match end {
+            match end.kind() {
                 FillEnd::Stored => {
                     if let Some(answer) = self.serve_stored(session).await? {
                         return Ok(answer);
@@ -99,7 +103,7 @@ impl MirrorMiss<'_> {
                 }
                 // Over the size limit: this client streams its own uncached copy next round.
                 FillEnd::TooLarge => {}
-                other => return self.answer_failure(session, other).await,
+                _ => return self.answer_end(session, &end).await,
             }
         }
         self.answer_failure(session, FillEnd::OriginFailed).await
@@ -131,19 +135,19 @@ impl MirrorMiss<'_> {
     ) -> Result<(RequestResult, u64)> {
         let head = match events.recv().await {
             Some(MirrorEvent::Head(head)) => head,
-            Some(MirrorEvent::Failed(end)) => return self.answer_failure(session, end).await,
+            Some(MirrorEvent::Failed(end)) => return self.answer_end(session, &end).await,
             // Stored before it streamed anything (another copy committed it first).
             Some(MirrorEvent::End) | None => {
                 let end = match self.filler.running_copy(self.bucket, self.key) {
                     Some(end) => wait_for_end(end).await,
-                    None => FillEnd::Stored,
+                    None => CopyEnd::AlreadyStored,
                 };
-                return match end {
+                return match end.kind() {
                     FillEnd::Stored => match self.serve_stored(session).await? {
                         Some(answer) => Ok(answer),
                         None => self.answer_failure(session, FillEnd::OriginFailed).await,
                     },
-                    other => self.answer_failure(session, other).await,
+                    _ => self.answer_end(session, &end).await,
                 };
             }
             Some(MirrorEvent::Chunk(_)) => {
@@ -169,7 +173,10 @@ impl MirrorMiss<'_> {
                 Some(MirrorEvent::Failed(end)) => {
                     return Error::e_explain(
                         ErrorType::ReadError,
-                        format!("the origin failed mid-body ({end:?}); the response is cut off"),
+                        format!(
+                            "the origin failed mid-body ({}); the response is cut off",
+                            end.reason()
+                        ),
                     )
                 }
                 Some(MirrorEvent::Head(_)) => {
@@ -184,7 +191,7 @@ impl MirrorMiss<'_> {
     /// After being let go: waits for the copy, then streams the object from `offset`.
     async fn catch_up(&self, session: &mut Session, offset: u64) -> Result<(RequestResult, u64)> {
         if let Some(end) = self.filler.running_copy(self.bucket, self.key) {
-            if wait_for_end(end).await != FillEnd::Stored {
+            if wait_for_end(end).await.kind() != FillEnd::Stored {
                 return Error::e_explain(ErrorType::ReadError, "the mirrored copy failed");
             }
         }
@@ -228,6 +235,17 @@ impl MirrorMiss<'_> {
                 resp.insert_header(name.clone(), value)?;
             }
         }
+        // The origin's date, so this first answer can be revalidated too (the object's own,
+        // its commit time, is not known before the body is complete).
+        let last_modified = head.object.origin_last_modified.as_deref();
+        if let Some(date) = last_modified.filter(|date| httpdate::parse_http_date(date).is_ok()) {
+            resp.insert_header(header::LAST_MODIFIED, date)?;
+        }
+        // A hit of this object will vary by encoding: say so now, or a cache in front keeps
+        // this plain answer for every client.
+        if is_compressible_object(head.length, content_type, &head.object.headers) {
+            resp.append_header("Vary", HeaderValue::from_static("Accept-Encoding"))?;
+        }
         Ok(resp)
     }
 
@@ -266,11 +284,52 @@ impl MirrorMiss<'_> {
                 session.write_response_header(Box::new(resp), true).await?;
                 return Ok((RequestResult::Mirror, 0));
             }
-            Ok(origin) if matches!(origin.status.as_u16(), 404 | 410) => FillEnd::NotFound,
-            Ok(_) => FillEnd::OriginFailed,
+            Ok(origin) => FillEnd::of_error(&CopyError::OriginStatus(origin.status.as_u16())),
+            Err(CopyError::Moved(to)) => {
+                return self.answer_end(session, &CopyEnd::Moved(to)).await
+            }
             Err(e) => FillEnd::of_error(&e),
         };
         self.answer_failure(session, end).await
+    }
+
+    /// Answers a copy that ended without the object: the origin's redirect to another path
+    /// is passed on, any other end is an error.
+    async fn answer_end(
+        &self,
+        session: &mut Session,
+        end: &CopyEnd,
+    ) -> Result<(RequestResult, u64)> {
+        let CopyEnd::Moved(to) = end else {
+            return self.answer_failure(session, end.kind()).await;
+        };
+        let n = write_redirect(session, to.status, self.client_location(to), self.reply).await?;
+        Ok((RequestResult::Redirect, n))
+    }
+
+    /// Where the client is sent when the origin redirected to `to`: the same place on this
+    /// edge when it is at one of the bucket's origins (a folder's `/docs` → `/docs/`, in the
+    /// bucket's own paths), the origin's URL otherwise. Rebuilt from its parsed parts, so only
+    /// bytes a URL may carry reach `Location`.
+    fn client_location(&self, to: &MovedTo) -> String {
+        let (path, query) = match to.path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (to.path_and_query.as_str(), None),
+        };
+        let mut location = if to.at_bucket_origin {
+            let decoded = percent_encoding::percent_decode_str(path).decode_utf8();
+            match decoded {
+                Ok(decoded) => self.policy.bucket_path(decoded.trim_start_matches('/')),
+                Err(_) => path.to_string(),
+            }
+        } else {
+            format!("{}{path}", to.origin.url_base())
+        };
+        if let Some(query) = query.filter(|q| !q.is_empty()) {
+            location.push('?');
+            location.push_str(&safe_query(query));
+        }
+        location
     }
 
     async fn answer_failure(
@@ -280,9 +339,10 @@ impl MirrorMiss<'_> {
     ) -> Result<(RequestResult, u64)> {
         let (code, result) = match end {
             FillEnd::NotFound => (ErrorCode::NoSuchKey, RequestResult::NotFound),
+            FillEnd::Denied => (ErrorCode::AccessDenied, RequestResult::Error),
             FillEnd::Timeout => (ErrorCode::GatewayTimeout, RequestResult::Error),
             FillEnd::StoreFailed => (ErrorCode::InternalError, RequestResult::Error),
-            FillEnd::Stored | FillEnd::TooLarge | FillEnd::OriginFailed => {
+            FillEnd::Stored | FillEnd::TooLarge | FillEnd::OriginFailed | FillEnd::Moved => {
                 (ErrorCode::BadGateway, RequestResult::Error)
             }
         };
@@ -293,7 +353,10 @@ impl MirrorMiss<'_> {
 
 /// Waits until the copy announces its end. The copy itself gives up on an origin silent for
 /// longer than `fill.read_timeout_ms`, so this wait is bounded by the origin's progress.
-async fn wait_for_end(end: oneshot::Receiver<CopyEnd>) -> FillEnd {
+async fn wait_for_end(end: oneshot::Receiver<CopyEnd>) -> CopyEnd {
     // Dropped unanswered only when the copy's task ended at shutdown: nothing was stored by it.
-    end.await.map_or(FillEnd::OriginFailed, |end| end.kind())
+    end.await.unwrap_or_else(|_| CopyEnd::Failed {
+        reason: "the copy was abandoned (shutting down)".into(),
+        kind: FillEnd::OriginFailed,
+    })
 }

@@ -18,7 +18,8 @@ use crate::compress::Compressor;
 use crate::config::PullMode;
 use crate::cors::{answer_preflight, is_preflight, CorsReply};
 use crate::fill::{CopySource, Filler};
-use crate::key::{KeyError, RequestTarget, MAX_KEY_BYTES};
+use crate::key::{encode_origin_path, safe_query, KeyError, RequestTarget, MAX_KEY_BYTES};
+use crate::log_summary::SummarizedLog;
 use crate::metrics::{BucketMetrics, RequestResult};
 use crate::mirror::MirrorMiss;
 use crate::origin_choice::Origin;
@@ -31,6 +32,19 @@ use crate::store::{BucketStore, StoreError};
 
 /// `Retry-After` of a 503 while the bucket store is down (it usually returns within seconds).
 const STORE_RETRY_AFTER_SECS: &str = "5";
+
+/// Failures every request can meet while the store (or a disk) fails: summarized, not a line
+/// per request.
+static STORE_READ_FAILURES: SummarizedLog = SummarizedLog::new(
+    log::Level::Error,
+    module_path!(),
+    "failed reads of the bucket store",
+);
+static FAILED_REQUESTS: SummarizedLog = SummarizedLog::new(
+    log::Level::Error,
+    module_path!(),
+    "requests failed with 500",
+);
 
 /// Shared by every worker thread's service: each field is a handle to one shared state.
 #[derive(Clone)]
@@ -121,7 +135,7 @@ impl ProxyHttp for OriginPull {
     ) -> FailToProxy {
         let mut error_code = 0;
         if session.response_written().is_none() && !client_gone(e) {
-            log::error!("request {} failed: {e}", ctx.reply.request_id);
+            FAILED_REQUESTS.note(|| format!("request {} failed: {e}", ctx.reply.request_id));
             session.set_keepalive(None);
             if write_error(session, ErrorCode::InternalError, None, &ctx.reply, &[])
                 .await
@@ -275,17 +289,37 @@ impl OriginPull {
                 }
                 Ok(None) => {}
                 // A damaged object is treated as missing, so origin-pull replaces it.
-                Err(StoreError::Corrupt(why)) => log::error!("bucket {name}: {why}"),
+                Err(StoreError::Corrupt(why)) => {
+                    STORE_READ_FAILURES.note(|| format!("bucket {name}: {why}"));
+                }
                 // The remote store is down: origin-pull (below) stands in for it where it is on.
                 Err(StoreError::Unavailable(why)) => {
-                    log::error!("bucket {name}: opening {:?}: {why}", key.as_str());
+                    STORE_READ_FAILURES
+                        .note(|| format!("bucket {name}: opening {:?}: {why}", key.as_str()));
                     store_failed = true;
                 }
                 Err(e) => {
-                    log::error!("bucket {name}: opening {:?}: {e}", key.as_str());
+                    STORE_READ_FAILURES
+                        .note(|| format!("bucket {name}: opening {:?}: {e}", key.as_str()));
                     let n = write_error(session, ErrorCode::InternalError, None, &ctx.reply, &[])
                         .await?;
                     return Ok((RequestResult::Error, n));
+                }
+            }
+        }
+
+        // `/docs` where `docs/index.html` is stored: the folder's URL, as S3 and COS static
+        // websites answer, so the page's relative links resolve.
+        if let (None, Some(index), false) = (&folder, index_document, store_failed) {
+            if let Some(index_key) = key.in_folder(index) {
+                if let Ok(Some(_)) = self.store.open(name, &index_key).await {
+                    let mut target = encode_origin_path(&format!("{}/", key.as_str()));
+                    if let Some(query) = session.req_header().uri.query() {
+                        target.push('?');
+                        target.push_str(&safe_query(query));
+                    }
+                    let n = write_redirect(session, 302, target, &ctx.reply).await?;
+                    return Ok((RequestResult::Redirect, n));
                 }
             }
         }
@@ -311,7 +345,11 @@ impl OriginPull {
             return Ok((RequestResult::NotFound, n));
         };
         let query = session.req_header().uri.query();
-        if policy.mode == PullMode::Mirror {
+        // A browser would fail through the redirect (fonts, fetch(), stylesheets of the
+        // bucket's pages): the miss is mirrored instead.
+        let cors_mirrored = policy.cors_misses == PullMode::Mirror
+            && ctx.reply.cors.redirect_would_fail(session.req_header());
+        if policy.mode == PullMode::Mirror || cors_mirrored {
             let Some(pull) = bucket.pull.as_ref() else {
                 let n = write_error(session, ErrorCode::NoSuchKey, None, &ctx.reply, &[]).await?;
                 return Ok((RequestResult::NotFound, n));

@@ -30,6 +30,8 @@ pub enum ErrorCode {
     GatewayTimeout,
     BadRequest,
     AccessForbidden,
+    /// Mirror mode: the origin refused the object (401 or 403).
+    AccessDenied,
     /// The bucket store (S3 backend) failed and origin-pull cannot stand in for it.
     ServiceUnavailable,
 }
@@ -41,7 +43,7 @@ impl ErrorCode {
             ErrorCode::InvalidUri | ErrorCode::KeyTooLong | ErrorCode::BadRequest => {
                 StatusCode::BAD_REQUEST
             }
-            ErrorCode::AccessForbidden => StatusCode::FORBIDDEN,
+            ErrorCode::AccessForbidden | ErrorCode::AccessDenied => StatusCode::FORBIDDEN,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ErrorCode::RequestHeaderSectionTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -66,6 +68,7 @@ impl ErrorCode {
             ErrorCode::GatewayTimeout => "GatewayTimeout",
             ErrorCode::BadRequest => "BadRequest",
             ErrorCode::AccessForbidden => "AccessForbidden",
+            ErrorCode::AccessDenied => "AccessDenied",
             ErrorCode::ServiceUnavailable => "ServiceUnavailable",
         }
     }
@@ -91,6 +94,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "The request is not valid.",
             // S3 words every CORS refusal this way, with the reason after it.
             ErrorCode::AccessForbidden => "CORSResponse:",
+            ErrorCode::AccessDenied => "Access Denied.",
             ErrorCode::ServiceUnavailable => "The bucket's store is unavailable. Please try again.",
         }
     }

@@ -497,3 +497,53 @@ async fn graceful_shutdown_finishes_or_discards_running_copies() {
         0
     );
 }
+
+/// A scanner: a thousand distinct missing keys, once with the copy queue full (the copy of the
+/// first key held at its origin) and once with every copy failing (the origin answers 404). The
+/// metrics count every one; the process log gets a first line and summaries, not a line each.
+#[tokio::test]
+async fn a_scanner_of_distinct_keys_writes_summaries_not_a_log_line_per_request() {
+    let origin = TestOrigin::start();
+    origin.route("/held", Behavior::gate("held"));
+    let quiet = |fill: &str| {
+        let mut config = config_with(&origin, fill);
+        config.access_log = "off".into();
+        Originpull::start(config)
+    };
+    let full = quiet("fill:\n  concurrency: 1\n  queue: 0\n");
+    let failing = quiet("");
+    assert_eq!(get(&full, BUCKET, "/held").await.status(), 302);
+    assert!(wait_until(WAIT, || async { origin.gate_waiting("/held") == 1 }).await);
+    for (server, prefix) in [(&full, "dropped-"), (&failing, "missing-")] {
+        for i in 0..1000 {
+            let path = format!("/{prefix}{i}");
+            assert_eq!(get(server, BUCKET, &path).await.status(), 302);
+        }
+    }
+    let dropped = full
+        .metric(
+            "originpull_fills_total",
+            &[("bucket", BUCKET), ("outcome", "dropped")],
+        )
+        .await;
+    assert_eq!(dropped, 1000.0);
+    assert!(
+        failing
+            .wait_fill_outcome(BUCKET, "origin_status", 1000.0)
+            .await
+    );
+    // The summaries of the events after the first are written within a few seconds.
+    let wait = Duration::from_secs(15);
+    assert!(full.wait_for_stderr("more copies not started", wait).await);
+    assert!(failing.wait_for_stderr("more copy failures", wait).await);
+    for (server, needle) in [
+        (&full, "fill queue full"),
+        (&failing, "origin answered 404"),
+    ] {
+        let log = server.stderr_text();
+        let lines = log.lines().filter(|line| line.contains(needle)).count();
+        assert!((2..=10).contains(&lines), "{lines} lines:\n{log}");
+        assert!(log.lines().count() < 60, "{log}");
+    }
+    origin.open_gate("/held");
+}

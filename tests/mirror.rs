@@ -279,6 +279,54 @@ async fn origin_errors_become_404_502_504_and_404s_are_remembered() {
 }
 
 #[tokio::test]
+async fn an_origin_refusing_the_object_is_403_access_denied() {
+    let origin = TestOrigin::start();
+    origin.route("/private", Behavior::status(403));
+    origin.route("/login", Behavior::status(401));
+    let server = Originpull::start(mirror_bucket(&origin.authority(), ""));
+    for path in ["/private", "/login"] {
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            let refused = server
+                .request(method.clone(), BUCKET, path)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(refused.status(), 403, "{method} {path}");
+            let text = refused.text().await.unwrap();
+            if method == reqwest::Method::GET {
+                assert!(text.contains("<Code>AccessDenied</Code>"), "{text}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_mirrored_miss_carries_the_origins_last_modified_and_the_vary_of_a_hit() {
+    let origin = TestOrigin::start();
+    let date = "Wed, 21 Oct 2015 07:28:00 GMT";
+    origin.route(
+        "/site.css",
+        Behavior::ok_with_headers(
+            generated_bytes(4096),
+            &[("Content-Type", "text/css"), ("Last-Modified", date)],
+        ),
+    );
+    origin.route(
+        "/photo.jpg",
+        Behavior::ok_with_headers(generated_bytes(4096), &[("Content-Type", "image/jpeg")]),
+    );
+    let server = Originpull::start(mirror_bucket(&origin.authority(), ""));
+    let css = get(&server, BUCKET, "/site.css").await;
+    assert_eq!(css.status(), 200);
+    assert_eq!(css.headers()["last-modified"], date);
+    assert_eq!(css.headers()["vary"], "Accept-Encoding");
+    let photo = get(&server, BUCKET, "/photo.jpg").await;
+    assert_eq!(photo.status(), 200);
+    assert!(photo.headers().get("vary").is_none());
+    assert!(photo.headers().get("last-modified").is_none());
+}
+
+#[tokio::test]
 async fn objects_over_max_object_bytes_are_streamed_and_not_stored() {
     let origin = TestOrigin::start();
     let body = generated_bytes(64 * 1024);

@@ -324,7 +324,7 @@ async fn run_prefetch(
                     job.already_present.fetch_add(1, Ordering::Relaxed);
                     job.done.fetch_add(1, Ordering::Relaxed);
                 }
-                CopyEnd::Failed { reason, .. } => job.fail(key.as_str(), &reason),
+                failed => job.fail(key.as_str(), &failed.reason()),
             }
         });
     }

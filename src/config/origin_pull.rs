@@ -26,6 +26,9 @@ pub struct OriginPullConfig {
     pub follow_redirects: u32,
     /// How a miss is answered: a redirect and a background copy, or mirrored.
     pub mode: PullMode,
+    /// How a miss is answered in redirect mode when it is a CORS request a `cors` rule allows
+    /// (a browser would refuse the redirect to an origin that does not allow the page).
+    pub cors_misses: PullMode,
     /// Whether copies send the request's query string to the origin.
     pub pass_query_string: bool,
     /// Set on every copy request: (lower-case name, value).
@@ -48,6 +51,7 @@ pub struct PullRule {
     pub redirect_code: Option<u16>,
     pub follow_redirects: Option<u32>,
     pub mode: Option<PullMode>,
+    pub cors_misses: Option<PullMode>,
     pub revalidate_after_secs: Option<u64>,
 }
 
@@ -121,6 +125,7 @@ const ORIGIN_PULL_KEYS: &[&str] = &[
     "origin_headers",
     "rules",
     "mode",
+    "cors_misses",
     "revalidate_after_secs",
 ];
 const TLS_KEYS: &[&str] = &["ca_file"];
@@ -133,6 +138,7 @@ const RULE_KEYS: &[&str] = &[
     "redirect_code",
     "follow_redirects",
     "mode",
+    "cors_misses",
     "revalidate_after_secs",
 ];
 
@@ -248,7 +254,8 @@ pub(crate) fn parse_origin_pull(
     let follow_redirects = section
         .at_most("follow_redirects", MAX_FOLLOW_REDIRECTS, errors)
         .map_or(DEFAULT_FOLLOW_REDIRECTS, |n| n as u32);
-    let mode = pull_mode(&section, errors).unwrap_or(PullMode::Redirect);
+    let mode = pull_mode(&section, "mode", errors).unwrap_or(PullMode::Redirect);
+    let cors_misses = pull_mode(&section, "cors_misses", errors).unwrap_or(PullMode::Mirror);
     let pass_query_string = section
         .typed::<bool>("pass_query_string", errors)
         .unwrap_or(false);
@@ -265,6 +272,7 @@ pub(crate) fn parse_origin_pull(
         redirect_code,
         follow_redirects,
         mode,
+        cors_misses,
         pass_query_string,
         origin_headers,
         rules,
@@ -305,14 +313,15 @@ fn redirect_code(section: &Section<'_>, errors: &mut Errors) -> Option<u16> {
     }
 }
 
-fn pull_mode(section: &Section<'_>, errors: &mut Errors) -> Option<PullMode> {
-    match section.typed::<String>("mode", errors)?.as_str() {
+/// `mode` or `cors_misses`: how a miss is answered.
+fn pull_mode(section: &Section<'_>, key: &str, errors: &mut Errors) -> Option<PullMode> {
+    match section.typed::<String>(key, errors)?.as_str() {
         "redirect" => Some(PullMode::Redirect),
         "mirror" => Some(PullMode::Mirror),
         other => {
             errors.push(
                 &section.scope,
-                &section.field("mode"),
+                &section.field(key),
                 format!("`{other}` is not a mode; use redirect or mirror"),
             );
             None
@@ -415,7 +424,8 @@ fn parse_rules(
         let follow_redirects = rule
             .at_most("follow_redirects", MAX_FOLLOW_REDIRECTS, errors)
             .map(|n| n as u32);
-        let mode = pull_mode(rule, errors);
+        let mode = pull_mode(rule, "mode", errors);
+        let cors_misses = pull_mode(rule, "cors_misses", errors);
         let revalidate_after_secs =
             rule.at_most("revalidate_after_secs", MAX_REVALIDATE_AFTER_SECS, errors);
         let pulls = enabled.unwrap_or(bucket_enabled);
@@ -438,6 +448,7 @@ fn parse_rules(
             redirect_code,
             follow_redirects,
             mode,
+            cors_misses,
             revalidate_after_secs,
         });
     });

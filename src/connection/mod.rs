@@ -21,9 +21,9 @@ mod framed;
 mod head;
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -39,6 +39,7 @@ use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::clock::coarse_now;
 use crate::config::ServerSettings;
+use crate::log_summary::SummarizedLog;
 use crate::metrics::{BucketMetrics, RequestResult, METRICS};
 use crate::respond::{error_xml, response_header, ErrorCode, Reply, RequestId};
 use framed::FramedStream;
@@ -51,8 +52,9 @@ const INITIAL_HEAD_BUFFER: usize = 1024;
 /// close does not reset the connection before the client has read the answer.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
-/// At most one warning per this many seconds while connections are being refused.
-const REFUSAL_WARNING_EVERY_SECS: u64 = 10;
+/// Connections refused while `server.max_connections` are open: they come in floods.
+static REFUSED_CONNECTIONS: SummarizedLog =
+    SummarizedLog::new(log::Level::Warn, module_path!(), "connections refused");
 
 /// The `server:` settings that govern connections.
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +87,6 @@ impl ConnectionLimits {
 pub struct ConnectionCounts {
     open: AtomicUsize,
     busy_by_worker: Box<[WorkerBusy]>,
-    last_refusal_warning: AtomicU64,
     /// Set once when a graceful stop begins. Connections read this instead of Pingora's stop
     /// signal, whose every read takes a lock that all workers share.
     stopping: AtomicBool,
@@ -100,7 +101,6 @@ impl ConnectionCounts {
         ConnectionCounts {
             open: AtomicUsize::new(0),
             busy_by_worker: (0..workers.max(1)).map(|_| WorkerBusy::default()).collect(),
-            last_refusal_warning: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         }
     }
@@ -141,25 +141,6 @@ impl ConnectionCounts {
         let count = &self.busy_by_worker[worker % self.busy_by_worker.len()].0;
         count.fetch_add(1, Ordering::AcqRel);
         BusyGuard(count)
-    }
-
-    /// Warns at most every [`REFUSAL_WARNING_EVERY_SECS`]: refusals come in floods.
-    fn warn_refusal(&self, max: usize) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.last_refusal_warning.load(Ordering::Relaxed);
-        if now >= last + REFUSAL_WARNING_EVERY_SECS
-            && self
-                .last_refusal_warning
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            log::warn!(
-                "server.max_connections ({max}) connections are open: closing new connections \
-                 at once (see originpull_connections_refused_total)"
-            );
-        }
     }
 }
 
@@ -219,7 +200,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
         let Some(_open) = self.counts.try_open(self.limits.max_connections) else {
             // Dropping the stream closes it: the cheapest answer while overloaded.
             METRICS.connections_refused.inc();
-            self.counts.warn_refusal(self.limits.max_connections);
+            let max = self.limits.max_connections;
+            REFUSED_CONNECTIONS.note(|| {
+                format!(
+                    "server.max_connections ({max}) connections are open: closing new connections \
+                     at once (see originpull_connections_refused_total)"
+                )
+            });
             return None;
         };
         self.serve(stream, shutdown).await;

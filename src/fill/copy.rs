@@ -25,7 +25,7 @@ use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::FillEnd;
+use super::CopyEnd;
 use crate::config::{parse_origin_with, FillSettings, OriginAddr, OriginHost, Protocol};
 use crate::key::ObjectKey;
 use crate::origin_choice::guard::guard_of;
@@ -69,6 +69,29 @@ pub enum CopyError {
     Loop,
     #[error("the origin redirected to {0}, which is not an origin of this bucket; not followed")]
     RedirectRefused(String),
+    /// The origin redirected to another path (`/docs` → `/docs/`): that is its answer for this
+    /// key, not the object, so nothing is stored.
+    #[error("origin answered {} to another path, {}; not stored", .0.status, .0.url())]
+    Moved(MovedTo),
+}
+
+/// Where an origin's redirect to another path points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedTo {
+    pub status: u16,
+    /// Parsed and checked as a configured origin is.
+    pub origin: OriginAddr,
+    /// The path (encoded, with its leading `/`) and `?query`, as the origin gave them.
+    pub path_and_query: String,
+    /// Whether `origin` is one of the bucket's origins (then the path is the bucket's too).
+    pub at_bucket_origin: bool,
+}
+
+impl MovedTo {
+    /// The absolute URL the origin redirected to.
+    pub fn url(&self) -> String {
+        format!("{}{}", self.origin.url_base(), self.path_and_query)
+    }
 }
 
 impl CopyError {
@@ -296,11 +319,26 @@ async fn open_response(
         let status = response.status;
         if is_followed_redirect(status) {
             session.shutdown().await;
+            let next = redirect_target(&target, &response)?;
+            let at_bucket_origin = request.pull.may_follow_to(&next.origin.host_text());
+            // Only a redirect that keeps the path (http → https, another host) leads to the
+            // object; one to another path is the origin's answer for this key.
+            if !same_path(&target.path_and_query, &next.path_and_query) {
+                return Err(CopyError::Moved(MovedTo {
+                    status: status.as_u16(),
+                    origin: next.origin,
+                    path_and_query: next.path_and_query,
+                    at_bucket_origin,
+                }));
+            }
+            if !at_bucket_origin {
+                return Err(CopyError::RedirectRefused(next.origin.authority));
+            }
             if hops >= request.policy.follow_redirects {
                 return Err(CopyError::OriginStatus(status.as_u16()));
             }
             hops += 1;
-            target = redirect_target(&target, &response, request.pull)?;
+            target = next;
             continue;
         }
         return Ok((session, response, peer));
@@ -354,13 +392,17 @@ fn unreachable(e: Box<Error>) -> CopyError {
     }
 }
 
-/// The target a redirect answer points at, if a copy may follow it: same scheme rules as an
-/// origin (http or https), and a host that is one of the bucket's origins.
-fn redirect_target(
-    from: &Target,
-    response: &ResponseHeader,
-    pull: &BucketPull,
-) -> Result<Target, CopyError> {
+/// Whether two encoded paths (each maybe with `?query`) name the same path, escapes decoded.
+fn same_path(a: &str, b: &str) -> bool {
+    let path = |p: &str| {
+        let path = p.split('?').next().unwrap_or_default();
+        percent_encoding::percent_decode_str(path).collect::<Vec<u8>>()
+    };
+    path(a) == path(b)
+}
+
+/// The target a redirect answer points at: same scheme rules as an origin (http or https).
+fn redirect_target(from: &Target, response: &ResponseHeader) -> Result<Target, CopyError> {
     let status = response.status.as_u16();
     let location = response
         .headers
@@ -407,9 +449,6 @@ fn redirect_target(
     // The same parser as the configuration's: user info, odd hosts and bad ports are refused.
     let authority = uri.authority().ok_or_else(bad)?.as_str();
     let origin = parse_origin_with(authority, protocol).map_err(|_| bad())?;
-    if !pull.may_follow_to(&origin.host_text()) {
-        return Err(CopyError::RedirectRefused(origin.authority));
-    }
     Ok(Target {
         origin,
         path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
@@ -578,7 +617,8 @@ pub enum MirrorEvent {
     Chunk(Bytes),
     /// The body is complete (and stored, unless it was over `max_object_bytes`).
     End,
-    Failed(FillEnd),
+    /// The copy ended without the object.
+    Failed(CopyEnd),
 }
 
 #[derive(Debug)]

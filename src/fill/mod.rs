@@ -35,10 +35,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::coarse_now;
 use crate::config::FillSettings;
 use crate::key::{safe_query, ObjectKey};
+use crate::log_summary::SummarizedLog;
 use crate::metrics::{FillOutcome, METRICS};
 use crate::route::Bucket;
 use crate::store::{BucketStore, ObjectMeta};
-use copy::{copy_object, CopyError, CopyRequest, MirrorEvent, MirrorSink, Validators};
+use copy::{copy_object, CopyError, CopyRequest, MirrorEvent, MirrorSink, MovedTo, Validators};
 
 /// What happened to a copy request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,8 @@ pub enum CopyEnd {
         reason: String,
         kind: FillEnd,
     },
+    /// The origin redirected to another path: its answer for the key, not the object.
+    Moved(MovedTo),
 }
 
 impl CopyEnd {
@@ -81,6 +84,31 @@ impl CopyEnd {
         match self {
             CopyEnd::Stored { .. } | CopyEnd::AlreadyStored => FillEnd::Stored,
             CopyEnd::Failed { kind, .. } => *kind,
+            CopyEnd::Moved(_) => FillEnd::Moved,
+        }
+    }
+
+    /// Why the object is not in the bucket after this copy (empty if it is).
+    pub fn reason(&self) -> String {
+        match self {
+            CopyEnd::Stored { .. } | CopyEnd::AlreadyStored => String::new(),
+            CopyEnd::Failed { reason, .. } => reason.clone(),
+            CopyEnd::Moved(to) => CopyError::Moved(to.clone()).to_string(),
+        }
+    }
+
+    /// Whether the object is not in the bucket after this copy.
+    pub fn is_failure(&self) -> bool {
+        matches!(self, CopyEnd::Failed { .. } | CopyEnd::Moved(_))
+    }
+
+    fn of_error(error: CopyError) -> CopyEnd {
+        match error {
+            CopyError::Moved(to) => CopyEnd::Moved(to),
+            other => {
+                let kind = FillEnd::of_error(&other);
+                CopyEnd::failed(other.to_string(), kind)
+            }
         }
     }
 }
@@ -92,6 +120,10 @@ pub enum FillEnd {
     Stored,
     /// The origin answered 404 or 410.
     NotFound,
+    /// The origin answered 401 or 403.
+    Denied,
+    /// The origin redirected to another path.
+    Moved,
     /// Larger than `max_object_bytes`: not stored.
     TooLarge,
     /// The origin did not answer in time.
@@ -106,6 +138,8 @@ impl FillEnd {
     pub fn of_error(error: &CopyError) -> FillEnd {
         match error {
             CopyError::OriginStatus(404 | 410) => FillEnd::NotFound,
+            CopyError::OriginStatus(401 | 403) => FillEnd::Denied,
+            CopyError::Moved(_) => FillEnd::Moved,
             CopyError::TooLarge { .. } => FillEnd::TooLarge,
             CopyError::Timeout(_)
             | CopyError::Unreachable {
@@ -294,6 +328,27 @@ pub enum MirrorTicket {
     /// The origin said within the negative TTL that the key does not exist.
     NotFound,
 }
+
+/// Lines about copies, which a client asking for many keys makes many of.
+static COPY_FAILURES: SummarizedLog =
+    SummarizedLog::new(log::Level::Warn, module_path!(), "copy failures");
+static QUEUE_FULL: SummarizedLog = SummarizedLog::new(
+    log::Level::Warn,
+    module_path!(),
+    "copies not started (fill queue full)",
+);
+static REVALIDATION_FAILURES: SummarizedLog =
+    SummarizedLog::new(log::Level::Warn, module_path!(), "revalidation failures");
+static STORE_CLAIM_FAILURES: SummarizedLog = SummarizedLog::new(
+    log::Level::Warn,
+    module_path!(),
+    "copies not claimed (store failing)",
+);
+static WAITING_FOR_OTHER_NODES: SummarizedLog = SummarizedLog::new(
+    log::Level::Info,
+    module_path!(),
+    "copies waiting for another node's fetch",
+);
 
 /// Keys whose failed copy is remembered (negative cache) at most: about 100 bytes each, so
 /// the table stays under ~10 MiB whatever a scanner asks for.
@@ -507,11 +562,13 @@ impl Filler {
                 self.note_blocked_copy(bucket, decision)
             }
             CopyDecision::Dropped => {
-                log::warn!(
-                    "fill queue full: not copying {:?} into {}",
-                    key.as_str(),
-                    bucket.config.name
-                );
+                QUEUE_FULL.note(|| {
+                    format!(
+                        "fill queue full: not copying {:?} into {}",
+                        key.as_str(),
+                        bucket.config.name
+                    )
+                });
                 bucket.metrics.count_fill(FillOutcome::Dropped);
             }
         }
@@ -652,17 +709,21 @@ impl Filler {
                 }
                 Ok(None) if !waiting => {
                     waiting = true;
-                    log::info!(
-                        "copy of {:?} in {bucket}: another node is fetching it; waiting for it to land",
-                        id.key.as_str()
-                    );
+                    WAITING_FOR_OTHER_NODES.note(|| {
+                        format!(
+                            "copy of {:?} in {bucket}: another node is fetching it; waiting for it to land",
+                            id.key.as_str()
+                        )
+                    });
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    log::warn!(
-                        "claiming the copy of {:?} in {bucket}: {e}",
-                        id.key.as_str()
-                    );
+                    STORE_CLAIM_FAILURES.note(|| {
+                        format!(
+                            "claiming the copy of {:?} in {bucket}: {e}",
+                            id.key.as_str()
+                        )
+                    });
                     id.bucket.metrics.count_fill(FillOutcome::StoreError);
                     return Err(CopyEnd::failed(
                         format!("claiming the copy: {e}"),
@@ -735,12 +796,6 @@ impl Filler {
             &mut job.sink,
         )
         .await;
-        if let Some(mut sink) = job.sink.take() {
-            sink.offer(match &result {
-                Ok(_) => MirrorEvent::End,
-                Err(e) => MirrorEvent::Failed(FillEnd::of_error(e)),
-            });
-        }
         metrics
             .fill_duration
             .observe(started.elapsed().as_secs_f64());
@@ -761,13 +816,16 @@ impl Filler {
                 FillOutcome::Stored
             }
             Err(e) => {
-                log::warn!(
-                    "copy of {:?} from {origin_label}{} into {bucket} failed: {e}",
-                    key.as_str(),
-                    request.path_and_query,
-                );
+                // A scanner asking for missing keys makes one failed copy per key.
+                COPY_FAILURES.note(|| {
+                    format!(
+                        "copy of {:?} from {origin_label}{} into {bucket} failed: {e}",
+                        key.as_str(),
+                        request.path_and_query,
+                    )
+                });
                 match e {
-                    CopyError::OriginStatus(_) => FillOutcome::OriginStatus,
+                    CopyError::OriginStatus(_) | CopyError::Moved(_) => FillOutcome::OriginStatus,
                     CopyError::Timeout(_)
                     | CopyError::Unreachable {
                         timed_out: true, ..
@@ -789,17 +847,23 @@ impl Filler {
                 .with_label_values(&[bucket, origin.label.as_str(), outcome.as_str()])
                 .inc();
         }
-        match result {
+        let end = match result {
             Ok(meta) => {
                 failures::record_success(bucket, key.as_str());
                 CopyEnd::Stored { bytes: meta.size }
             }
             Err(e) => {
-                let reason = e.to_string();
-                failures::record_failure(bucket, key.as_str(), &reason);
-                CopyEnd::failed(reason, FillEnd::of_error(&e))
+                failures::record_failure(bucket, key.as_str(), &e.to_string());
+                CopyEnd::of_error(e)
             }
+        };
+        if let Some(mut sink) = job.sink.take() {
+            sink.offer(match &end {
+                CopyEnd::Stored { .. } | CopyEnd::AlreadyStored => MirrorEvent::End,
+                failed => MirrorEvent::Failed(failed.clone()),
+            });
         }
+        end
     }
 
     /// Ends a revalidation: a `304` refreshes the check time, a `200` has replaced the object
@@ -834,16 +898,18 @@ impl Filler {
                 }
             }
             Err(CopyError::OriginStatus(404)) => {
-                log::warn!(
-                    "revalidated {:?} in {name}: the origin no longer has it; the stored copy is kept",
-                    key.as_str()
-                );
+                REVALIDATION_FAILURES.note(|| {
+                    format!(
+                        "revalidated {:?} in {name}: the origin no longer has it; the stored copy is kept",
+                        key.as_str()
+                    )
+                });
                 ("origin_missing", CopyEnd::AlreadyStored)
             }
             Err(e) => {
-                log::warn!("revalidation of {:?} in {name} failed: {e}", key.as_str());
-                let kind = FillEnd::of_error(&e);
-                ("failed", CopyEnd::failed(e.to_string(), kind))
+                REVALIDATION_FAILURES
+                    .note(|| format!("revalidation of {:?} in {name} failed: {e}", key.as_str()));
+                ("failed", CopyEnd::of_error(e))
             }
         };
         count_revalidation(bucket, outcome);
@@ -865,7 +931,7 @@ impl Filler {
             schedule.revalidating.remove(id);
         } else {
             schedule.in_flight.remove(id);
-            if matches!(end, CopyEnd::Failed { .. }) && limits.negative_ttl_secs > 0 {
+            if end.is_failure() && limits.negative_ttl_secs > 0 {
                 let ttl = Duration::from_secs(limits.negative_ttl_secs);
                 schedule.remember_failure(id, end.kind(), coarse_now(), ttl);
             } else {

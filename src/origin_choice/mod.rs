@@ -49,6 +49,8 @@ pub struct PullPolicy {
     pub redirect_code: u16,
     pub follow_redirects: u32,
     pub mode: PullMode,
+    /// How a miss that is a CORS request allowed by the bucket's rules is answered.
+    pub cors_misses: PullMode,
     /// 0: stored objects are never revalidated.
     pub revalidate_after_secs: u64,
 }
@@ -63,6 +65,17 @@ impl PullPolicy {
                 encode_origin_path(&rewritten)
             }
             _ => encode_origin_path(source),
+        }
+    }
+
+    /// The bucket's path (encoded, with its leading `/`) for `origin_path`, a decoded path at
+    /// the origin without its leading `/`: [`PullPolicy::origin_path`] undone.
+    pub fn bucket_path(&self, origin_path: &str) -> String {
+        match &self.replace_prefix {
+            Some((prefix, replacement)) if origin_path.starts_with(replacement.as_str()) => {
+                encode_origin_path(&format!("{prefix}{}", &origin_path[replacement.len()..]))
+            }
+            _ => encode_origin_path(origin_path),
         }
     }
 }
@@ -108,6 +121,7 @@ impl BucketPull {
             redirect_code: pull.redirect_code,
             follow_redirects: pull.follow_redirects,
             mode: pull.mode,
+            cors_misses: pull.cors_misses,
             revalidate_after_secs: pull.revalidate_after_secs,
         };
         let rules = pull
@@ -125,6 +139,7 @@ impl BucketPull {
                     redirect_code: rule.redirect_code.unwrap_or(pull.redirect_code),
                     follow_redirects: rule.follow_redirects.unwrap_or(pull.follow_redirects),
                     mode: rule.mode.unwrap_or(pull.mode),
+                    cors_misses: rule.cors_misses.unwrap_or(pull.cors_misses),
                     revalidate_after_secs: rule
                         .revalidate_after_secs
                         .unwrap_or(pull.revalidate_after_secs),

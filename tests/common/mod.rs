@@ -2165,3 +2165,145 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Programs the tests need: nginx as an origin, headless Chromium as the client
+// ---------------------------------------------------------------------------------------------
+
+/// The program `name` on `PATH` (or at `$<ENV>` when `env` is given). Where it is missing, a
+/// developer's run skips the test with a message (`None`); a CI run (`CI` set) fails instead,
+/// so a missing installation never passes for a green test. `.ci/setup` installs all of them.
+pub fn require_program(name: &str, env: Option<&str>) -> Option<PathBuf> {
+    if let Some(path) = env.and_then(std::env::var_os) {
+        return Some(path.into());
+    }
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    if found.is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!("{name} is not installed; .ci/setup installs it");
+        }
+        eprintln!("SKIPPED: {name} is not installed (.ci/setup installs it)");
+    }
+    found
+}
+
+/// A real nginx serving the files under `root` on a loopback port: an origin as operators
+/// have them (directories answered with `301` to their slash, static files with validators,
+/// no CORS headers, `405` to `OPTIONS`). Stopped when dropped.
+pub struct NginxOrigin {
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    _process: KillOnDrop,
+}
+
+impl NginxOrigin {
+    /// `None` where nginx is missing and the run is not CI's (see [`require_program`]).
+    pub fn start(root: &Path) -> Option<NginxOrigin> {
+        let nginx = require_program("nginx", None)?;
+        let dir = tempfile::Builder::new()
+            .prefix("originpull-nginx-")
+            .tempdir()
+            .expect("create temp dir");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let prefix = dir.path();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n\
+             events {{}}\nhttp {{\n  include /etc/nginx/mime.types;\n  access_log {prefix}/access.log;\n\
+             client_body_temp_path {prefix}/body;\n  proxy_temp_path {prefix}/proxy;\n\
+             fastcgi_temp_path {prefix}/fastcgi;\n  uwsgi_temp_path {prefix}/uwsgi;\n\
+             scgi_temp_path {prefix}/scgi;\n\
+             server {{\n    listen {addr};\n    root {root};\n  }}\n}}\n",
+            prefix = prefix.display(),
+            root = root.display(),
+        );
+        let conf_path = prefix.join("nginx.conf");
+        fs::write(&conf_path, conf).expect("write nginx.conf");
+        let child = Command::new(nginx)
+            .arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(prefix.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        let process = KillOnDrop(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while StdTcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(NginxOrigin {
+            dir,
+            addr,
+            _process: process,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn authority(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Request lines nginx logged, one per request (`GET /x HTTP/1.1`).
+    pub fn requests(&self) -> Vec<String> {
+        fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split('"').nth(1).map(str::to_string))
+            .collect()
+    }
+}
+
+/// Headless Chromium on `url`, with every `*.<domain suffix>` name resolved to 127.0.0.1;
+/// returns the page's title once its scripts settle (pages here report their findings there),
+/// and Chromium's stderr for a failure's message. `None` where Chromium is missing and the run
+/// is not CI's.
+pub async fn chromium_title(url: &str) -> Option<(String, String)> {
+    let chromium = require_program("chromium", Some("CHROMIUM"))?;
+    let profile = tempfile::tempdir().expect("profile dir");
+    let run = tokio::process::Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--no-first-run",
+            "--no-proxy-server",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!(
+            "--host-resolver-rules=MAP *.{DEFAULT_DOMAIN_SUFFIX} 127.0.0.1"
+        ))
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("chromium finished within 90 s")
+        .expect("chromium ran");
+    let dom = String::from_utf8_lossy(&output.stdout);
+    let title = dom
+        .split_once("<title>")
+        .and_then(|(_, rest)| rest.split_once("</title>"))
+        .map_or_else(
+            || format!("no title in {dom}"),
+            |(title, _)| title.to_string(),
+        );
+    Some((title, String::from_utf8_lossy(&output.stderr).into_owned()))
+}
