@@ -50,6 +50,14 @@ fn bucket_yaml(origin: &str, rules: &str) -> String {
     format!("name: {BUCKET}\norigin_pull:\n  enabled: true\n  origin: {origin}\n{rules}")
 }
 
+/// The same bucket answering every miss with a redirect, CORS requests too (by default those
+/// are mirrored: tests/site.rs), for the headers of a 302.
+fn redirecting_bucket_yaml(origin: &str, rules: &str) -> String {
+    format!(
+        "name: {BUCKET}\norigin_pull:\n  enabled: true\n  origin: {origin}\n  cors_misses: redirect\n{rules}"
+    )
+}
+
 const EXAMPLE_RULES: &str = "cors:
   - allowed_origins: [\"https://www.example.com\", \"https://*.example.com\"]
     allowed_methods: [GET, HEAD]
@@ -130,7 +138,8 @@ fn assert_no_allow(resp: &RawResponse) {
 async fn a_matching_origin_gets_the_headers_on_302_hit_304_and_errors() {
     let origin = TestOrigin::start();
     let server = Originpull::start(
-        OriginpullConfig::new().with_bucket_yaml(&bucket_yaml(&origin.authority(), EXAMPLE_RULES)),
+        OriginpullConfig::new()
+            .with_bucket_yaml(&redirecting_bucket_yaml(&origin.authority(), EXAMPLE_RULES)),
     );
 
     let redirect = request(&server, "GET", "/missing.js", Some(SITE), "").await;
@@ -190,7 +199,8 @@ async fn an_origin_no_rule_allows_gets_no_cors_headers_but_vary() {
 async fn a_star_rule_answers_star_without_credentials() {
     let origin = TestOrigin::start();
     let server = Originpull::start(
-        OriginpullConfig::new().with_bucket_yaml(&bucket_yaml(&origin.authority(), STAR_RULES)),
+        OriginpullConfig::new()
+            .with_bucket_yaml(&redirecting_bucket_yaml(&origin.authority(), STAR_RULES)),
     );
     let resp = request(&server, "GET", "/x.js", Some("https://anyone.test"), "").await;
     assert_eq!(resp.status, 302);
