@@ -347,9 +347,16 @@ pub struct StoreMetrics {
     pub local_tier_misses: IntCounter,
     pub local_tier_bytes: IntGauge,
     pub local_tier_evictions: IntCounter,
-    /// Multipart uploads aborted at start, by why: `earlier_run` (journaled by a process of this
-    /// node that died with it), `older_than_a_day`.
+    /// Multipart uploads aborted, by why: `earlier_run` (journaled by a process of this node
+    /// that died with it), `older_than_a_day` (both at start), `retried` (an abort that failed,
+    /// done again in the background).
     pub uploads_aborted: IntCounterVec,
+    /// 1 while the store is used, 0 while it is marked down after failing repeatedly.
+    pub up: IntGauge,
+    /// Times the store was marked down.
+    pub marked_down: IntCounter,
+    /// Operations not sent because the store was marked down, by operation.
+    pub skipped: IntCounterVec,
 }
 
 #[allow(clippy::expect_used)]
@@ -390,9 +397,27 @@ pub static STORE_METRICS: LazyLock<StoreMetrics> = LazyLock::new(|| StoreMetrics
     .expect("register originpull_local_tier_evictions_total"),
     uploads_aborted: register_int_counter_vec!(
         "originpull_store_uploads_aborted_total",
-        "Multipart uploads nobody would finish, aborted at start, by reason (earlier_run, \
-         older_than_a_day).",
+        "Multipart uploads nobody would finish, aborted, by reason (earlier_run, \
+         older_than_a_day, retried).",
         &["reason"]
     )
     .expect("register originpull_store_uploads_aborted_total"),
+    up: register_int_gauge!(
+        "originpull_store_up",
+        "1 while the remote bucket store (S3) is used, 0 while it is marked down after failing \
+         repeatedly."
+    )
+    .expect("register originpull_store_up"),
+    marked_down: register_int_counter!(
+        "originpull_store_marked_down_total",
+        "Times the remote bucket store (S3) was marked down after failing repeatedly."
+    )
+    .expect("register originpull_store_marked_down_total"),
+    skipped: register_int_counter_vec!(
+        "originpull_store_skipped_total",
+        "Operations not sent to the remote bucket store (S3) because it was marked down, by \
+         operation.",
+        &["operation"]
+    )
+    .expect("register originpull_store_skipped_total"),
 });

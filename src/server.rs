@@ -16,6 +16,7 @@ use crate::access_log::AccessLog;
 use crate::admin::progress::{ProgressService, Samples};
 use crate::admin::AdminApi;
 use crate::compress::Compressor;
+use crate::config::ConditionalPut;
 use crate::config::{Config, S3Settings, StoreSettings};
 use crate::connection::{ConnectionCounts, ConnectionGate, ConnectionLimits};
 use crate::fill::Filler;
@@ -24,7 +25,9 @@ use crate::origin_choice::probe::OriginProbes;
 use crate::proxy::OriginPull;
 use crate::reload::{ConfigHandle, LiveConfig, ReloadWatcher};
 use crate::store::local_tier::LocalTier;
-use crate::store::s3::{S3Credentials, S3Store};
+use crate::store::s3::S3Store;
+use crate::store::s3_credentials::CredentialSource;
+use crate::store::s3_link::StoreLink;
 use crate::store::s3_uploads::{UploadCleanup, UploadJournal, JOURNAL_DIR};
 use crate::store::{BucketCounts, BucketStore, CountedStore, DiskStore, HotTier, HotTierLimits};
 
@@ -216,24 +219,42 @@ fn with_tiers<S: BucketStore>(
     }
 }
 
-/// The S3 store, once every configured bucket's S3 bucket has answered, journaling its uploads
-/// in this node's state directory (the local tier's, else `data_dir`), and the clean-up of
-/// uploads nobody will finish, to run in the background. The check runs on a runtime of its
-/// own (none runs yet) with clients of its own, dropped with it.
+/// The S3 store, once every configured bucket's S3 bucket has answered and refused what the
+/// fleet's leases rely on (`store.s3.conditional_put`), journaling its uploads in this node's
+/// state directory (the local tier's, else `data_dir`), and the clean-up of uploads nobody will
+/// finish, to run in the background. The checks run on a runtime of their own (none runs yet)
+/// with clients of their own, dropped with it. All share one deadline and health.
 fn open_s3_store(
     settings: &S3Settings,
     config: &Config,
 ) -> Result<(S3Store, UploadCleanup), StartError> {
-    let credentials = S3Credentials::load(settings).map_err(StartError::S3)?;
+    let credentials = CredentialSource::resolve(settings).map_err(StartError::S3)?;
+    log::info!("S3 store: credentials from {}", credentials.describe());
+    let link = StoreLink::new(Duration::from_millis(settings.request_timeout_ms));
     let buckets: Vec<String> = config.buckets.iter().map(|b| b.name.clone()).collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| StartError::S3(format!("cannot start the S3 check: {e}")))?;
-    let probe = S3Store::new(settings.clone(), credentials.clone());
+    let probe = S3Store::new(settings.clone(), credentials.clone(), link.clone());
     runtime
         .block_on(probe.check_reachable(&buckets))
         .map_err(|failures| StartError::S3(failures.join("; ")))?;
+    let lease_writes = runtime
+        .block_on(probe.probe_leases(&buckets))
+        .map_err(StartError::S3)?;
+    drop(probe);
+    match settings.conditional_put {
+        ConditionalPut::None => log::warn!(
+            "store.s3.conditional_put: none: fill leases are best effort; nodes that miss one \
+             cold key at the same moment may each fetch it from the origin"
+        ),
+        ConditionalPut::IfNoneMatch if !lease_writes.replace_if_match => log::warn!(
+            "S3 store: the store ignores `If-Match` on PUT; an expired lease is taken over \
+             through a takeover marker instead"
+        ),
+        _ => {}
+    }
     let state_dir = match &settings.local_tier {
         Some(tier) => &tier.dir,
         None => &config.data_dir,
@@ -247,14 +268,14 @@ fn open_s3_store(
     })?;
     let journal = Arc::new(journal);
     let cleanup = UploadCleanup::new(
-        S3Store::new(settings.clone(), credentials.clone()),
+        S3Store::new(settings.clone(), credentials.clone(), link.clone()),
         journal.clone(),
         buckets,
     );
-    Ok((
-        S3Store::new(settings.clone(), credentials).with_upload_journal(journal),
-        cleanup,
-    ))
+    let store = S3Store::new(settings.clone(), credentials, link)
+        .with_upload_journal(journal)
+        .with_lease_writes(lease_writes);
+    Ok((store, cleanup))
 }
 
 /// Ends a graceful stop (SIGTERM, or the old process of an upgrade) as soon as no request is

@@ -13,6 +13,9 @@ progress), upload-keys (prints their keys, one a line), start-upload KEY (create
 upload and leaves it), keys (prints the keys, one a line). `s3_server.py ENDPOINT clock
 SECONDS` sets the server's clock SECONDS (may be negative) away from this machine's: the
 Last-Modified of objects written from then on and every response's Date follow it.
+`s3_server.py ENDPOINT access-keys` prints the access key id each signed request named
+(`Credential=` of its Authorization header, or of a presigned URL's query), one a line, in
+order: moto accepts any key, so this is how a test sees which one a client used.
 """
 import json
 import sys
@@ -20,11 +23,14 @@ import threading
 
 # Not an S3 path (no bucket may be named so): a PUT here sets the store's clock (see `serve`).
 CLOCK_PATH = "/_clock"
+# Not an S3 path either: a GET here lists the access key ids requests were signed with.
+ACCESS_KEYS_PATH = "/_access_keys"
 
 
 def serve(port):
     import datetime
     import email.utils
+    import re
     import time
 
     import moto.s3.models
@@ -47,7 +53,18 @@ def serve(port):
 
     WSGIRequestHandler.date_time_string = date_time_string
 
+    access_keys = []
+    credential = re.compile(r"Credential=([^/,\s%]+)(?:/|%2F)", re.IGNORECASE)
+
     def serialised(environ, start_response):
+        if environ.get("PATH_INFO") == ACCESS_KEYS_PATH:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return ["\n".join(access_keys).encode()]
+        signed = credential.search(environ.get("HTTP_AUTHORIZATION", "")) or credential.search(
+            environ.get("QUERY_STRING", "")
+        )
+        if signed:
+            access_keys.append(signed.group(1))
         if environ.get("PATH_INFO") == CLOCK_PATH:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             clock["offset"] = float(environ["wsgi.input"].read(length))
@@ -70,6 +87,12 @@ def client(endpoint, op, bucket, args):
             endpoint + CLOCK_PATH, data=bucket.encode(), method="PUT"
         )
         urllib.request.urlopen(request).close()
+        return
+    if op == "access-keys":
+        import urllib.request
+
+        with urllib.request.urlopen(endpoint + ACCESS_KEYS_PATH) as response:
+            print(response.read().decode())
         return
 
     import boto3
@@ -116,4 +139,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
         serve(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
     else:
-        client(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:])
+        client(sys.argv[1], sys.argv[2], (sys.argv[3:4] or [""])[0], sys.argv[4:])

@@ -131,11 +131,35 @@ impl S3Server {
 
     /// The `store:` block for this server.
     fn store_yaml(&self) -> String {
+        self.store_yaml_with(&self.endpoint, "")
+    }
+
+    /// The `store:` block for `endpoint` (this server, or a proxy in front of it), with more
+    /// `store.s3` keys (`extra_s3`, lines indented by four spaces).
+    fn store_yaml_with(&self, endpoint: &str, extra_s3: &str) -> String {
         format!(
-            "store:\n  backend: s3\n  s3:\n    endpoint: {}\n    region: us-east-1\n    path_style: true\n    credentials_file: {}\n    bucket: \"{{bucket}}\"\n",
-            self.endpoint,
-            self.dir.path().join("s3.credentials").display()
+            "store:\n  backend: s3\n  s3:\n    endpoint: {endpoint}\n    region: us-east-1\n    path_style: true\n    credentials_file: {}\n    bucket: \"{{bucket}}\"\n{extra_s3}",
+            self.credentials_path().display()
         )
+    }
+
+    fn credentials_path(&self) -> PathBuf {
+        self.dir.path().join("s3.credentials")
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server: stopped, it still accepts connections
+    /// (the kernel does) and answers nothing, like a store behind a stuck load balancer.
+    fn signal(&self, signal: &str) {
+        send_signal(self.child.as_ref().expect("moto runs").0.id(), signal);
+    }
+
+    /// The access key ids signed requests named, in order (see `tests/s3_server.py`).
+    fn access_keys(&self) -> Vec<String> {
+        self.client(&["access-keys"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
     }
 
     /// An originpull on this store; the memory tier rechecks after 1 s so deletes show quickly.
@@ -151,31 +175,92 @@ impl S3Server {
 
 /// Starts `tests/s3_server.py serve` on `port` (0: a free one); returns it and its port.
 fn spawn_moto(python: &PathBuf, port: u16) -> (KillOnDrop, u16) {
+    spawn_script(python, "s3_server.py", &["serve", &port.to_string()])
+}
+
+/// Starts `tests/<script>` with `args`; returns it and the port it prints as `PORT <n>` once
+/// it listens.
+fn spawn_script(python: &PathBuf, script: &str, args: &[&str]) -> (KillOnDrop, u16) {
     let mut child = Command::new(python)
-        .arg(script())
-        .arg("serve")
-        .arg(port.to_string())
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join(script),
+        )
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start tests/s3_server.py");
-    let stdout = child.stdout.take().expect("moto stdout");
+        .unwrap_or_else(|e| panic!("start tests/{script}: {e}"));
+    let stdout = child.stdout.take().expect("the script's stdout");
     let child = KillOnDrop(child);
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
-        .expect("read moto's port");
+        .expect("read the script's port");
     let port = line
         .trim()
         .strip_prefix("PORT ")
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("tests/s3_server.py did not print its port: {line:?}"));
+        .unwrap_or_else(|| panic!("tests/{script} did not print its port: {line:?}"));
     (child, port)
 }
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/s3_server.py")
+}
+
+/// `tests/s3_proxy.py` in front of `s3`: a store that fails, ignores conditional writes,
+/// refuses overwrites as COS does, or speaks TLS (see the script).
+struct S3Proxy {
+    _child: KillOnDrop,
+    endpoint: String,
+}
+
+impl S3Proxy {
+    fn start(s3: &S3Server, mode: &str) -> S3Proxy {
+        S3Proxy::spawn(s3, &["--mode", mode], "http")
+    }
+
+    /// Over TLS with `cert`'s server certificate (signed by its private CA).
+    fn start_tls(s3: &S3Server, cert: &TestCert) -> S3Proxy {
+        let cert_path = s3.dir.path().join("proxy-cert.pem");
+        let key_path = s3.dir.path().join("proxy-key.pem");
+        std::fs::write(&cert_path, &cert.cert_pem).expect("write cert");
+        std::fs::write(&key_path, &cert.key_pem).expect("write key");
+        S3Proxy::spawn(
+            s3,
+            &[
+                "--tls",
+                &cert_path.to_string_lossy(),
+                &key_path.to_string_lossy(),
+            ],
+            "https",
+        )
+    }
+
+    fn spawn(s3: &S3Server, args: &[&str], scheme: &str) -> S3Proxy {
+        let upstream = s3.port.to_string();
+        let args: Vec<&str> = std::iter::once(upstream.as_str())
+            .chain(args.iter().copied())
+            .collect();
+        let (child, port) = spawn_script(&s3.python, "s3_proxy.py", &args);
+        S3Proxy {
+            _child: child,
+            endpoint: format!("{scheme}://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn set_mode(&self, mode: &str) {
+        let response = http_client()
+            .put(format!("{}/_proxy/mode", self.endpoint))
+            .body(mode.to_string())
+            .send()
+            .await
+            .expect("set the proxy's mode");
+        assert_eq!(response.status(), 204, "mode {mode}");
+    }
 }
 
 async fn head_status(server: &Originpull, path: &str) -> u16 {
@@ -966,5 +1051,542 @@ async fn the_local_tier_survives_a_restart_and_still_evicts_past_max_bytes() {
         get(&server, BUCKET, "/b.bin").await.status(),
         302,
         "b.bin was evicted"
+    );
+}
+
+/// A node on `endpoint` (moto, or a proxy in front of it) with more `store.s3` keys.
+fn node_on(s3: &S3Server, origin: &TestOrigin, endpoint: &str, extra_s3: &str) -> Originpull {
+    Originpull::start(
+        OriginpullConfig::new()
+            .with_bucket(BUCKET, &origin.authority())
+            .with_extra_yaml(&s3.store_yaml_with(endpoint, extra_s3)),
+    )
+}
+
+/// The store deadline of these tests (`store.s3.request_timeout_ms`).
+const DEADLINE: &str = "    request_timeout_ms: 1000\n";
+
+/// Issue #20: a store that accepts connections and answers nothing (SIGSTOP, as behind a stuck
+/// load balancer): a cold key gets its 302 and a bucket without origin-pull its 503 within
+/// about the deadline; after repeated failures the store is marked down and requests skip it
+/// at once; it is used again by itself once it answers.
+#[tokio::test]
+async fn a_hung_store_answers_within_the_deadline_then_is_skipped_until_it_answers() {
+    let Some(s3) = S3Server::start() else { return };
+    const CLOSED: &str = "closed-1250000000";
+    s3.client(&["mb", CLOSED]);
+    s3.put("stored.txt", b"kept", "text/plain");
+    let file = s3.dir.path().join("upload");
+    s3.client(&[
+        "put",
+        CLOSED,
+        "closed.txt",
+        &file.to_string_lossy(),
+        "text/plain",
+    ]);
+    let origin = TestOrigin::start();
+    let server = Originpull::start(
+        OriginpullConfig::new()
+            .with_bucket(BUCKET, &origin.authority())
+            .with_disabled_bucket(CLOSED)
+            .with_extra_yaml(&s3.store_yaml_with(&s3.endpoint, DEADLINE)),
+    );
+    let timed_get = |bucket: &'static str, path: &'static str| {
+        let server = &server;
+        async move {
+            let started = std::time::Instant::now();
+            let status = get(server, bucket, path).await.status().as_u16();
+            (status, started.elapsed())
+        }
+    };
+    s3.signal("STOP");
+
+    let (status, took) = timed_get(BUCKET, "/cold.bin").await;
+    assert_eq!(status, 302, "origin-pull stands in for the store");
+    assert!(took < Duration::from_millis(2500), "302 after {took:?}");
+    let (status, took) = timed_get(CLOSED, "/cold.bin").await;
+    assert_eq!(status, 503);
+    assert!(took < Duration::from_millis(2500), "503 after {took:?}");
+    let marked_down = wait_until(WAIT, || async {
+        server.metric("originpull_store_up", &[]).await == 0.0
+    })
+    .await;
+    assert!(marked_down, "{}", server.stderr_text());
+    let (status, took) = timed_get(BUCKET, "/other.bin").await;
+    assert_eq!(status, 302);
+    assert!(
+        took < Duration::from_millis(500),
+        "skipped at once: {took:?}"
+    );
+    assert!(
+        server
+            .metric("originpull_store_skipped_total", &[("operation", "head")])
+            .await
+            >= 1.0
+    );
+
+    // Back: asked through the bucket without origin-pull (a miss in the other one starts a
+    // copy, whose failure while the store is still marked down is remembered for
+    // `fill.negative_ttl_secs`).
+    s3.signal("CONT");
+    let back = wait_until(WAIT, || async {
+        get_body(&server, CLOSED, "/closed.txt").await == (200, b"kept".to_vec())
+    })
+    .await;
+    assert!(back, "used again by itself\n{}", server.stderr_text());
+    assert_eq!(server.metric("originpull_store_up", &[]).await, 1.0);
+    assert_eq!(
+        get_body(&server, BUCKET, "/stored.txt").await,
+        (200, b"kept".to_vec())
+    );
+    // Requests in flight when the store stopped may straddle its return: a change can come
+    // twice, but each is one line.
+    let log = server.stderr_text();
+    let (down, up) = (
+        log.matches("S3 store: marked down after").count(),
+        log.matches("answering again").count(),
+    );
+    assert!(down >= 1 && down == up, "one line per change\n{log}");
+}
+
+/// Issue #20: the lease's release fails while the store fails (503 from a proxy in front of
+/// it); it is tried again and lands once the store answers, not after the lease's 60 s.
+#[tokio::test]
+async fn a_lease_whose_release_failed_in_a_blip_is_released_when_the_store_answers() {
+    let Some(s3) = S3Server::start() else { return };
+    let proxy = S3Proxy::start(&s3, "pass");
+    let origin = TestOrigin::start();
+    origin.route("/held.bin", Behavior::gate(generated_bytes(1000)));
+    let server = node_on(&s3, &origin, &proxy.endpoint, DEADLINE);
+    assert_eq!(get(&server, BUCKET, "/held.bin").await.status(), 302);
+    assert!(
+        wait_until(WAIT, || async { origin.gate_waiting("/held.bin") == 1 }).await,
+        "{}",
+        server.stderr_text()
+    );
+    let lease = ".originpull-leases/held.bin".to_string();
+    assert!(s3.keys().contains(&lease), "{:?}", s3.keys());
+
+    proxy.set_mode("fail").await;
+    origin.open_gate("/held.bin");
+    assert!(
+        server.wait_fill_outcome(BUCKET, "store_error", 1.0).await,
+        "{}",
+        server.stderr_text()
+    );
+    assert!(
+        server.wait_for_stderr("releasing the lease", WAIT).await,
+        "{}",
+        server.stderr_text()
+    );
+    assert!(s3.keys().contains(&lease), "not released during the outage");
+    proxy.set_mode("pass").await;
+    let released = wait_until(WAIT, || async { !s3.keys().contains(&lease) }).await;
+    assert!(
+        released,
+        "released once the store answers: {:?}\n{}",
+        s3.keys(),
+        server.stderr_text()
+    );
+}
+
+/// Issue #20: the abort of a failed copy's multipart upload fails while the store fails; it is
+/// tried again in the background and the upload and its journal entry go once it answers.
+#[tokio::test]
+async fn an_abort_that_failed_in_a_blip_is_retried_in_the_background() {
+    let Some(s3) = S3Server::start() else { return };
+    let proxy = S3Proxy::start(&s3, "pass");
+    let origin = TestOrigin::start();
+    // More than a part, then silence: the copy starts its upload, then times out.
+    origin.route(
+        "/stalled.bin",
+        Behavior::Stall {
+            headers_then_stall: true,
+            partial: generated_bytes(PART_BYTES + 64 * 1024),
+        },
+    );
+    let server = Originpull::start(
+        OriginpullConfig::new()
+            .with_bucket(BUCKET, &origin.authority())
+            .with_extra_yaml(&s3.store_yaml_with(&proxy.endpoint, DEADLINE))
+            .with_extra_yaml("fill:\n  read_timeout_ms: 3000\n"),
+    );
+    assert_eq!(get(&server, BUCKET, "/stalled.bin").await.status(), 302);
+    let started = wait_until(WAIT, || async {
+        s3.uploads_in_progress() == 1 && journal_entries(&server).len() == 1
+    })
+    .await;
+    assert!(started, "{}", server.stderr_text());
+
+    proxy.set_mode("fail").await;
+    let abort_failed = wait_until(WAIT, || async {
+        server
+            .metric(
+                "originpull_store_errors_total",
+                &[("operation", "multipart_abort")],
+            )
+            .await
+            >= 1.0
+    })
+    .await;
+    assert!(abort_failed, "{}", server.stderr_text());
+    assert_eq!(s3.uploads_in_progress(), 1, "left by the failed abort");
+    assert_eq!(journal_entries(&server).len(), 1, "its entry is kept");
+
+    proxy.set_mode("pass").await;
+    let aborted = wait_until(WAIT, || async { s3.uploads_in_progress() == 0 }).await;
+    assert!(
+        aborted,
+        "aborted in the background\n{}",
+        server.stderr_text()
+    );
+    assert_eq!(
+        server
+            .metric(
+                "originpull_store_uploads_aborted_total",
+                &[("reason", "retried")]
+            )
+            .await,
+        1.0
+    );
+    assert!(
+        wait_until(WAIT, || async { journal_entries(&server).is_empty() }).await,
+        "the entry goes with it"
+    );
+    assert!(s3.keys().iter().all(|k| !k.ends_with("stalled.bin")));
+}
+
+/// Issue #20: a part upload the store refuses counts in `originpull_store_errors_total`.
+#[tokio::test]
+async fn a_part_upload_that_fails_counts_as_a_store_error() {
+    let Some(s3) = S3Server::start() else { return };
+    let proxy = S3Proxy::start(&s3, "fail-parts");
+    let origin = TestOrigin::start();
+    origin.route(
+        "/parts.bin",
+        Behavior::generated(2 * PART_BYTES as u64 + 1000),
+    );
+    let server = node_on(&s3, &origin, &proxy.endpoint, DEADLINE);
+    assert_eq!(get(&server, BUCKET, "/parts.bin").await.status(), 302);
+    assert!(
+        server.wait_fill_outcome(BUCKET, "store_error", 1.0).await,
+        "{}",
+        server.stderr_text()
+    );
+    assert!(
+        server
+            .metric(
+                "originpull_store_errors_total",
+                &[("operation", "multipart_part")]
+            )
+            .await
+            >= 1.0,
+        "{}",
+        server.metrics_text().await
+    );
+    let aborted = wait_until(WAIT, || async { s3.uploads_in_progress() == 0 }).await;
+    assert!(aborted, "no upload left\n{}", server.stderr_text());
+}
+
+/// Issue #20: with the journal unwritable (a full disk; here its directory replaced by a
+/// file), a large copy starts no multipart upload a crash could leave behind unknown.
+#[tokio::test]
+async fn an_upload_that_cannot_be_journaled_is_not_started() {
+    let Some(s3) = S3Server::start() else { return };
+    let origin = TestOrigin::start();
+    origin.route("/big.bin", Behavior::generated(PART_BYTES as u64 + 1000));
+    let server = s3.originpull(&origin);
+    let journal = server.data_dir().join(".s3-uploads");
+    std::fs::remove_dir_all(&journal).expect("remove the journal");
+    std::fs::write(&journal, b"not a directory").expect("block the journal");
+
+    assert_eq!(get(&server, BUCKET, "/big.bin").await.status(), 302);
+    assert!(
+        server.wait_fill_outcome(BUCKET, "store_error", 1.0).await,
+        "{}",
+        server.stderr_text()
+    );
+    assert!(
+        server
+            .stderr_text()
+            .contains("cannot journal the multipart upload"),
+        "{}",
+        server.stderr_text()
+    );
+    assert_eq!(
+        server
+            .metric("originpull_store_errors_total", &[("operation", "journal")])
+            .await,
+        1.0
+    );
+    assert_eq!(s3.uploads_in_progress(), 0, "the upload is aborted at once");
+    assert!(s3.keys().iter().all(|k| k != "big.bin"), "{:?}", s3.keys());
+}
+
+/// Runs a node with `store_yaml` until it exits (it should not start); returns its code and
+/// output.
+fn start_to_exit(store_yaml: &str) -> (i32, String) {
+    let yaml = OriginpullConfig::new()
+        .with_disabled_bucket(BUCKET)
+        .with_extra_yaml(store_yaml)
+        .render(
+            format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            &std::env::temp_dir(),
+        );
+    run_to_exit(&yaml, &[], Duration::from_secs(30)).expect("originpull exits at start")
+}
+
+/// Issue #20: a store that ignores conditional writes (a proxy that strips them) would let
+/// every node fetch each cold key: the node refuses to start and says what to set; COS's
+/// header on a store that ignores it is refused too; `none` starts, saying so once.
+#[tokio::test]
+async fn a_store_that_ignores_conditional_writes_stops_the_start_and_says_what_to_set() {
+    let Some(s3) = S3Server::start() else { return };
+    let proxy = S3Proxy::start(&s3, "strip-conditional");
+
+    let (code, text) = start_to_exit(&s3.store_yaml_with(&proxy.endpoint, ""));
+    assert_ne!(code, 0, "{text}");
+    for needle in [
+        "store.s3.conditional_put: if_none_match:",
+        "accepted a second `If-None-Match: *` PUT",
+        "conditional_put: cos_forbid_overwrite",
+        "conditional_put: none",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in {text}");
+    }
+    let (code, text) = start_to_exit(
+        &s3.store_yaml_with(&s3.endpoint, "    conditional_put: cos_forbid_overwrite\n"),
+    );
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("store.s3.conditional_put: cos_forbid_overwrite:"),
+        "{text}"
+    );
+    assert!(
+        s3.keys().is_empty(),
+        "no probe object is left: {:?}",
+        s3.keys()
+    );
+
+    let origin = TestOrigin::start();
+    let server = node_on(&s3, &origin, &proxy.endpoint, "    conditional_put: none\n");
+    assert!(
+        server
+            .stderr_text()
+            .contains("conditional_put: none: fill leases are best effort"),
+        "{}",
+        server.stderr_text()
+    );
+}
+
+/// Issue #20: Tencent COS refuses an overwrite with `x-cos-forbid-overwrite` (409), not
+/// `If-None-Match` (here a proxy plays COS in front of moto): two nodes still fetch a cold key
+/// once, and an expired lease is taken over through a takeover marker (COS has no `If-Match`
+/// on PUT).
+#[tokio::test]
+async fn with_cos_forbid_overwrite_a_cold_key_is_fetched_once_and_a_lease_taken_over_once() {
+    let Some(s3) = S3Server::start() else { return };
+    let proxy = S3Proxy::start(&s3, "cos");
+    let origin = TestOrigin::start();
+    let body = generated_bytes(10_000);
+    origin.route("/cold.bin", Behavior::gate(body.clone()));
+    origin.route("/expired.bin", Behavior::ok(body.clone()));
+    let cos = "    conditional_put: cos_forbid_overwrite\n";
+    let first = node_on(&s3, &origin, &proxy.endpoint, cos);
+    let second = node_on(&s3, &origin, &proxy.endpoint, cos);
+
+    assert_eq!(get(&first, BUCKET, "/cold.bin").await.status(), 302);
+    assert!(
+        wait_until(WAIT, || async { origin.gate_waiting("/cold.bin") == 1 }).await,
+        "{}",
+        first.stderr_text()
+    );
+    assert_eq!(get(&second, BUCKET, "/cold.bin").await.status(), 302);
+    assert!(
+        second
+            .wait_for_stderr("another node is fetching it", WAIT)
+            .await,
+        "{}",
+        second.stderr_text()
+    );
+    origin.open_gate("/cold.bin");
+    assert!(
+        wait_until(WAIT, || async {
+            head_status(&second, "/cold.bin").await == 200
+        })
+        .await,
+        "{}",
+        second.stderr_text()
+    );
+    assert_eq!(origin.hits("/cold.bin"), 1, "one origin fetch");
+
+    // A lease the store dates 120 s back: its holder is gone.
+    s3.put(".originpull-leases/expired.bin", b"lease", "text/plain");
+    s3.client(&["clock", "120"]);
+    assert_eq!(get(&first, BUCKET, "/expired.bin").await.status(), 302);
+    assert!(
+        wait_until(WAIT, || async {
+            head_status(&first, "/expired.bin").await == 200
+        })
+        .await,
+        "{}",
+        first.stderr_text()
+    );
+    assert!(first.stderr_text().contains("took over the expired lease"));
+    let marker = format!(".originpull-takeovers/{}/expired.bin", md5_hex(b"lease"));
+    assert!(s3.keys().contains(&marker), "{:?}", s3.keys());
+    assert_eq!(origin.hits("/expired.bin"), 1);
+}
+
+/// Issue #20: keys rotated into the credentials file are used without a restart (moto records
+/// which access key each request was signed with).
+#[tokio::test]
+async fn a_rewritten_credentials_file_is_used_without_a_restart() {
+    let Some(s3) = S3Server::start() else { return };
+    s3.put("a.txt", b"a", "text/plain");
+    s3.put("b.txt", b"b", "text/plain");
+    let origin = TestOrigin::start();
+    let server = Originpull::start(
+        OriginpullConfig::new()
+            .with_bucket(BUCKET, &origin.authority())
+            .with_extra_yaml(&s3.store_yaml())
+            .with_extra_yaml("memory_cache:\n  max_bytes: 0\n"),
+    );
+    assert_eq!(
+        get_body(&server, BUCKET, "/a.txt").await,
+        (200, b"a".to_vec())
+    );
+    assert_eq!(s3.access_keys().last().map(String::as_str), Some("testing"));
+
+    let seen_before = s3.access_keys().len();
+    std::fs::write(
+        s3.credentials_path(),
+        "[default]\naws_access_key_id = rotated\naws_secret_access_key = rotated-secret\n",
+    )
+    .expect("rewrite the credentials");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        get_body(&server, BUCKET, "/b.txt").await,
+        (200, b"b".to_vec())
+    );
+    let since = s3.access_keys().split_off(seen_before);
+    assert!(
+        !since.is_empty() && since.iter().all(|k| k == "rotated"),
+        "{since:?}"
+    );
+    let log = server.stderr_text();
+    assert!(log.contains("changed; using its new keys"), "{log}");
+    assert!(!log.contains("rotated-secret"), "{log}");
+}
+
+/// Issue #20: with no keys configured, the instance's role is asked for its temporary keys
+/// (IMDSv2 on loopback, named by `AWS_EC2_METADATA_SERVICE_ENDPOINT`), and new keys are
+/// fetched before the old ones expire.
+#[tokio::test]
+async fn keys_from_instance_metadata_are_used_and_fetched_again_before_they_expire() {
+    let Some(s3) = S3Server::start() else { return };
+    s3.put("a.txt", b"a", "text/plain");
+    s3.put("b.txt", b"b", "text/plain");
+    let imds = TestOrigin::start();
+    let serve_keys = |key_id: &str| {
+        // Five minutes and a second: object_store fetches again when less than five are left.
+        let expiration = (chrono::Utc::now() + chrono::Duration::seconds(301))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        imds.route("/latest/api/token", Behavior::ok("imds-session-token"));
+        imds.route(
+            "/latest/meta-data/iam/security-credentials/",
+            Behavior::ok("edge-role"),
+        );
+        imds.route(
+            "/latest/meta-data/iam/security-credentials/edge-role",
+            Behavior::ok(format!(
+                r#"{{"Code":"Success","AccessKeyId":"{key_id}","SecretAccessKey":"s","Token":"t","Expiration":"{expiration}"}}"#
+            )),
+        );
+    };
+    serve_keys("imds-first");
+    let mut config = OriginpullConfig::new()
+        .with_bucket(BUCKET, &imds.authority())
+        .with_extra_yaml(&format!(
+            "store:\n  backend: s3\n  s3:\n    endpoint: {}\n    region: us-east-1\n    path_style: true\n",
+            s3.endpoint
+        ))
+        .with_extra_yaml("memory_cache:\n  max_bytes: 0\n")
+        .with_env(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            &format!("http://{}", imds.authority()),
+        )
+        .with_env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            &s3.dir.path().join("absent").to_string_lossy(),
+        );
+    // Whatever the environment running the tests holds, these sources are not there.
+    for name in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_EC2_METADATA_DISABLED",
+    ] {
+        config = config.with_env(name, "");
+    }
+    let server = Originpull::start(config);
+    assert!(
+        server
+            .stderr_text()
+            .contains("credentials from the instance's role"),
+        "{}",
+        server.stderr_text()
+    );
+    assert_eq!(
+        get_body(&server, BUCKET, "/a.txt").await,
+        (200, b"a".to_vec())
+    );
+    assert_eq!(
+        s3.access_keys().last().map(String::as_str),
+        Some("imds-first")
+    );
+
+    serve_keys("imds-second");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let seen_before = s3.access_keys().len();
+    assert_eq!(
+        get_body(&server, BUCKET, "/b.txt").await,
+        (200, b"b".to_vec())
+    );
+    let since = s3.access_keys().split_off(seen_before);
+    assert!(
+        !since.is_empty() && since.iter().all(|k| k == "imds-second"),
+        "{since:?}"
+    );
+}
+
+/// Issue #20: a store whose certificate a private CA signed (a TLS proxy in front of moto) is
+/// reached with `store.s3.ca_file`, and not without it.
+#[tokio::test]
+async fn a_store_behind_a_private_ca_is_reached_with_ca_file() {
+    let Some(s3) = S3Server::start() else { return };
+    s3.put("tls.txt", b"over tls", "text/plain");
+    let cert = TestCert::new();
+    let proxy = S3Proxy::start_tls(&s3, &cert);
+    let ca = cert.write_ca(s3.dir.path(), "store-ca.pem");
+
+    let (code, text) = start_to_exit(&s3.store_yaml_with(&proxy.endpoint, DEADLINE));
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("not reachable"), "{text}");
+
+    let origin = TestOrigin::start();
+    let server = node_on(
+        &s3,
+        &origin,
+        &proxy.endpoint,
+        &format!("    ca_file: {}\n", ca.display()),
+    );
+    assert_eq!(
+        get_body(&server, BUCKET, "/tls.txt").await,
+        (200, b"over tls".to_vec())
     );
 }

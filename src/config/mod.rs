@@ -35,7 +35,7 @@ pub use origins::{
     Protocol,
 };
 pub use server::ServerSettings;
-pub use store::{LocalTierSettings, S3Settings, StoreSettings, BUCKET_PLACEHOLDER};
+pub use store::{ConditionalPut, LocalTierSettings, S3Settings, StoreSettings, BUCKET_PLACEHOLDER};
 
 use admin::parse_admin;
 use buckets::parse_buckets;

@@ -25,14 +25,48 @@ pub struct S3Settings {
     pub region: String,
     /// `true`: `endpoint/bucket/key` (MinIO style); `false`: `bucket.endpoint/key`.
     pub path_style: bool,
-    /// AWS shared-credentials format, `[default]` profile; `None`: the `AWS_*` variables.
+    /// AWS shared-credentials format (`[default]`, or the profile `AWS_PROFILE` names), read
+    /// again when it changes; `None`: the credential chain (see `store/s3_credentials.rs`).
     pub credentials_file: Option<PathBuf>,
+    /// PEM file of the CA (or CAs) the endpoint's certificate is checked against, besides the
+    /// system's roots; for stores with a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// The longest wait for the head of a store's answer (retries included), and for the next
+    /// bytes of a body being read.
+    pub request_timeout_ms: u64,
+    /// How the store refuses to create an object that exists: what one fetch per key across
+    /// the fleet rests on.
+    pub conditional_put: ConditionalPut,
     /// The S3 bucket's name; [`BUCKET_PLACEHOLDER`] stands for the originpull bucket's name.
     pub bucket: String,
     /// Prepended to every object key, as is (give it a trailing `/` for a folder).
     pub prefix: String,
     /// `store.local_tier`: copies of store objects on this node's disk.
     pub local_tier: Option<LocalTierSettings>,
+}
+
+/// `store.s3.conditional_put`: how a lease object is created only if it does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConditionalPut {
+    /// `If-None-Match: *` on PUT (412 when it exists); takeover with `If-Match` (AWS S3, R2,
+    /// MinIO, Ceph RGW).
+    #[default]
+    IfNoneMatch,
+    /// `x-cos-forbid-overwrite: true` on PUT (409 `FileAlreadyExists`): Tencent COS.
+    CosForbidOverwrite,
+    /// No conditional write: leases are best effort, nodes may fetch a key more than once.
+    None,
+}
+
+impl ConditionalPut {
+    /// The name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConditionalPut::IfNoneMatch => "if_none_match",
+            ConditionalPut::CosForbidOverwrite => "cos_forbid_overwrite",
+            ConditionalPut::None => "none",
+        }
+    }
 }
 
 /// `store.local_tier`: copies of S3 objects on this node's disk.
@@ -62,9 +96,14 @@ const S3_KEYS: &[&str] = &[
     "region",
     "path_style",
     "credentials_file",
+    "ca_file",
     "bucket",
     "prefix",
+    "request_timeout_ms",
+    "conditional_put",
 ];
+/// `store.s3.request_timeout_ms` when not set.
+const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 3000;
 
 pub(crate) fn parse_store(top: &Section<'_>, errors: &mut Errors) -> StoreSettings {
     let Some(store) = top.nested("store", STORE_KEYS, "store.", errors) else {
@@ -131,17 +170,37 @@ fn parse_s3(s3: &Section<'_>, errors: &mut Errors) -> Option<S3Settings> {
         .typed::<String>("bucket", errors)
         .unwrap_or_else(|| BUCKET_PLACEHOLDER.to_string());
     let path_style = s3.typed::<bool>("path_style", errors).unwrap_or(false);
-    let credentials_file = s3
-        .typed::<String>("credentials_file", errors)
-        .filter(|path| {
-            let ok = !path.trim().is_empty();
-            if !ok {
-                errors.push("store", "store.s3.credentials_file", "must not be empty");
-            }
-            ok
-        })
-        .map(PathBuf::from);
+    let path = |key: &str, errors: &mut Errors| {
+        s3.typed::<String>(key, errors)
+            .filter(|path| {
+                let ok = !path.trim().is_empty();
+                if !ok {
+                    errors.push("store", &s3.field(key), "must not be empty");
+                }
+                ok
+            })
+            .map(PathBuf::from)
+    };
+    let credentials_file = path("credentials_file", errors);
+    let ca_file = path("ca_file", errors);
     let prefix = s3.typed::<String>("prefix", errors).unwrap_or_default();
+    let request_timeout_ms = s3.positive("request_timeout_ms", DEFAULT_REQUEST_TIMEOUT_MS, errors);
+    let conditional_put = match s3.typed::<String>("conditional_put", errors).as_deref() {
+        None | Some("if_none_match") => ConditionalPut::IfNoneMatch,
+        Some("cos_forbid_overwrite") => ConditionalPut::CosForbidOverwrite,
+        Some("none") => ConditionalPut::None,
+        Some(other) => {
+            errors.push(
+                "store",
+                "store.s3.conditional_put",
+                format!(
+                    "unknown mode {other:?}; expected `if_none_match`, `cos_forbid_overwrite` or \
+                     `none`"
+                ),
+            );
+            ConditionalPut::IfNoneMatch
+        }
+    };
 
     if let Some(endpoint) = &endpoint {
         if let Err(why) = check_endpoint(endpoint) {
@@ -163,6 +222,9 @@ fn parse_s3(s3: &Section<'_>, errors: &mut Errors) -> Option<S3Settings> {
         region: region?,
         path_style,
         credentials_file,
+        ca_file,
+        request_timeout_ms,
+        conditional_put,
         bucket,
         prefix,
         local_tier: None,
@@ -248,6 +310,41 @@ mod tests {
         assert_eq!(s3.prefix, "edge/");
         assert!(!s3.path_style);
         assert_eq!(s3.local_tier, None);
+        assert_eq!(s3.request_timeout_ms, 3000);
+        assert_eq!(
+            s3.conditional_put,
+            crate::config::ConditionalPut::IfNoneMatch
+        );
+        assert_eq!(s3.ca_file, None);
+    }
+
+    #[test]
+    fn reads_the_deadline_the_conditional_mode_and_the_ca() {
+        let config = Config::parse(&with_store(
+            "store:\n  backend: s3\n  s3: {endpoint: 'https://cos.example.com', region: r, request_timeout_ms: 500, conditional_put: cos_forbid_overwrite, ca_file: /etc/ca.pem}\n",
+        ))
+        .unwrap();
+        let StoreSettings::S3(s3) = config.store else {
+            panic!("not s3: {:?}", config.store);
+        };
+        assert_eq!(s3.request_timeout_ms, 500);
+        assert_eq!(
+            s3.conditional_put,
+            crate::config::ConditionalPut::CosForbidOverwrite
+        );
+        assert_eq!(s3.ca_file, Some(std::path::PathBuf::from("/etc/ca.pem")));
+        let text = Config::parse(&with_store(
+            "store:\n  backend: s3\n  s3: {endpoint: 'https://cos.example.com', region: r, request_timeout_ms: 0, conditional_put: if_match, ca_file: ''}\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "store.s3.request_timeout_ms: must be greater than 0",
+            "store.s3.conditional_put: unknown mode \"if_match\"; expected `if_none_match`, `cos_forbid_overwrite` or `none`",
+            "store.s3.ca_file: must not be empty",
+        ] {
+            assert!(text.contains(needle), "{needle} not in {text}");
+        }
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub mod hot;
 pub mod local_tier;
 pub mod md5;
 pub mod s3;
+pub mod s3_credentials;
+pub mod s3_lease;
+pub mod s3_link;
 pub mod s3_uploads;
 mod write_behind;
 

@@ -6,11 +6,12 @@
 //! one of the three candidates; it streams multipart uploads with a bounded number of parts in
 //! flight (`WriteMultipart`), carries Content-Type, Cache-Control, Content-Disposition,
 //! Content-Encoding and `x-amz-meta-*` both ways (`Attributes`), does ranged GETs as streams,
-//! and does conditional PUTs (`PutMode::Create` = `If-None-Match: *`, `PutMode::Update` =
-//! `If-Match`), which is what a fleet-wide lease needs. Its gap: a multipart complete cannot be
-//! made conditional. `aws-sdk-s3` adds checksum headers that COS, R2 and MinIO refuse unless
-//! configured away and costs far more to build; `opendal` brings a larger abstraction than the
-//! two operations needed here.
+//! does conditional PUTs (`PutMode::Create` = `If-None-Match: *`, `PutMode::Update` =
+//! `If-Match`), which is what a fleet-wide lease needs, and brings the AWS credential chain
+//! (web identity, container and instance roles, refreshed before they expire). Its gap: a
+//! multipart complete cannot be made conditional. `aws-sdk-s3` adds checksum headers that COS,
+//! R2 and MinIO refuse unless configured away and costs far more to build; `opendal` brings a
+//! larger abstraction than the two operations needed here.
 //!
 //! Mapping: object key = `prefix` + originpull key. An object is read with a HEAD (`open`) and
 //! then one ranged GET per contiguous run of reads, pinned to the version opened by `If-Match`,
@@ -22,27 +23,32 @@
 //! disk, so one left by a process killed mid-copy is aborted at the next start
 //! (`store/s3_uploads.rs`). The ETag served is whatever the store returns (for multipart
 //! uploads, `<md5 of part md5s>-<parts>`, not the content's MD5).
+//!
+//! Every request has a deadline and a store failing repeatedly is skipped for a while
+//! (`store/s3_link.rs`); the fill leases are in `store/s3_lease.rs`, the credentials in
+//! `store/s3_credentials.rs`.
 
 use std::collections::HashMap;
-use std::path::Path as FsPath;
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AwsCredentialProvider};
+use object_store::client::{HttpClient, HttpConnector};
 use object_store::path::Path;
-use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{
-    Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, GetRange, ObjectStore,
-    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
-    UpdateVersion, WriteMultipart,
+    Attribute, AttributeValue, Attributes, BackoffConfig, Certificate, ClientOptions, GetOptions,
+    GetRange, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
+    RetryConfig, WriteMultipart,
 };
 use parking_lot::Mutex;
 
+use super::s3_credentials::CredentialSource;
+use super::s3_lease::{LeaseWrites, Leases, LEASE_FOLDER, TAKEOVER_FOLDER};
+use super::s3_link::{DeadlineConnector, StoreLink};
 use super::s3_uploads::{JournaledUpload, UploadJournal};
 use super::{
     BucketStore, FillClaim, ListedObject, NewObject, ObjectMeta, ObjectWriter, StoreError,
@@ -58,118 +64,44 @@ pub const PART_BYTES: usize = 8 * 1024 * 1024;
 /// Parts uploaded at once by one writer: a copy holds at most this many parts (plus the one
 /// being filled) in memory.
 pub const PARTS_IN_FLIGHT: usize = 3;
-/// Lease objects live under this folder (inside `prefix`); keys under it are never served.
-pub const LEASE_FOLDER: &str = ".originpull-leases/";
-/// A lease not renewed for this long may be taken over: a node that died mid-copy blocks its
-/// key for at most this long.
-pub const LEASE_SECS: i64 = 60;
-/// The holder renews its lease this often while the copy runs.
-const LEASE_RENEW: Duration = Duration::from_secs(20);
-/// A failing store answers within this: a request is not held for minutes of retries.
-const RETRY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Retries of one failed request (5xx, no connection), within the operation's deadline.
 const MAX_RETRIES: usize = 2;
+/// A connection is given at most this long (and no longer than a request's deadline).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Life of the presigned URL of a lease's HEAD: it is used at once.
-const LEASE_HEAD_URL_LIFE: Duration = Duration::from_secs(60);
-
-/// Access keys for the S3 endpoint. Never printed: `Debug` shows only the key id's source.
-#[derive(Clone)]
-pub struct S3Credentials {
-    access_key_id: String,
-    secret_access_key: String,
-    session_token: Option<String>,
-}
-
-impl std::fmt::Debug for S3Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("S3Credentials(<redacted>)")
-    }
-}
-
-impl S3Credentials {
-    /// Reads `[default]` from an AWS shared-credentials file, or without one the
-    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (/ `AWS_SESSION_TOKEN`) variables. The
-    /// error names what is missing, never a value.
-    pub fn load(settings: &S3Settings) -> Result<S3Credentials, String> {
-        match &settings.credentials_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    format!(
-                        "store.s3.credentials_file {}: cannot read: {e}",
-                        path.display()
-                    )
-                })?;
-                parse_shared_credentials(&text, path)
-            }
-            None => {
-                let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-                match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-                    (Some(access_key_id), Some(secret_access_key)) => Ok(S3Credentials {
-                        access_key_id,
-                        secret_access_key,
-                        session_token: var("AWS_SESSION_TOKEN"),
-                    }),
-                    _ => Err("store.s3: no credentials_file, and AWS_ACCESS_KEY_ID / \
-                              AWS_SECRET_ACCESS_KEY are not both set"
-                        .to_string()),
-                }
-            }
-        }
-    }
-}
-
-/// The `[default]` profile of an AWS shared-credentials (INI) file.
-fn parse_shared_credentials(text: &str, path: &FsPath) -> Result<S3Credentials, String> {
-    let mut in_default = false;
-    let mut values: HashMap<String, String> = HashMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            in_default = section.trim() == "default";
-            continue;
-        }
-        if let (true, Some((name, value))) = (in_default, line.split_once('=')) {
-            values.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
-        }
-    }
-    let mut take = |name: &str| values.remove(name).filter(|v| !v.is_empty());
-    match (take("aws_access_key_id"), take("aws_secret_access_key")) {
-        (Some(access_key_id), Some(secret_access_key)) => Ok(S3Credentials {
-            access_key_id,
-            secret_access_key,
-            session_token: take("aws_session_token"),
-        }),
-        _ => Err(format!(
-            "store.s3.credentials_file {}: the [default] profile needs aws_access_key_id and \
-             aws_secret_access_key",
-            path.display()
-        )),
-    }
-}
 
 /// Objects in S3 buckets, one client per originpull bucket (built on first use, so buckets
 /// added by a reload work too).
 pub struct S3Store {
     settings: S3Settings,
-    credentials: S3Credentials,
+    credentials: CredentialSource,
+    link: Arc<StoreLink>,
+    lease_writes: LeaseWrites,
     /// Clients by S3 bucket.
     clients: Mutex<HashMap<String, Arc<AmazonS3>>>,
+    /// The credential provider the first client built, shared by the others (one refresh).
+    provider: Mutex<Option<AwsCredentialProvider>>,
     journal: Option<Arc<UploadJournal>>,
-    /// The HTTP client of requests object_store has no call for (see [`S3Store::head_lease`]).
+    /// The HTTP client of requests object_store has no call for (leases, upload listings).
     raw_http: Mutex<Option<HttpClient>>,
 }
 
 impl S3Store {
-    pub fn new(settings: S3Settings, credentials: S3Credentials) -> S3Store {
+    /// A store with clients of its own, sharing `link` (deadlines and health) with the others
+    /// of this process.
+    pub fn new(
+        settings: S3Settings,
+        credentials: CredentialSource,
+        link: Arc<StoreLink>,
+    ) -> S3Store {
         // Exported from the start, before the first request.
         LazyLock::force(&STORE_METRICS);
         S3Store {
+            lease_writes: LeaseWrites::assumed(settings.conditional_put),
             settings,
             credentials,
+            link,
             clients: Mutex::new(HashMap::new()),
+            provider: Mutex::new(None),
             journal: None,
             raw_http: Mutex::new(None),
         }
@@ -181,8 +113,18 @@ impl S3Store {
         self
     }
 
+    /// Writes leases as the start-up probe found the store can (see [`S3Store::probe_leases`]).
+    pub fn with_lease_writes(mut self, writes: LeaseWrites) -> S3Store {
+        self.lease_writes = writes;
+        self
+    }
+
     pub fn settings(&self) -> &S3Settings {
         &self.settings
+    }
+
+    pub(super) fn link(&self) -> &Arc<StoreLink> {
+        &self.link
     }
 
     /// Checks that the S3 bucket behind each of `buckets` answers a listing, and names each one
@@ -193,19 +135,26 @@ impl S3Store {
             let outcome = match self.client(bucket) {
                 Ok(client) => {
                     let prefix = Path::from(self.settings.prefix.as_str());
-                    let mut listing = client.list(Some(&prefix));
-                    match listing.next().await {
-                        None | Some(Ok(_)) => Ok(()),
-                        Some(Err(e)) => Err(e.to_string()),
-                    }
+                    let first_page = async {
+                        match client.list(Some(&prefix)).next().await {
+                            None | Some(Ok(_)) => Ok(()),
+                            Some(Err(e)) => Err(e),
+                        }
+                    };
+                    self.link
+                        .run("list", first_page)
+                        .await
+                        .map_err(|e| e.to_string())
                 }
                 Err(e) => Err(e.to_string()),
             };
             if let Err(why) = outcome {
                 failures.push(format!(
-                    "bucket {bucket:?}: S3 bucket {:?} at {} is not reachable: {why}",
+                    "bucket {bucket:?}: S3 bucket {:?} at {} is not reachable (credentials: \
+                     {}): {why}",
                     self.settings.s3_bucket_for(bucket),
-                    self.settings.endpoint
+                    self.settings.endpoint,
+                    self.credentials.describe()
                 ));
             }
         }
@@ -216,18 +165,43 @@ impl S3Store {
         }
     }
 
+    /// Checks in each S3 bucket behind `buckets` that the store refuses what the fleet's leases
+    /// rely on (`store.s3.conditional_put`; see `store/s3_lease.rs`), and returns how leases
+    /// are to be written. The error says which mode failed and what to set.
+    pub async fn probe_leases(&self, buckets: &[String]) -> Result<LeaseWrites, String> {
+        let mut s3_buckets: Vec<String> = buckets
+            .iter()
+            .map(|b| self.settings.s3_bucket_for(b))
+            .collect();
+        s3_buckets.sort();
+        s3_buckets.dedup();
+        let mut writes = LeaseWrites::assumed(self.settings.conditional_put);
+        for s3_bucket in s3_buckets {
+            let leases = self.leases_of(&s3_bucket).map_err(|e| e.to_string())?;
+            let found = leases.probe(&s3_bucket, &self.settings.endpoint).await?;
+            writes.replace_if_match &= found.replace_if_match;
+        }
+        Ok(writes)
+    }
+
     /// The client of originpull bucket `bucket`'s S3 bucket.
     fn client(&self, bucket: &str) -> Result<Arc<AmazonS3>, StoreError> {
         self.client_of(&self.settings.s3_bucket_for(bucket))
     }
 
-    /// Options of every HTTP client talking to the store.
-    pub(super) fn client_options(&self) -> ClientOptions {
-        // No overall timeout: a GET streams a whole object to a client at the client's pace.
-        ClientOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
+    /// Options of every HTTP client talking to the store. No overall timeout: a GET streams a
+    /// whole object to a client at the client's pace; the link's deadlines bound each wait.
+    fn client_options(&self) -> Result<ClientOptions, StoreError> {
+        let mut options = ClientOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT.min(self.link.request_timeout()))
             .with_timeout_disabled()
-            .with_allow_http(self.settings.endpoint.starts_with("http://"))
+            .with_allow_http(self.settings.endpoint.starts_with("http://"));
+        if let Some(ca_file) = &self.settings.ca_file {
+            for certificate in read_ca_file(ca_file).map_err(StoreError::Unavailable)? {
+                options = options.with_root_certificate(certificate);
+            }
+        }
+        Ok(options)
     }
 
     /// The client of S3 bucket `s3_bucket`.
@@ -245,92 +219,69 @@ impl S3Store {
                 None => self.settings.endpoint.clone(),
             }
         };
+        // Retries only while the operation's deadline (`StoreLink::run`) lasts.
         let retry = RetryConfig {
             max_retries: MAX_RETRIES,
-            retry_timeout: RETRY_TIMEOUT,
-            ..RetryConfig::default()
+            retry_timeout: self.link.request_timeout(),
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(1),
+                base: 2.0,
+            },
         };
-        let options = self.client_options();
-        let mut builder = AmazonS3Builder::new()
+        let builder = AmazonS3Builder::new()
             .with_endpoint(endpoint)
             .with_region(&self.settings.region)
             .with_bucket_name(s3_bucket)
             .with_virtual_hosted_style_request(!self.settings.path_style)
-            .with_access_key_id(&self.credentials.access_key_id)
-            .with_secret_access_key(&self.credentials.secret_access_key)
             .with_retry(retry)
-            .with_client_options(options);
-        if let Some(token) = &self.credentials.session_token {
-            builder = builder.with_token(token);
-        }
+            .with_http_connector(DeadlineConnector {
+                link: self.link.clone(),
+            })
+            .with_client_options(self.client_options()?);
+        let mut provider = self.provider.lock();
+        let builder = match provider.as_ref() {
+            Some(shared) => builder.with_credentials(shared.clone()),
+            None => self.credentials.apply(builder),
+        };
         let client = Arc::new(builder.build().map_err(store_error)?);
+        provider.get_or_insert_with(|| client.credentials().clone());
         clients.insert(s3_bucket.to_string(), client.clone());
         Ok(client)
     }
 
-    /// The HTTP client of requests sent by hand, made on first use with the store's options.
-    fn raw_http(&self) -> object_store::Result<HttpClient> {
+    /// The HTTP client of requests sent by hand, made on first use with the store's options
+    /// and deadlines.
+    pub(super) fn raw_http(&self) -> Result<HttpClient, StoreError> {
         let mut raw_http = self.raw_http.lock();
         if let Some(http) = raw_http.as_ref() {
             return Ok(http.clone());
         }
-        let http = ReqwestConnector::default().connect(&self.client_options())?;
+        let connector = DeadlineConnector {
+            link: self.link.clone(),
+        };
+        let http = connector
+            .connect(&self.client_options()?)
+            .map_err(store_error)?;
         *raw_http = Some(http.clone());
         Ok(http)
     }
 
-    /// Reads the lease at `path` with a HEAD, and the store's time of its answer; `None` when
-    /// there is no lease. object_store's `head` drops the response's `Date`, so this HEAD is
-    /// sent by hand: a URL presigned by object_store's own signer, sent with its HTTP client.
-    /// The lease's age is then judged by the store's clock alone (its `Last-Modified` against
-    /// its `Date`), so nodes with skewed clocks neither take a live lease over nor wait past
-    /// an expired one.
-    async fn head_lease(
-        &self,
-        client: &AmazonS3,
-        path: &Path,
-    ) -> object_store::Result<Option<HeldLease>> {
-        let url = client
-            .signed_url_opts(
-                http::Method::HEAD,
-                path,
-                LEASE_HEAD_URL_LIFE,
-                &SignedUrlOptions::new(),
-            )
-            .await?;
-        let request = http::Request::head(url.as_str())
-            .body(HttpRequestBody::empty())
-            .map_err(|e| generic_error(&e.to_string()))?;
-        let response = tokio::time::timeout(RETRY_TIMEOUT, self.raw_http()?.execute(request))
-            .await
-            .map_err(|_| generic_error("the lease HEAD timed out"))?
-            .map_err(|e| generic_error(&e.to_string()))?;
-        let status = response.status();
-        if status == http::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(generic_error(&format!("the lease HEAD answered {status}")));
-        }
-        let headers = response.headers();
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let last_modified = text("last-modified")
-            .and_then(http_date)
-            .ok_or_else(|| generic_error("the lease HEAD has no readable Last-Modified"))?;
-        Ok(Some(HeldLease {
-            version: UpdateVersion {
-                e_tag: text("etag").map(str::to_string),
-                version: text("x-amz-version-id").map(str::to_string),
-            },
-            last_modified,
-            store_now: store_date(headers),
-        }))
+    /// The lease requests of S3 bucket `s3_bucket`.
+    fn leases_of(&self, s3_bucket: &str) -> Result<Leases, StoreError> {
+        Ok(Leases {
+            client: self.client_of(s3_bucket)?,
+            http: self.raw_http()?,
+            link: self.link.clone(),
+            writes: self.lease_writes,
+            prefix: self.settings.prefix.clone(),
+        })
     }
 
     /// The S3 key of `key`; `None` for keys an S3 path cannot hold as is (empty segments, a
-    /// trailing `/`), which are then never stored.
+    /// trailing `/`), which are then never stored, and for keys under the lease folders.
     fn path_of(&self, key: &ObjectKey) -> Option<Path> {
-        if key.as_str().starts_with(LEASE_FOLDER) {
+        if key.as_str().starts_with(LEASE_FOLDER) || key.as_str().starts_with(TAKEOVER_FOLDER) {
             return None;
         }
         let full = format!("{}{}", self.settings.prefix, key.as_str());
@@ -341,124 +292,19 @@ impl S3Store {
     }
 }
 
-/// Renews a held lease until dropped, then deletes it.
-struct LeaseGuard {
-    client: Arc<AmazonS3>,
-    path: Path,
-    renewer: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for LeaseGuard {
-    fn drop(&mut self) {
-        self.renewer.abort();
-        let (client, path) = (self.client.clone(), self.path.clone());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(e) = client.delete(&path).await {
-                    // It expires by itself; another node takes it over after LEASE_SECS.
-                    log::warn!("S3 store: releasing the lease {path}: {e}");
-                }
-            });
-        }
+/// The certificates of `store.s3.ca_file`.
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<Certificate>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("store.s3.ca_file {}: cannot read: {e}", path.display()))?;
+    let certificates = Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("store.s3.ca_file {}: {e}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "store.s3.ca_file {}: holds no PEM certificate",
+            path.display()
+        ));
     }
-}
-
-/// A lease as a HEAD found it.
-struct HeldLease {
-    /// Its ETag (and version), for the `If-Match` of a takeover.
-    version: UpdateVersion,
-    /// When it was last written (created or renewed), by the store's clock.
-    last_modified: chrono::DateTime<chrono::Utc>,
-    /// The `Date` of the store's answer: the store's clock at the HEAD.
-    store_now: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-/// Whether a lease last written at `last_modified` may be taken over at `store_now`, both read
-/// from the store's clock.
-fn lease_expired(
-    last_modified: chrono::DateTime<chrono::Utc>,
-    store_now: chrono::DateTime<chrono::Utc>,
-) -> bool {
-    (store_now - last_modified).num_seconds() >= LEASE_SECS
-}
-
-/// An HTTP date (`Date`, `Last-Modified`).
-fn http_date(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    httpdate::parse_http_date(text)
-        .ok()
-        .map(chrono::DateTime::<chrono::Utc>::from)
-}
-
-/// The store's clock at its answer: the response's `Date`.
-pub(super) fn store_date(headers: &http::HeaderMap) -> Option<chrono::DateTime<chrono::Utc>> {
-    headers
-        .get(http::header::DATE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(http_date)
-}
-
-pub(super) fn generic_error(message: &str) -> object_store::Error {
-    object_store::Error::Generic {
-        store: "S3",
-        source: message.to_string().into(),
-    }
-}
-
-fn lease_body() -> PutPayload {
-    PutPayload::from(format!(
-        "originpull fill lease, pid {}\n",
-        std::process::id()
-    ))
-}
-
-fn version_of(result: object_store::PutResult) -> UpdateVersion {
-    UpdateVersion {
-        e_tag: result.e_tag,
-        version: result.version,
-    }
-}
-
-/// Keeps the lease fresh while the copy runs; stops if another node took it over.
-async fn renew_lease(client: Arc<AmazonS3>, path: Path, mut version: UpdateVersion) {
-    loop {
-        tokio::time::sleep(LEASE_RENEW).await;
-        let options = PutOptions {
-            mode: PutMode::Update(version.clone()),
-            ..PutOptions::default()
-        };
-        match timed("lease", client.put_opts(&path, lease_body(), options)).await {
-            Ok(result) => version = version_of(result),
-            Err(e) => {
-                log::warn!("S3 store: lease {path} lost: {e}");
-                return;
-            }
-        }
-    }
-}
-
-/// Runs one request to the store, timing it and counting its failure under `operation`.
-pub(super) async fn timed<T>(
-    operation: &'static str,
-    request: impl std::future::Future<Output = object_store::Result<T>>,
-) -> object_store::Result<T> {
-    let started = Instant::now();
-    let result = request.await;
-    STORE_METRICS
-        .request_seconds
-        .with_label_values(&[operation])
-        .observe(started.elapsed().as_secs_f64());
-    if let Err(e) = &result {
-        let expected = matches!(
-            e,
-            object_store::Error::NotFound { .. }
-                | object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. }
-        );
-        if !expected {
-            STORE_METRICS.errors.with_label_values(&[operation]).inc();
-        }
-    }
-    result
+    Ok(certificates)
 }
 
 fn store_error(e: object_store::Error) -> StoreError {
@@ -543,7 +389,7 @@ impl BucketStore for S3Store {
             head: true,
             ..GetOptions::default()
         };
-        let result = match timed("head", client.get_opts(&path, head)).await {
+        let result = match self.link.run("head", client.get_opts(&path, head)).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(store_error(e)),
@@ -551,6 +397,7 @@ impl BucketStore for S3Store {
         let meta = object_meta(key, &result.meta, &result.attributes);
         Ok(Some(Box::new(S3Object {
             client,
+            link: self.link.clone(),
             path,
             version: result.meta.e_tag.clone(),
             meta,
@@ -558,74 +405,22 @@ impl BucketStore for S3Store {
         })))
     }
 
-    /// A lease object `LEASE_FOLDER + key`, created with `If-None-Match: *`; one older than
-    /// [`LEASE_SECS`] by the store's clock (its Last-Modified against the `Date` of the HEAD
-    /// that read it, see [`S3Store::head_lease`]) is taken over with `If-Match` on its ETag.
-    /// The store decides each race: exactly one node wins.
+    /// The lease object `LEASE_FOLDER + key` (see `store/s3_lease.rs`): the store decides
+    /// each race, exactly one node wins (with `conditional_put: none`, best effort).
     async fn claim_fill(
         &self,
         bucket: &str,
         key: &ObjectKey,
     ) -> Result<Option<FillClaim>, StoreError> {
-        let Some(path) = Path::parse(format!(
-            "{}{LEASE_FOLDER}{}",
-            self.settings.prefix,
-            key.as_str()
-        ))
-        .ok()
-        .filter(|_| self.path_of(key).is_some()) else {
+        let leases = self.leases_of(&self.settings.s3_bucket_for(bucket))?;
+        let Some(path) = leases
+            .lease_path(key.as_str())
+            .filter(|_| self.path_of(key).is_some())
+        else {
             // Not storable: the copy fails at `create`, no lease needed.
             return Ok(Some(FillClaim::default()));
         };
-        let client = self.client(bucket)?;
-        let create = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        let version = match timed("lease", client.put_opts(&path, lease_body(), create)).await {
-            Ok(result) => version_of(result),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                let held = match timed("lease", self.head_lease(&client, &path)).await {
-                    Ok(Some(held)) => held,
-                    // Released meanwhile: the caller asks again.
-                    Ok(None) => return Ok(None),
-                    Err(e) => return Err(store_error(e)),
-                };
-                let store_now = held.store_now.unwrap_or_else(|| {
-                    log::warn!(
-                        "S3 store: the store sent no Date with the lease {path}; judging its \
-                         age by this node's clock"
-                    );
-                    chrono::Utc::now()
-                });
-                if !lease_expired(held.last_modified, store_now) {
-                    return Ok(None);
-                }
-                let take_over = PutOptions {
-                    mode: PutMode::Update(held.version),
-                    ..PutOptions::default()
-                };
-                match timed("lease", client.put_opts(&path, lease_body(), take_over)).await {
-                    Ok(result) => {
-                        log::warn!("S3 store: took over the expired lease {path}");
-                        version_of(result)
-                    }
-                    Err(
-                        object_store::Error::Precondition { .. }
-                        | object_store::Error::AlreadyExists { .. }
-                        | object_store::Error::NotFound { .. },
-                    ) => return Ok(None),
-                    Err(e) => return Err(store_error(e)),
-                }
-            }
-            Err(e) => return Err(store_error(e)),
-        };
-        let renewer = tokio::spawn(renew_lease(client.clone(), path.clone(), version));
-        Ok(Some(FillClaim::held_by(LeaseGuard {
-            client,
-            path,
-            renewer,
-        })))
+        leases.claim(key.as_str(), path).await.map_err(store_error)
     }
 
     async fn create(
@@ -641,6 +436,7 @@ impl BucketStore for S3Store {
         })?;
         Ok(Box::new(S3Writer {
             client: self.client(bucket)?,
+            link: self.link.clone(),
             s3_bucket: self.settings.s3_bucket_for(bucket),
             journal: self.journal.clone(),
             path,
@@ -688,7 +484,7 @@ impl BucketStore for S3Store {
             return Ok(None);
         };
         let client = self.client(bucket)?;
-        match timed("delete", client.delete(&path)).await {
+        match self.link.run("delete", client.delete(&path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(Some(meta)),
             Err(e) => Err(store_error(e)),
         }
@@ -698,6 +494,10 @@ impl BucketStore for S3Store {
         use futures::TryStreamExt;
         let client = self.client(bucket)?;
         let store_prefix = format!("{}{prefix}", self.settings.prefix);
+        // Not bounded as a whole (a large bucket lists for long): each page has its deadline.
+        if !self.link.admit("list") {
+            return Err(store_error(super::s3_link::store_marked_down()));
+        }
         let objects: Vec<object_store::ObjectMeta> = client
             .list(None)
             .try_filter(|meta| {
@@ -705,11 +505,19 @@ impl BucketStore for S3Store {
             })
             .try_collect()
             .await
-            .map_err(store_error)?;
-        let lease_folder = format!("{}{LEASE_FOLDER}", self.settings.prefix);
+            .map_err(|e| {
+                STORE_METRICS.errors.with_label_values(&["list"]).inc();
+                store_error(e)
+            })?;
+        let reserved =
+            [LEASE_FOLDER, TAKEOVER_FOLDER].map(|f| format!("{}{f}", self.settings.prefix));
         Ok(objects
             .into_iter()
-            .filter(|meta| !meta.location.as_ref().starts_with(lease_folder.as_str()))
+            .filter(|meta| {
+                !reserved
+                    .iter()
+                    .any(|folder| meta.location.as_ref().starts_with(folder.as_str()))
+            })
             .filter_map(|meta| {
                 let key = meta
                     .location
@@ -734,6 +542,7 @@ impl BucketStore for S3Store {
 /// An object opened with a HEAD; its bytes come from ranged GETs of that same version.
 struct S3Object {
     client: Arc<AmazonS3>,
+    link: Arc<StoreLink>,
     path: Path,
     /// The ETag as the store sent it, for `If-Match`.
     version: Option<String>,
@@ -768,7 +577,8 @@ impl StoredObject for S3Object {
                 if_match: self.version.clone(),
                 ..GetOptions::default()
             };
-            let result = timed("get", self.client.get_opts(&self.path, options))
+            let result = (self.link)
+                .run("get", self.client.get_opts(&self.path, options))
                 .await
                 .map_err(|e| match e {
                     object_store::Error::Precondition { .. }
@@ -816,6 +626,7 @@ impl StoredObject for S3Object {
 /// A new object: one part buffered, then a multipart upload (see the module documentation).
 struct S3Writer {
     client: Arc<AmazonS3>,
+    link: Arc<StoreLink>,
     s3_bucket: String,
     journal: Option<Arc<UploadJournal>>,
     path: Path,
@@ -840,6 +651,7 @@ impl S3Writer {
             };
             let upload = JournaledUpload::create(
                 self.client.clone(),
+                self.link.clone(),
                 self.path.clone(),
                 &self.s3_bucket,
                 options,
@@ -862,6 +674,7 @@ impl S3Writer {
 /// store cannot be asked right after the commit.
 async fn committed_meta(
     client: &AmazonS3,
+    link: &StoreLink,
     path: &Path,
     key: &ObjectKey,
     written: u64,
@@ -872,7 +685,7 @@ async fn committed_meta(
         head: true,
         ..GetOptions::default()
     };
-    if let Ok(result) = client.get_opts(path, head).await {
+    if let Ok(result) = link.run("head", client.get_opts(path, head)).await {
         return object_meta(key, &result.meta, &result.attributes);
     }
     let written = object_store::ObjectMeta {
@@ -922,23 +735,27 @@ impl ObjectWriter for S3Writer {
                     attributes: attributes_of(&object),
                     ..PutOptions::default()
                 };
-                timed("put", self.client.put_opts(&self.path, payload, options))
+                let bytes = payload.content_length() as u64;
+                (self.link)
+                    .run_sending(
+                        "put",
+                        bytes,
+                        self.client.put_opts(&self.path, payload, options),
+                    )
                     .await
                     .map_err(store_error)?
                     .e_tag
             }
             Some(upload) => {
+                // Each part and the completion have their deadlines (`JournaledUpload`), and
                 // `finish` aborts the upload itself when completing it fails.
-                timed("multipart_complete", upload.finish())
-                    .await
-                    .map_err(store_error)?
-                    .e_tag
+                upload.finish().await.map_err(store_error)?.e_tag
             }
         };
-        let client = self.client.clone();
+        let (client, link) = (self.client.clone(), self.link.clone());
         let (path, key, written) = (self.path.clone(), self.key.clone(), self.written);
         drop(self);
-        Ok(committed_meta(&client, &path, &key, written, &object, etag).await)
+        Ok(committed_meta(&client, &link, &path, &key, written, &object, etag).await)
     }
 }
 
@@ -954,7 +771,10 @@ impl Drop for S3Writer {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     if let Err(e) = upload.abort().await {
-                        log::warn!("S3 store: aborting the upload of {path}: {e}");
+                        log::warn!(
+                            "S3 store: aborting the upload of {path} failed (tried again in the \
+                             background): {e}"
+                        );
                     }
                 });
             }
@@ -966,42 +786,6 @@ impl Drop for S3Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_the_default_profile_only() {
-        let text = "[other]\naws_access_key_id = WRONG\naws_secret_access_key = WRONG\n\n\
-                    [default]\n# comment\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key=secret/key+1\n";
-        let credentials = parse_shared_credentials(text, FsPath::new("c")).unwrap();
-        assert_eq!(credentials.access_key_id, "AKIDEXAMPLE");
-        assert_eq!(credentials.secret_access_key, "secret/key+1");
-        assert!(credentials.session_token.is_none());
-        assert!(!format!("{credentials:?}").contains("secret"));
-    }
-
-    #[test]
-    fn a_profile_without_the_secret_is_refused_without_showing_values() {
-        let err = parse_shared_credentials(
-            "[default]\naws_access_key_id = AKIDEXAMPLE\n",
-            FsPath::new("/etc/c"),
-        )
-        .unwrap_err();
-        assert!(
-            err.contains("/etc/c") && err.contains("aws_secret_access_key"),
-            "{err}"
-        );
-        assert!(!err.contains("AKIDEXAMPLE"), "{err}");
-    }
-
-    #[test]
-    fn a_lease_expires_by_the_store_clock_alone() {
-        let at = |text: &str| http_date(text).unwrap();
-        let written = at("Mon, 02 Jan 2006 15:04:05 GMT");
-        // Dates long past by this node's clock: only the store's `Date` decides.
-        assert!(!lease_expired(written, at("Mon, 02 Jan 2006 15:05:04 GMT")));
-        assert!(lease_expired(written, at("Mon, 02 Jan 2006 15:05:05 GMT")));
-        // A lease the store dates in its own future (renewed since the Date was read) is live.
-        assert!(!lease_expired(written, at("Mon, 02 Jan 2006 15:00:00 GMT")));
-    }
 
     #[test]
     fn kept_headers_travel_as_s3_attributes_and_back() {

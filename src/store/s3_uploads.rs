@@ -7,7 +7,10 @@
 //! one small JSON file per upload in flight: S3 bucket, key, upload id, start time and the pid.
 //! [`JournaledUpload`] writes it (fsynced, file and directory) right after the store hands out
 //! the upload id and before the first part, and removes it once the upload is completed or
-//! aborted. It drives the upload through object_store's `MultipartStore` API, because the
+//! aborted. An entry that cannot be written (a full or read-only disk) aborts the upload before
+//! its first part and fails the copy: no upload runs that a crash could leave behind unknown.
+//! An abort that fails (the store is down just then) is tried again in the background while the
+//! node runs, backing off up to [`ABORT_RETRY_MAX`], and its entry stays until it succeeds. It drives the upload through object_store's `MultipartStore` API, because the
 //! `put_multipart_opts` upload never reveals its id; `create_multipart_opts` carries the same
 //! Content-Type and metadata. At start the entries of processes that are no longer running are
 //! aborted by id, which touches only this node's uploads (an entry of a process still running,
@@ -17,7 +20,7 @@
 //! The day-old sweep needs `ListMultipartUploads` (`GET /?uploads`), for which object_store has
 //! no call. It is signed by object_store's own SigV4 signer (`Signer::signed_url_opts`, a
 //! presigned URL carrying the `uploads`, `prefix` and marker parameters) and sent with
-//! object_store's HTTP client (`ReqwestConnector`), so no signing code of ours and no second
+//! object_store's HTTP client (with the store's deadlines), so no signing code of ours and no second
 //! S3 client crate (`rusty-s3` has no ListMultipartUploads action; `aws-sigv4` would sign the
 //! same request with a second copy of what object_store already has). The XML is read with
 //! `quick-xml`, which object_store already uses. Uploads younger than a day are never swept:
@@ -32,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use object_store::client::{HttpConnector, HttpRequestBody, ReqwestConnector};
+use object_store::client::HttpRequestBody;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::signer::{SignedUrlOptions, Signer};
@@ -42,7 +45,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
 
-use super::s3::{generic_error, store_date, timed, S3Store};
+use super::s3::S3Store;
+use super::s3_lease::{generic_error, store_date};
+use super::s3_link::StoreLink;
 use crate::metrics::STORE_METRICS;
 
 /// The journal's directory inside the node's state directory.
@@ -51,10 +56,11 @@ pub const JOURNAL_DIR: &str = ".s3-uploads";
 pub const STALE_UPLOAD_SECS: i64 = 24 * 60 * 60;
 /// Life of the presigned listing URL: it is used at once.
 const LIST_URL_SECS: u64 = 60;
-/// A listing answers within this, or the sweep of that bucket gives up until the next start.
-const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pages of 1000 uploads; more than this many pages means something is wrong with the markers.
 const MAX_LIST_PAGES: usize = 10_000;
+/// The first wait before a failed abort is tried again; it doubles up to [`ABORT_RETRY_MAX`].
+const ABORT_RETRY_FIRST: Duration = Duration::from_secs(1);
+const ABORT_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// One multipart upload in flight, as the journal keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +175,7 @@ impl JournalTicket {
 #[derive(Debug)]
 pub(super) struct JournaledUpload {
     client: Arc<object_store::aws::AmazonS3>,
+    link: Arc<StoreLink>,
     path: Path,
     id: MultipartId,
     next_part: usize,
@@ -177,54 +184,62 @@ pub(super) struct JournaledUpload {
 }
 
 impl JournaledUpload {
-    /// Creates the upload with `options` and journals it (when `journal` is set). A journal that
-    /// cannot be written is logged, not fatal: the day-old sweep still aborts the upload if this
-    /// process dies with it.
+    /// Creates the upload with `options` and journals it (when `journal` is set). When the
+    /// entry cannot be written the upload is aborted at once and this fails: an upload a crash
+    /// could leave behind with no entry is never started.
     pub(super) async fn create(
         client: Arc<object_store::aws::AmazonS3>,
+        link: Arc<StoreLink>,
         path: Path,
         s3_bucket: &str,
         options: object_store::PutMultipartOptions,
         journal: Option<&Arc<UploadJournal>>,
     ) -> object_store::Result<JournaledUpload> {
-        let id = timed(
-            "multipart_start",
-            client.create_multipart_opts(&path, options),
-        )
-        .await?;
-        let ticket = match journal {
-            Some(journal) => {
-                let entry = JournalEntry {
-                    s3_bucket: s3_bucket.to_string(),
-                    key: path.as_ref().to_string(),
-                    upload_id: id.clone(),
-                    started: SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs(),
-                    pid: std::process::id(),
-                };
-                match journal.record(entry).await {
-                    Ok(ticket) => Some(ticket),
-                    Err(e) => {
-                        log::warn!(
-                            "S3 store: cannot journal the upload of {path} in {}: {e}",
-                            journal.dir.display()
-                        );
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
-        Ok(JournaledUpload {
+        let id = link
+            .run(
+                "multipart_start",
+                client.create_multipart_opts(&path, options),
+            )
+            .await?;
+        let mut upload = JournaledUpload {
             client,
+            link,
             path,
             id,
             next_part: 0,
             parts: Arc::new(Mutex::new(Vec::new())),
-            ticket,
-        })
+            ticket: None,
+        };
+        let Some(journal) = journal else {
+            return Ok(upload);
+        };
+        let entry = JournalEntry {
+            s3_bucket: s3_bucket.to_string(),
+            key: upload.path.as_ref().to_string(),
+            upload_id: upload.id.clone(),
+            started: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            pid: std::process::id(),
+        };
+        match journal.record(entry).await {
+            Ok(ticket) => {
+                upload.ticket = Some(ticket);
+                Ok(upload)
+            }
+            Err(e) => {
+                STORE_METRICS.errors.with_label_values(&["journal"]).inc();
+                let why = format!(
+                    "cannot journal the multipart upload of {} in {} ({e}), so it is not started",
+                    upload.path,
+                    journal.dir.display()
+                );
+                // Nothing was uploaded yet; a failed abort is tried again in the background.
+                let _ = upload.abort().await;
+                Err(generic_error(&why))
+            }
+        }
     }
 
     fn forget(&mut self) {
@@ -240,9 +255,16 @@ impl MultipartUpload for JournaledUpload {
         let index = self.next_part;
         self.next_part += 1;
         let (client, path, id) = (self.client.clone(), self.path.clone(), self.id.clone());
-        let parts = self.parts.clone();
+        let (link, parts) = (self.link.clone(), self.parts.clone());
         Box::pin(async move {
-            let part = client.put_part(&path, &id, index, data).await?;
+            let bytes = data.content_length() as u64;
+            let part = link
+                .run_sending(
+                    "multipart_part",
+                    bytes,
+                    client.put_part(&path, &id, index, data),
+                )
+                .await?;
             let mut parts = parts.lock();
             if parts.len() <= index {
                 parts.resize(index + 1, None);
@@ -264,25 +286,90 @@ impl MultipartUpload for JournaledUpload {
             source: format!("{}: a part of the upload is missing", self.path).into(),
         })?;
         let result = self
-            .client
-            .complete_multipart(&self.path, &self.id, parts)
+            .link
+            .run(
+                "multipart_complete",
+                self.client.complete_multipart(&self.path, &self.id, parts),
+            )
             .await?;
         self.forget();
         Ok(result)
     }
 
+    /// Aborts the upload; when that fails, hands it to a task that tries again in the
+    /// background (keeping its journal entry until then) and returns the failure.
     async fn abort(&mut self) -> object_store::Result<()> {
-        match timed(
-            "multipart_abort",
-            self.client.abort_multipart(&self.path, &self.id),
-        )
-        .await
-        {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+        match abort_once(&self.link, &self.client, &self.path, &self.id).await {
+            Ok(()) => {
                 self.forget();
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                let retry = AbortRetry {
+                    client: self.client.clone(),
+                    link: self.link.clone(),
+                    path: self.path.clone(),
+                    id: self.id.clone(),
+                    ticket: self.ticket.take(),
+                };
+                tokio::spawn(retry.run());
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One abort of upload `id` of `path`; an upload already gone counts as aborted.
+async fn abort_once(
+    link: &StoreLink,
+    client: &object_store::aws::AmazonS3,
+    path: &Path,
+    id: &MultipartId,
+) -> object_store::Result<()> {
+    match link
+        .run("multipart_abort", client.abort_multipart(path, id))
+        .await
+    {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// An abort that failed, tried again in the background until it succeeds (see the module
+/// documentation); its journal entry goes once it did.
+struct AbortRetry {
+    client: Arc<object_store::aws::AmazonS3>,
+    link: Arc<StoreLink>,
+    path: Path,
+    id: MultipartId,
+    ticket: Option<JournalTicket>,
+}
+
+impl AbortRetry {
+    async fn run(self) {
+        let mut wait = ABORT_RETRY_FIRST;
+        let mut tries = 1;
+        loop {
+            tokio::time::sleep(wait).await;
+            tries += 1;
+            if abort_once(&self.link, &self.client, &self.path, &self.id)
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            wait = (wait * 2).min(ABORT_RETRY_MAX);
+        }
+        STORE_METRICS
+            .uploads_aborted
+            .with_label_values(&["retried"])
+            .inc();
+        log::info!(
+            "S3 store: aborted the upload of {} after {tries} tries",
+            self.path
+        );
+        if let Some(ticket) = self.ticket {
+            ticket.remove();
         }
     }
 }
@@ -419,11 +506,12 @@ impl UploadCleanup {
                 return LeftUpload::Unknown;
             }
         };
-        match timed(
-            "multipart_abort",
-            client.abort_multipart(&path, &entry.upload_id),
-        )
-        .await
+        match (self.store.link())
+            .run(
+                "multipart_abort",
+                client.abort_multipart(&path, &entry.upload_id),
+            )
+            .await
         {
             Ok(()) => LeftUpload::Aborted,
             Err(object_store::Error::NotFound { .. }) => LeftUpload::Gone,
@@ -441,9 +529,7 @@ impl UploadCleanup {
     /// day; returns how many it aborted.
     async fn sweep_stale(&self, s3_bucket: &str) -> Result<u64, String> {
         let client = self.store.client_of(s3_bucket).map_err(|e| e.to_string())?;
-        let http = ReqwestConnector::default()
-            .connect(&self.store.client_options())
-            .map_err(|e| e.to_string())?;
+        let http = self.store.raw_http().map_err(|e| e.to_string())?;
         let prefix = self.store.settings().prefix.clone();
         let mut markers: Option<(String, String)> = None;
         let mut aborted = 0;
@@ -466,32 +552,36 @@ impl UploadCleanup {
             let request = http::Request::get(url.as_str())
                 .body(HttpRequestBody::empty())
                 .map_err(|e| e.to_string())?;
-            let listed = timed("list_uploads", async {
-                let response = tokio::time::timeout(LIST_TIMEOUT, http.execute(request))
-                    .await
-                    .map_err(|_| generic_error("the listing timed out"))?
-                    .map_err(|e| generic_error(&e.to_string()))?;
-                let status = response.status();
-                let now = store_date(response.headers()).unwrap_or_else(chrono::Utc::now);
-                let body = tokio::time::timeout(LIST_TIMEOUT, response.into_body().bytes())
-                    .await
-                    .map_err(|_| generic_error("the listing timed out"))?
-                    .map_err(|e| generic_error(&e.to_string()))?;
-                if !status.is_success() {
-                    return Err(generic_error(&format!(
-                        "ListMultipartUploads answered {status}: {}",
-                        String::from_utf8_lossy(&body)
-                            .chars()
-                            .take(300)
-                            .collect::<String>()
-                    )));
-                }
-                parse_listing(&body)
-                    .map(|listing| (listing, now))
-                    .map_err(|e| generic_error(&e))
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+            let listed = self
+                .store
+                .link()
+                .run("list_uploads", async {
+                    let response = http
+                        .execute(request)
+                        .await
+                        .map_err(|e| generic_error(&e.to_string()))?;
+                    let status = response.status();
+                    let now = store_date(response.headers()).unwrap_or_else(chrono::Utc::now);
+                    let body = response
+                        .into_body()
+                        .bytes()
+                        .await
+                        .map_err(|e| generic_error(&e.to_string()))?;
+                    if !status.is_success() {
+                        return Err(generic_error(&format!(
+                            "ListMultipartUploads answered {status}: {}",
+                            String::from_utf8_lossy(&body)
+                                .chars()
+                                .take(300)
+                                .collect::<String>()
+                        )));
+                    }
+                    parse_listing(&body)
+                        .map(|listing| (listing, now))
+                        .map_err(|e| generic_error(&e))
+                })
+                .await
+                .map_err(|e| e.to_string())?;
             let (listing, now) = listed;
             for upload in &listing.uploads {
                 if !upload.key.starts_with(prefix.as_str()) || !is_stale(&upload.initiated, now) {
@@ -500,12 +590,7 @@ impl UploadCleanup {
                 let Ok(path) = Path::parse(&upload.key) else {
                     continue;
                 };
-                match timed(
-                    "multipart_abort",
-                    client.abort_multipart(&path, &upload.upload_id),
-                )
-                .await
-                {
+                match abort_once(self.store.link(), &client, &path, &upload.upload_id).await {
                     Ok(()) => {
                         aborted += 1;
                         STORE_METRICS
@@ -513,7 +598,6 @@ impl UploadCleanup {
                             .with_label_values(&["older_than_a_day"])
                             .inc();
                     }
-                    Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => log::warn!("S3 store: aborting the stale upload of {path}: {e}"),
                 }
             }

@@ -528,6 +528,9 @@ pub struct TestCert {
     pub ca_pem: String,
     pub cert_der: rustls::pki_types::CertificateDer<'static>,
     key_der: Vec<u8>,
+    /// The server certificate and its key, PEM, for servers outside this process.
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 impl TestCert {
@@ -551,6 +554,8 @@ impl TestCert {
             ca_pem: ca.pem(),
             cert_der: server.der().clone(),
             key_der: server_key.serialize_der(),
+            cert_pem: server.pem(),
+            key_pem: server_key.serialize_pem(),
         }
     }
 
@@ -1561,6 +1566,8 @@ pub struct OriginpullConfig {
     /// Whole bucket entries in YAML (a mapping each, written unindented), for settings the
     /// tuple form cannot express (several origins, rules, CORS...).
     pub bucket_yaml: Vec<String>,
+    /// Environment variables the process gets besides the test's own.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for OriginpullConfig {
@@ -1573,6 +1580,7 @@ impl Default for OriginpullConfig {
             server_extra_yaml: String::new(),
             extra_yaml: String::new(),
             bucket_yaml: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -1586,6 +1594,12 @@ impl OriginpullConfig {
     pub fn with_bucket(mut self, name: &str, origin: &str) -> Self {
         self.buckets
             .push((name.to_string(), true, Some(origin.to_string())));
+        self
+    }
+
+    /// Sets an environment variable of the process.
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -1830,6 +1844,7 @@ impl Originpull {
             .arg(&self.config_path)
             .current_dir(self.dir.path())
             .env("RUST_BACKTRACE", "1")
+            .envs(self.config.env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(open_log(&self.stdout_path)))
             .stderr(Stdio::from(open_log(&self.stderr_path)))
@@ -1950,13 +1965,7 @@ impl Originpull {
 
     /// Sends a signal by name ("HUP", "TERM", "INT", "QUIT") via `kill(1)`.
     pub fn signal(&self, signal: &str) {
-        let pid = self.pid().expect("originpull is not running");
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+        send_signal(self.pid().expect("originpull is not running"), signal);
     }
 
     /// Waits up to `timeout` for the process to exit on its own; `None` if still running.
@@ -2154,6 +2163,16 @@ pub fn run_to_exit(yaml: &str, args: &[&str], timeout: Duration) -> Option<(i32,
     let mut text = fs::read_to_string(&stdout_path).unwrap_or_default();
     text.push_str(&fs::read_to_string(&stderr_path).unwrap_or_default());
     status.map(|status| (status.code().unwrap_or(-1), text))
+}
+
+/// Sends `signal` (a name such as `HUP`, `STOP`) to process `pid` with `kill`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed: {status}");
 }
 
 /// A process that is SIGKILLed and reaped when dropped.
