@@ -342,6 +342,7 @@ impl MirrorMiss<'_> {
             FillEnd::Denied => (ErrorCode::AccessDenied, RequestResult::Error),
             FillEnd::Timeout => (ErrorCode::GatewayTimeout, RequestResult::Error),
             FillEnd::StoreFailed => (ErrorCode::InternalError, RequestResult::Error),
+            FillEnd::StoreUnavailable => (ErrorCode::ServiceUnavailable, RequestResult::Error),
             FillEnd::Stored | FillEnd::TooLarge | FillEnd::OriginFailed | FillEnd::Moved => {
                 (ErrorCode::BadGateway, RequestResult::Error)
             }

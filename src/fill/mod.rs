@@ -132,6 +132,10 @@ pub enum FillEnd {
     OriginFailed,
     /// The bucket store failed.
     StoreFailed,
+    /// The store could not be asked for the key's fleet-wide claim: nothing was asked of the
+    /// origin, so the key is not remembered as failed (it is stored maybe, and served once the
+    /// store answers again).
+    StoreUnavailable,
 }
 
 impl FillEnd {
@@ -727,7 +731,7 @@ impl Filler {
                     id.bucket.metrics.count_fill(FillOutcome::StoreError);
                     return Err(CopyEnd::failed(
                         format!("claiming the copy: {e}"),
-                        FillEnd::StoreFailed,
+                        FillEnd::StoreUnavailable,
                     ));
                 }
             }
@@ -739,8 +743,20 @@ impl Filler {
         }
     }
 
-    /// Runs one copy; returns how it ended, which a streaming client also learns.
+    /// Runs one copy; returns how it ended, which a streaming client also learns, however it
+    /// ended (found stored, not claimed, fetched or failed).
     async fn run(&self, job: &mut CopyJob) -> CopyEnd {
+        let end = self.copy(job).await;
+        if let Some(mut sink) = job.sink.take() {
+            sink.offer(match &end {
+                CopyEnd::Stored { .. } | CopyEnd::AlreadyStored => MirrorEvent::End,
+                failed => MirrorEvent::Failed(failed.clone()),
+            });
+        }
+        end
+    }
+
+    async fn copy(&self, job: &mut CopyJob) -> CopyEnd {
         let bucket = job.id.bucket_name();
         // A copy that committed between this key's store lookup and its copy request: the
         // object is there, so the origin is not asked again.
@@ -847,7 +863,7 @@ impl Filler {
                 .with_label_values(&[bucket, origin.label.as_str(), outcome.as_str()])
                 .inc();
         }
-        let end = match result {
+        match result {
             Ok(meta) => {
                 failures::record_success(bucket, key.as_str());
                 CopyEnd::Stored { bytes: meta.size }
@@ -856,14 +872,7 @@ impl Filler {
                 failures::record_failure(bucket, key.as_str(), &e.to_string());
                 CopyEnd::of_error(e)
             }
-        };
-        if let Some(mut sink) = job.sink.take() {
-            sink.offer(match &end {
-                CopyEnd::Stored { .. } | CopyEnd::AlreadyStored => MirrorEvent::End,
-                failed => MirrorEvent::Failed(failed.clone()),
-            });
         }
-        end
     }
 
     /// Ends a revalidation: a `304` refreshes the check time, a `200` has replaced the object
@@ -931,7 +940,8 @@ impl Filler {
             schedule.revalidating.remove(id);
         } else {
             schedule.in_flight.remove(id);
-            if end.is_failure() && limits.negative_ttl_secs > 0 {
+            let origin_asked = end.kind() != FillEnd::StoreUnavailable;
+            if end.is_failure() && origin_asked && limits.negative_ttl_secs > 0 {
                 let ttl = Duration::from_secs(limits.negative_ttl_secs);
                 schedule.remember_failure(id, end.kind(), coarse_now(), ttl);
             } else {

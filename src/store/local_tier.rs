@@ -32,7 +32,12 @@ use super::{
 };
 use crate::config::LocalTierSettings;
 use crate::key::{encode_origin_path, ObjectKey};
+use crate::log_summary::SummarizedLog;
 use crate::metrics::STORE_METRICS;
+
+/// Copies that fail while the store fails: one per key a client asks for.
+static COPY_FAILURES: SummarizedLog =
+    SummarizedLog::new(log::Level::Warn, module_path!(), "local tier copies failed");
 
 /// Bytes read from the store per call while a copy is made.
 const COPY_CHUNK: usize = 1024 * 1024;
@@ -274,7 +279,8 @@ impl<S: BucketStore> Shared<S> {
             Ok(None) => {}
             Err(e) => {
                 drop(index);
-                log::warn!("local tier: copying {:?} of {bucket}: {e}", key.as_str());
+                COPY_FAILURES
+                    .note(|| format!("local tier: copying {:?} of {bucket}: {e}", key.as_str()));
             }
         }
     }

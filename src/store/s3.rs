@@ -56,7 +56,12 @@ use super::{
 };
 use crate::config::S3Settings;
 use crate::key::{encode_origin_path, ObjectKey};
+use crate::log_summary::SummarizedLog;
 use crate::metrics::STORE_METRICS;
+
+/// Aborts that fail while the store fails: one per copy cut off then.
+static ABORT_FAILURES: SummarizedLog =
+    SummarizedLog::new(log::Level::Warn, module_path!(), "upload aborts failed");
 
 /// Part size of a multipart upload, and the largest object sent as a single PUT. S3 needs at
 /// least 5 MiB per part (but the last); 8 MiB keeps a 10 000-part upload above 78 GiB.
@@ -771,10 +776,12 @@ impl Drop for S3Writer {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     if let Err(e) = upload.abort().await {
-                        log::warn!(
-                            "S3 store: aborting the upload of {path} failed (tried again in the \
-                             background): {e}"
-                        );
+                        ABORT_FAILURES.note(|| {
+                            format!(
+                                "S3 store: aborting the upload of {path} failed (tried again in \
+                                 the background): {e}"
+                            )
+                        });
                     }
                 });
             }

@@ -39,6 +39,14 @@ use tokio::sync::Notify;
 use super::s3_link::StoreLink;
 use super::FillClaim;
 use crate::config::ConditionalPut;
+use crate::log_summary::SummarizedLog;
+
+/// Leases renewed or released late while the store fails: one per copy running then.
+static LEASE_TROUBLE: SummarizedLog = SummarizedLog::new(
+    log::Level::Warn,
+    module_path!(),
+    "lease renewals or releases retried",
+);
 
 /// Lease objects live under this folder (inside `prefix`); keys under it are never served.
 pub const LEASE_FOLDER: &str = ".originpull-leases/";
@@ -438,11 +446,13 @@ impl Leases {
                 }
                 Renewal::Failed(e) => {
                     if !failing {
-                        log::warn!(
-                            "S3 store: renewing the lease {path} failed (trying again every \
-                             {}s): {e}",
-                            RENEW_RETRY.as_secs()
-                        );
+                        LEASE_TROUBLE.note(|| {
+                            format!(
+                                "S3 store: renewing the lease {path} failed (trying again every \
+                                 {}s): {e}",
+                                RENEW_RETRY.as_secs()
+                            )
+                        });
                     }
                     (next, failing) = (RENEW_RETRY, true);
                 }
@@ -465,22 +475,28 @@ impl Leases {
             match self.delete_if_match(path, etag).await {
                 Ok(()) => {
                     if tries > 1 {
-                        log::info!("S3 store: released the lease {path} after {tries} tries");
+                        LEASE_TROUBLE.note(|| {
+                            format!("S3 store: released the lease {path} after {tries} tries")
+                        });
                     }
                     return;
                 }
                 Err(e) => {
                     if tries == 1 {
-                        log::warn!(
-                            "S3 store: releasing the lease {path} failed (trying again until it \
-                             would expire): {e}"
-                        );
+                        LEASE_TROUBLE.note(|| {
+                            format!(
+                                "S3 store: releasing the lease {path} failed (trying again \
+                                 until it would expire): {e}"
+                            )
+                        });
                     }
                     if Instant::now() + wait >= last_start {
-                        log::warn!(
-                            "S3 store: gave up releasing the lease {path} after {tries} tries; \
-                             it expires by itself"
-                        );
+                        LEASE_TROUBLE.note(|| {
+                            format!(
+                                "S3 store: gave up releasing the lease {path} after {tries} \
+                                 tries; it expires by itself"
+                            )
+                        });
                         return;
                     }
                     tokio::time::sleep(wait).await;
