@@ -759,3 +759,70 @@ async fn index_documents_serve_folders_and_without_them_folders_redirect() {
     let closed = get(&server, "closed-1250000000", "/").await;
     assert_eq!(closed.status(), 404);
 }
+
+/// Issue #19 item 6: a pooled TLS connection that one bucket's trust verified is never handed
+/// to another bucket with other trust. Bucket A trusts the origin's private CA (`tls.ca_file`);
+/// bucket B has the same origin (`localhost:PORT`) with the system roots only, and bucket C
+/// the same origin with another private CA. Whatever copied before, B's and C's copies are
+/// refused, and A's are stored.
+#[tokio::test]
+async fn a_pooled_tls_connection_is_never_reused_by_a_bucket_with_other_trust() {
+    const TRUSTING: &str = "trusting-1250000000";
+    const SYSTEM_ROOTS: &str = "system-1250000000";
+    const OTHER_CA: &str = "otherca-1250000000";
+    let cert = TestCert::new();
+    let other = TestCert::new();
+    let origin = TestOrigin::start_tls(&cert);
+    for path in ["/a1.txt", "/a2.txt", "/b1.txt", "/b2.txt", "/c1.txt", "/c2.txt"] {
+        origin.route(path, Behavior::ok(format!("body of {path}")));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = cert.write_ca(dir.path(), "ca.pem");
+    let other_ca = other.write_ca(dir.path(), "other-ca.pem");
+    let port = origin.addr().port();
+    let https = format!("origins:\n    - address: localhost:{port}\n      protocol: https\n");
+    let server = Originpull::start(
+        OriginpullConfig::new()
+            .with_bucket_yaml(&format!(
+                "name: {TRUSTING}\norigin_pull:\n  enabled: true\n  {https}  tls:\n    ca_file: {}\n",
+                ca.display()
+            ))
+            .with_bucket_yaml(&format!(
+                "name: {SYSTEM_ROOTS}\norigin_pull:\n  enabled: true\n  {https}"
+            ))
+            .with_bucket_yaml(&format!(
+                "name: {OTHER_CA}\norigin_pull:\n  enabled: true\n  {https}  tls:\n    ca_file: {}\n",
+                other_ca.display()
+            ))
+            .with_extra_yaml("fill:\n  negative_ttl_secs: 0\n  origin_probe_interval_ms: 0\n"),
+    );
+    let refused = |bucket: &'static str, path: &'static str, nth: f64| {
+        let server = &server;
+        let origin = &origin;
+        async move {
+            assert_eq!(get(server, bucket, path).await.status(), 302);
+            assert!(
+                server.wait_fill_outcome(bucket, "origin_error", nth).await,
+                "{bucket}{path}: the copy did not fail"
+            );
+            assert_eq!(
+                origin.hits(path),
+                0,
+                "{bucket}{path}: a request reached the origin over a connection {bucket} does not trust"
+            );
+            assert_eq!(server.head_status(bucket, path).await, 302, "{bucket}{path}");
+        }
+    };
+
+    // B first (nothing pooled yet): refused; then A: stored, its verified connection pooled.
+    refused(SYSTEM_ROOTS, "/b1.txt", 1.0).await;
+    assert_eq!(get(&server, TRUSTING, "/a1.txt").await.status(), 302);
+    assert!(server.wait_stored(TRUSTING, "/a1.txt").await);
+    // After A: B and C must not be handed A's connection.
+    refused(SYSTEM_ROOTS, "/b2.txt", 2.0).await;
+    refused(OTHER_CA, "/c1.txt", 1.0).await;
+    // And A still copies after their refusals.
+    assert_eq!(get(&server, TRUSTING, "/a2.txt").await.status(), 302);
+    assert!(server.wait_stored(TRUSTING, "/a2.txt").await);
+    refused(OTHER_CA, "/c2.txt", 2.0).await;
+}
