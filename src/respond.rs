@@ -32,6 +32,8 @@ pub enum ErrorCode {
     AccessForbidden,
     /// The bucket store (S3 backend) failed and origin-pull cannot stand in for it.
     ServiceUnavailable,
+    /// A request line with an HTTP major version other than 1.
+    HttpVersionNotSupported,
 }
 
 impl ErrorCode {
@@ -49,6 +51,7 @@ impl ErrorCode {
             ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorCode::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::HttpVersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
         }
     }
 
@@ -67,6 +70,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "BadRequest",
             ErrorCode::AccessForbidden => "AccessForbidden",
             ErrorCode::ServiceUnavailable => "ServiceUnavailable",
+            ErrorCode::HttpVersionNotSupported => "HttpVersionNotSupported",
         }
     }
 
@@ -92,6 +96,9 @@ impl ErrorCode {
             // S3 words every CORS refusal this way, with the reason after it.
             ErrorCode::AccessForbidden => "CORSResponse:",
             ErrorCode::ServiceUnavailable => "The bucket's store is unavailable. Please try again.",
+            ErrorCode::HttpVersionNotSupported => {
+                "The HTTP version of the request is not supported."
+            }
         }
     }
 }

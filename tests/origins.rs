@@ -773,7 +773,9 @@ async fn a_pooled_tls_connection_is_never_reused_by_a_bucket_with_other_trust() 
     let cert = TestCert::new();
     let other = TestCert::new();
     let origin = TestOrigin::start_tls(&cert);
-    for path in ["/a1.txt", "/a2.txt", "/b1.txt", "/b2.txt", "/c1.txt", "/c2.txt"] {
+    for path in [
+        "/a1.txt", "/a2.txt", "/b1.txt", "/b2.txt", "/c1.txt", "/c2.txt",
+    ] {
         origin.route(path, Behavior::ok(format!("body of {path}")));
     }
     let dir = tempfile::tempdir().unwrap();
@@ -810,7 +812,11 @@ async fn a_pooled_tls_connection_is_never_reused_by_a_bucket_with_other_trust() 
                 0,
                 "{bucket}{path}: a request reached the origin over a connection {bucket} does not trust"
             );
-            assert_eq!(server.head_status(bucket, path).await, 302, "{bucket}{path}");
+            assert_eq!(
+                server.head_status(bucket, path).await,
+                302,
+                "{bucket}{path}"
+            );
         }
     };
 
