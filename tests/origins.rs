@@ -561,7 +561,7 @@ async fn reqwest_get_host(port: u16, path: &str) -> u16 {
 fn the_loop_guard_refuses_origins_that_are_originpull_itself() {
     let yaml = |origin: &str| {
         format!(
-            "listen: 127.0.0.1:8080\ndata_dir: ./d\ndomain_suffix: file.myqcloud.com\nbuckets:\n  - name: {BUCKET}\n    origin_pull:\n      enabled: true\n      origins:\n        - address: {origin}\n"
+            "listen: 127.0.0.1:8080\ndata_dir: ./d\ndomain_suffix: file.myqcloud.com\nbuckets:\n  - name: {BUCKET}\n    origin_pull:\n      enabled: true\n      origins:\n        - address: \"{origin}\"\n"
         )
     };
     for origin in [
@@ -569,6 +569,10 @@ fn the_loop_guard_refuses_origins_that_are_originpull_itself() {
         "file.myqcloud.com",
         "127.0.0.1:8080",
         "localhost:8080",
+        // A connection to the unspecified address reaches this host's loopback, and an
+        // IPv4-mapped address is the IPv4 address.
+        "0.0.0.0:8080",
+        "[::ffff:127.0.0.1]:8080",
     ] {
         let (code, text) = validate_config(&yaml(origin));
         assert_eq!(code, 1, "{origin}: {text}");
@@ -579,8 +583,59 @@ fn the_loop_guard_refuses_origins_that_are_originpull_itself() {
             "{origin}: {text}"
         );
     }
-    let (code, text) = validate_config(&yaml("127.0.0.1:8081"));
-    assert_eq!(code, 0, "{text}");
+    for origin in [
+        "127.0.0.1:8081",
+        "127.0.0.2:8080",
+        "[::1]:8080",
+        "[::]:8080",
+    ] {
+        let (code, text) = validate_config(&yaml(origin));
+        assert_eq!(code, 0, "{origin}: {text}");
+    }
+}
+
+/// Issue #19: the same rule for every form of the listen address: the unspecified address
+/// (IPv6's takes IPv4 too: Linux's dual stack) and an IPv4-mapped one.
+#[test]
+fn the_loop_guard_knows_unspecified_and_ipv4_mapped_listen_addresses() {
+    let yaml = |listen: &str, origin: &str| {
+        format!(
+            "listen: \"{listen}\"\ndata_dir: ./d\ndomain_suffix: file.myqcloud.com\nbuckets:\n  - name: {BUCKET}\n    origin_pull:\n      enabled: true\n      origins:\n        - address: \"{origin}\"\n"
+        )
+    };
+    let loops = [
+        ("0.0.0.0:8080", "127.0.0.1:8080"),
+        ("0.0.0.0:8080", "127.0.0.2:8080"),
+        ("0.0.0.0:8080", "0.0.0.0:8080"),
+        ("0.0.0.0:8080", "[::ffff:127.0.0.1]:8080"),
+        ("0.0.0.0:8080", "localhost:8080"),
+        ("[::]:8080", "127.0.0.1:8080"),
+        ("[::]:8080", "[::1]:8080"),
+        ("[::]:8080", "[::]:8080"),
+        ("[::]:8080", "0.0.0.0:8080"),
+        ("[::1]:8080", "[::]:8080"),
+        ("[::1]:8080", "localhost:8080"),
+        ("[::ffff:127.0.0.1]:8080", "127.0.0.1:8080"),
+    ];
+    for (listen, origin) in loops {
+        let (code, text) = validate_config(&yaml(listen, origin));
+        assert_eq!(code, 1, "listen {listen}, origin {origin}: {text}");
+        assert!(
+            text.contains("loop"),
+            "listen {listen}, origin {origin}: {text}"
+        );
+    }
+    let not_loops = [
+        ("0.0.0.0:8080", "127.0.0.1:8081"),
+        ("0.0.0.0:8080", "[::1]:8080"),
+        ("127.0.0.1:8080", "[::1]:8080"),
+        ("[::1]:8080", "127.0.0.1:8080"),
+        ("[::1]:8080", "0.0.0.0:8080"),
+    ];
+    for (listen, origin) in not_loops {
+        let (code, text) = validate_config(&yaml(listen, origin));
+        assert_eq!(code, 0, "listen {listen}, origin {origin}: {text}");
+    }
 }
 
 #[test]
