@@ -201,3 +201,20 @@ async fn rate_caps_the_copies_started_per_second() {
         );
     }
 }
+
+/// Issue #19: a line with a leading slash is the path it looks like (`/py/x.html` is the key
+/// `py/x.html`), not a key starting with `/` fetched as `//py/x.html`.
+#[tokio::test]
+async fn a_line_with_a_leading_slash_is_the_path_it_is() {
+    let origin = TestOrigin::start();
+    origin.route("/py/x.html", Behavior::ok("x"));
+    origin.route("/py/a%20b.html", Behavior::ok("a b"));
+    let setup = start(&origin);
+    let (code, stderr) = prefetch(&setup, "/py/x.html\n/py/a b.html\n", &[], false);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("2 copied"), "{stderr}");
+    assert_eq!(origin.hits("/py/x.html"), 1);
+    assert_eq!(origin.hits("/py/a%20b.html"), 1);
+    assert_eq!(head_status(&setup.server, "/py/x.html").await, 200);
+    assert_eq!(head_status(&setup.server, "/py/a%20b.html").await, 200);
+}
