@@ -6,11 +6,13 @@
 //! The server does the work (through the same scheduler as misses); this client only talks
 //! HTTP/1 to the admin listener, so running it again copies only what is still missing.
 
+use std::fmt::Write as FmtWrite;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use serde::Deserialize;
 
 use crate::config::read_token_file;
@@ -142,10 +144,64 @@ fn parse_answer(answer: Result<ureq::Response, ureq::Error>) -> Result<JobView, 
 
 /// A progress bar on a terminal, plain lines otherwise.
 enum Display {
-    Bar(ProgressBar),
+    Bar {
+        bar: ProgressBar,
+        /// What the bar shows beside its position, set before the one redraw of each poll.
+        counts: Arc<Mutex<Counts>>,
+    },
     Plain {
         last: std::cell::Cell<Option<Instant>>,
     },
+}
+
+/// A job's counters beside the objects done, as the bar shows them.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    stored: u64,
+    bytes: u64,
+    already_present: u64,
+    failed: u64,
+}
+
+impl Counts {
+    fn of(job: &JobView) -> Counts {
+        Counts {
+            stored: job.stored,
+            bytes: job.bytes,
+            already_present: job.already_present,
+            failed: job.failed,
+        }
+    }
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} copied ({})",
+            self.stored,
+            indicatif::HumanBytes(self.bytes)
+        )?;
+        if self.already_present > 0 {
+            write!(f, ", {} already present", self.already_present)?;
+        }
+        if self.failed > 0 {
+            write!(f, ", {} failed", self.failed)?;
+        }
+        Ok(())
+    }
+}
+
+/// Objects per second as a person reads it: whole numbers from 10 up, one decimal below
+/// (`89/s`, `2.5/s`), instead of indicatif's four decimals.
+fn rate_text(per_sec: f64) -> String {
+    if !per_sec.is_finite() || per_sec <= 0.0 {
+        "0/s".to_string()
+    } else if per_sec >= 9.95 {
+        format!("{per_sec:.0}/s")
+    } else {
+        format!("{per_sec:.1}/s")
+    }
 }
 
 impl Display {
@@ -155,25 +211,38 @@ impl Display {
                 last: std::cell::Cell::new(None),
             };
         }
+        let counts = Arc::new(Mutex::new(Counts::default()));
+        let shown = counts.clone();
         let bar = ProgressBar::new(total);
         let style = ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} objects  {msg}  {per_sec}  ETA {eta}",
+            "{bar:30} {pos}/{len} objects  {counts}  {rate}  ETA {eta}",
         )
+        .map(|style| {
+            style
+                .with_key("counts", move |_: &ProgressState, w: &mut dyn FmtWrite| {
+                    let counts = *shown.lock().unwrap_or_else(|p| p.into_inner());
+                    let _ = write!(w, "{counts}");
+                })
+                .with_key("rate", |state: &ProgressState, w: &mut dyn FmtWrite| {
+                    let _ = w.write_str(&rate_text(state.per_sec()));
+                })
+        })
         .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
-        Display::Bar(bar)
+        Display::Bar { bar, counts }
     }
 
     fn show(&self, job: &JobView) {
         match self {
-            Display::Bar(bar) => {
-                bar.set_length(job.total);
-                bar.set_position(job.done);
-                bar.set_message(format!(
-                    "{} copied, {} failed",
-                    indicatif::HumanBytes(job.bytes),
-                    job.failed
-                ));
+            Display::Bar { bar, counts } => {
+                // The counts first, then one redraw with the position: setting the position
+                // and the message one after the other drew a frame with the new object count
+                // and the old bytes ("27/500 objects 0 B copied").
+                *counts.lock().unwrap_or_else(|p| p.into_inner()) = Counts::of(job);
+                bar.update(|state| {
+                    state.set_len(job.total);
+                    state.set_pos(job.done);
+                });
             }
             Display::Plain { last } => {
                 if last.get().is_none_or(|at| at.elapsed() >= PLAIN_EVERY) {
@@ -194,9 +263,25 @@ impl Display {
     }
 
     fn finish(&self, job: &JobView) {
-        if let Display::Bar(bar) = self {
-            bar.set_position(job.done);
+        if let Display::Bar { bar, counts } = self {
+            *counts.lock().unwrap_or_else(|p| p.into_inner()) = Counts::of(job);
+            bar.update(|state| state.set_pos(job.done));
             bar.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_rounded_for_reading() {
+        assert_eq!(rate_text(89.3963), "89/s");
+        assert_eq!(rate_text(1321.4), "1321/s");
+        assert_eq!(rate_text(9.96), "10/s");
+        assert_eq!(rate_text(2.54), "2.5/s");
+        assert_eq!(rate_text(0.0), "0/s");
+        assert_eq!(rate_text(f64::NAN), "0/s");
     }
 }

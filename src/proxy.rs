@@ -26,7 +26,7 @@ use crate::origin_choice::Origin;
 use crate::redirect::{location, write_redirect};
 use crate::reload::{ConfigHandle, LiveConfig};
 use crate::respond::{write_error, ErrorCode, Reply, RequestId};
-use crate::route::Bucket;
+use crate::route::{Addressed, Bucket};
 use crate::serve::{serve_hit, HitOutcome};
 use crate::store::{BucketStore, StoreError};
 
@@ -97,12 +97,16 @@ impl ProxyHttp for OriginPull {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // One configuration generation for the whole request, even if a reload lands meanwhile.
         let live = self.config.for_request();
-        let bucket = live.routes.bucket_for(session.req_header());
-        let answered = match bucket {
-            Some(bucket) => self.answer(session, ctx, &live, bucket).await,
-            None => write_error(session, ErrorCode::NoSuchBucket, None, &ctx.reply, &[])
-                .await
-                .map(|n| (RequestResult::NoSuchBucket, n)),
+        let (bucket, answered) = match live.routes.route(session.req_header()) {
+            Addressed::Bucket(bucket) => {
+                (Some(bucket), self.answer(session, ctx, &live, bucket).await)
+            }
+            Addressed::Nowhere(why) => (
+                None,
+                write_error(session, why.code, why.detail, &ctx.reply, &[])
+                    .await
+                    .map(|n| (why.result, n)),
+            ),
         };
         let (result, body_bytes) = match &answered {
             Ok(answer) => *answer,

@@ -34,6 +34,8 @@ pub enum ErrorCode {
     AccessDenied,
     /// The bucket store (S3 backend) failed and origin-pull cannot stand in for it.
     ServiceUnavailable,
+    /// A request line with an HTTP major version other than 1.
+    HttpVersionNotSupported,
 }
 
 impl ErrorCode {
@@ -51,6 +53,7 @@ impl ErrorCode {
             ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorCode::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::HttpVersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
         }
     }
 
@@ -70,6 +73,7 @@ impl ErrorCode {
             ErrorCode::AccessForbidden => "AccessForbidden",
             ErrorCode::AccessDenied => "AccessDenied",
             ErrorCode::ServiceUnavailable => "ServiceUnavailable",
+            ErrorCode::HttpVersionNotSupported => "HttpVersionNotSupported",
         }
     }
 
@@ -96,6 +100,9 @@ impl ErrorCode {
             ErrorCode::AccessForbidden => "CORSResponse:",
             ErrorCode::AccessDenied => "Access Denied.",
             ErrorCode::ServiceUnavailable => "The bucket's store is unavailable. Please try again.",
+            ErrorCode::HttpVersionNotSupported => {
+                "The HTTP version of the request is not supported."
+            }
         }
     }
 }

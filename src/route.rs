@@ -1,14 +1,18 @@
 //! Routing a request to its bucket: the `Host` (or an absolute request target's authority) must
-//! be `<bucket name>.<domain_suffix>`, compared case-insensitively with any `:port` ignored.
+//! be `<bucket name>.<domain_suffix>`, compared case-insensitively with any `:port` ignored. An
+//! HTTP/1.1 request without `Host` is addressed to nothing (RFC 9112 §3.2: 400).
 
 use std::sync::Arc;
 
 use hashbrown::HashMap;
+use http::Version;
+use pingora::http::authority::raw_target_authority;
 use pingora::http::RequestHeader;
 
 use crate::config::{BucketConfig, Config, ConfigErrors};
-use crate::metrics::BucketMetrics;
+use crate::metrics::{BucketMetrics, RequestResult};
 use crate::origin_choice::BucketPull;
+use crate::respond::ErrorCode;
 
 /// A bucket as requests see it: its settings, where misses are pulled from, its metric series.
 pub struct Bucket {
@@ -17,6 +21,36 @@ pub struct Bucket {
     pub pull: Option<BucketPull>,
     pub metrics: BucketMetrics,
 }
+
+/// Where a request is addressed.
+pub enum Addressed<'a> {
+    Bucket(&'a Arc<Bucket>),
+    /// To no bucket: answered with this error, counted under `bucket=""`.
+    Nowhere(Unaddressed),
+}
+
+/// The answer to a request addressed to no bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unaddressed {
+    pub code: ErrorCode,
+    pub detail: Option<&'static str>,
+    pub result: RequestResult,
+}
+
+/// The host names no bucket.
+const NO_SUCH_BUCKET: Unaddressed = Unaddressed {
+    code: ErrorCode::NoSuchBucket,
+    detail: None,
+    result: RequestResult::NoSuchBucket,
+};
+
+/// An HTTP/1.1 request without `Host`, which RFC 9112 §3.2 makes a 400, even with an
+/// absolute-form target.
+const NO_HOST: Unaddressed = Unaddressed {
+    code: ErrorCode::BadRequest,
+    detail: Some("An HTTP/1.1 request must carry a Host header."),
+    result: RequestResult::BadRequest,
+};
 
 /// The host → bucket table of one configuration generation.
 #[derive(Default)]
@@ -61,13 +95,25 @@ impl Routes {
         self.buckets.values()
     }
 
-    /// The bucket the request addresses, if any.
-    pub fn bucket_for(&self, req: &RequestHeader) -> Option<&Arc<Bucket>> {
-        let host = match req.uri.host() {
-            Some(authority_host) => authority_host.as_bytes(),
-            None => req.headers.get(http::header::HOST)?.as_bytes(),
+    /// The bucket the request addresses. An absolute-form target's authority decides over
+    /// `Host` (RFC 9112 §3.2.2; the connection gate has already made `Host` agree with it, as
+    /// Pingora requires); an HTTP/1.0 request may carry neither, and then addresses nothing.
+    pub fn route(&self, req: &RequestHeader) -> Addressed<'_> {
+        let header = req.headers.get(http::header::HOST);
+        if header.is_none() && req.version == Version::HTTP_11 {
+            return Addressed::Nowhere(NO_HOST);
+        }
+        let host = match raw_target_authority(req.raw_path()).authority() {
+            Some(authority) => authority,
+            None => match header {
+                Some(host) => host.as_bytes(),
+                None => return Addressed::Nowhere(NO_SUCH_BUCKET),
+            },
         };
-        self.bucket_for_host(host)
+        match self.bucket_for_host(host) {
+            Some(bucket) => Addressed::Bucket(bucket),
+            None => Addressed::Nowhere(NO_SUCH_BUCKET),
+        }
     }
 
     pub fn bucket_for_host(&self, host: &[u8]) -> Option<&Arc<Bucket>> {

@@ -141,6 +141,47 @@ async fn copy_in(server: &Originpull, path: &str) {
     );
 }
 
+/// Issue #19: the scheme of `Authorization` is case-insensitive (RFC 9110 §11.1), as curl
+/// and HTTP libraries may send it; the token itself is compared exactly.
+#[tokio::test]
+async fn the_authorization_scheme_is_case_insensitive() {
+    let origin = TestOrigin::start();
+    let (_server, admin) = start(&origin, None, "");
+    wait_admin_up(&admin).await;
+    let status = |authorization: String| {
+        let request = admin
+            .client
+            .get(format!("{}/v1/buckets", admin.base))
+            .header("Authorization", authorization);
+        async move {
+            request
+                .send()
+                .await
+                .expect("admin request")
+                .status()
+                .as_u16()
+        }
+    };
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        assert_eq!(status(format!("{scheme} {TOKEN}")).await, 200, "{scheme}");
+    }
+    assert_eq!(
+        status(format!("Bearer   {TOKEN}")).await,
+        200,
+        "several spaces"
+    );
+    for refused in [
+        format!("Basic {TOKEN}"),
+        format!("Bearer{TOKEN}"),
+        format!("Bearer {}", TOKEN.to_uppercase()),
+        format!("Bearer {TOKEN} extra"),
+        "Bearer".to_string(),
+        TOKEN.to_string(),
+    ] {
+        assert_eq!(status(refused.clone()).await, 401, "{refused:?}");
+    }
+}
+
 #[tokio::test]
 async fn without_the_right_token_every_request_is_401_and_nothing_is_done() {
     let origin = TestOrigin::start();

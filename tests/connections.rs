@@ -93,12 +93,9 @@ async fn the_redirect_carries_the_query_byte_for_byte() {
     assert_eq!(resp.status, 302);
     assert_eq!(location(&resp), format!("http://127.0.0.1:9/1.jpg?{query}"));
 
-    // A space, a control byte and non-ASCII cannot be in a header: they are percent-encoded.
-    for (raw_query, sent) in [
-        ("a=b c", "a=b%20c"),
-        ("a=\x01", "a=%01"),
-        ("q=\u{4e2d}", "q=%E4%B8%AD"),
-    ] {
+    // A control byte and non-ASCII cannot be in a header: they are percent-encoded. (A raw
+    // space ends the target: 400, in tests/conformance.rs.)
+    for (raw_query, sent) in [("a=\x01", "a=%01"), ("q=\u{4e2d}", "q=%E4%B8%AD")] {
         let resp = raw_request(
             server.addr(),
             head(&format!("/1.jpg?{raw_query}")).as_bytes(),

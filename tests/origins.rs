@@ -559,7 +559,7 @@ async fn reqwest_get_host(port: u16, path: &str) -> u16 {
 fn the_loop_guard_refuses_origins_that_are_originpull_itself() {
     let yaml = |origin: &str| {
         format!(
-            "listen: 127.0.0.1:8080\ndata_dir: ./d\ndomain_suffix: file.myqcloud.com\nbuckets:\n  - name: {BUCKET}\n    origin_pull:\n      enabled: true\n      origins:\n        - address: {origin}\n"
+            "listen: 127.0.0.1:8080\ndata_dir: ./d\ndomain_suffix: file.myqcloud.com\nbuckets:\n  - name: {BUCKET}\n    origin_pull:\n      enabled: true\n      origins:\n        - address: \"{origin}\"\n"
         )
     };
     for origin in [
@@ -567,6 +567,10 @@ fn the_loop_guard_refuses_origins_that_are_originpull_itself() {
         "file.myqcloud.com",
         "127.0.0.1:8080",
         "localhost:8080",
+        // A connection to the unspecified address reaches this host's loopback, and an
+        // IPv4-mapped address is the IPv4 address.
+        "0.0.0.0:8080",
+        "[::ffff:127.0.0.1]:8080",
     ] {
         let (code, text) = validate_config(&yaml(origin));
         assert_eq!(code, 1, "{origin}: {text}");
@@ -579,6 +583,45 @@ fn the_loop_guard_refuses_origins_that_are_originpull_itself() {
     }
     let (code, text) = validate_config(&yaml("127.0.0.1:8081"));
     assert_eq!(code, 0, "{text}");
+}
+
+/// Issue #19: the same rule for every form of the listen address: the unspecified address
+/// (IPv6's takes IPv4 too: Linux's dual stack) and an IPv4-mapped one.
+#[test]
+fn the_loop_guard_knows_unspecified_and_ipv4_mapped_listen_addresses() {
+    let yaml = |listen: &str, origin: &str| {
+        format!(
+            "listen: \"{listen}\"\ndata_dir: ./d\ndomain_suffix: file.myqcloud.com\nbuckets:\n  - name: {BUCKET}\n    origin_pull:\n      enabled: true\n      origins:\n        - address: \"{origin}\"\n"
+        )
+    };
+    // (listen, origin, whether the origin is the edge itself)
+    let cases = [
+        ("0.0.0.0:8080", "127.0.0.1:8080", true),
+        ("0.0.0.0:8080", "127.0.0.2:8080", true),
+        ("0.0.0.0:8080", "0.0.0.0:8080", true),
+        ("0.0.0.0:8080", "[::ffff:127.0.0.1]:8080", true),
+        ("0.0.0.0:8080", "localhost:8080", true),
+        ("[::]:8080", "127.0.0.1:8080", true),
+        ("[::]:8080", "[::1]:8080", true),
+        ("[::]:8080", "[::]:8080", true),
+        ("[::]:8080", "0.0.0.0:8080", true),
+        ("[::1]:8080", "[::]:8080", true),
+        ("[::1]:8080", "localhost:8080", true),
+        ("[::ffff:127.0.0.1]:8080", "127.0.0.1:8080", true),
+        ("0.0.0.0:8080", "127.0.0.1:8081", false),
+        ("0.0.0.0:8080", "[::1]:8080", false),
+        ("127.0.0.1:8080", "127.0.0.2:8080", false),
+        ("127.0.0.1:8080", "[::1]:8080", false),
+        ("127.0.0.1:8080", "[::]:8080", false),
+        ("[::1]:8080", "127.0.0.1:8080", false),
+        ("[::1]:8080", "0.0.0.0:8080", false),
+    ];
+    for (listen, origin, is_edge) in cases {
+        let (code, text) = validate_config(&yaml(listen, origin));
+        let what = format!("listen {listen}, origin {origin}: {text}");
+        assert_eq!(code, if is_edge { 1 } else { 0 }, "{what}");
+        assert_eq!(text.contains("loop"), is_edge, "{what}");
+    }
 }
 
 #[test]
@@ -756,4 +799,77 @@ async fn index_documents_serve_folders_and_without_them_folders_redirect() {
     // Origin-pull off and no index document: 404, not 400.
     let closed = get(&server, "closed-1250000000", "/").await;
     assert_eq!(closed.status(), 404);
+}
+
+/// Issue #19 item 6: a pooled TLS connection that one bucket's trust verified is never handed
+/// to another bucket with other trust. Bucket A trusts the origin's private CA (`tls.ca_file`);
+/// bucket B has the same origin (`localhost:PORT`) with the system roots only, and bucket C
+/// the same origin with another private CA. Whatever copied before, B's and C's copies are
+/// refused, and A's are stored.
+#[tokio::test]
+async fn a_pooled_tls_connection_is_never_reused_by_a_bucket_with_other_trust() {
+    const TRUSTING: &str = "trusting-1250000000";
+    const SYSTEM_ROOTS: &str = "system-1250000000";
+    const OTHER_CA: &str = "otherca-1250000000";
+    let cert = TestCert::new();
+    let other = TestCert::new();
+    let origin = TestOrigin::start_tls(&cert);
+    for path in [
+        "/a1.txt", "/a2.txt", "/b1.txt", "/b2.txt", "/c1.txt", "/c2.txt",
+    ] {
+        origin.route(path, Behavior::ok(format!("body of {path}")));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = cert.write_ca(dir.path(), "ca.pem");
+    let other_ca = other.write_ca(dir.path(), "other-ca.pem");
+    let port = origin.addr().port();
+    let https = format!("origins:\n    - address: localhost:{port}\n      protocol: https\n");
+    let server = Originpull::start(
+        OriginpullConfig::new()
+            .with_bucket_yaml(&format!(
+                "name: {TRUSTING}\norigin_pull:\n  enabled: true\n  {https}  tls:\n    ca_file: {}\n",
+                ca.display()
+            ))
+            .with_bucket_yaml(&format!(
+                "name: {SYSTEM_ROOTS}\norigin_pull:\n  enabled: true\n  {https}"
+            ))
+            .with_bucket_yaml(&format!(
+                "name: {OTHER_CA}\norigin_pull:\n  enabled: true\n  {https}  tls:\n    ca_file: {}\n",
+                other_ca.display()
+            ))
+            .with_extra_yaml("fill:\n  negative_ttl_secs: 0\n  origin_probe_interval_ms: 0\n"),
+    );
+    let refused = |bucket: &'static str, path: &'static str, nth: f64| {
+        let server = &server;
+        let origin = &origin;
+        async move {
+            assert_eq!(get(server, bucket, path).await.status(), 302);
+            assert!(
+                server.wait_fill_outcome(bucket, "origin_error", nth).await,
+                "{bucket}{path}: the copy did not fail"
+            );
+            assert_eq!(
+                origin.hits(path),
+                0,
+                "{bucket}{path}: a request reached the origin over a connection {bucket} does not trust"
+            );
+            assert_eq!(
+                server.head_status(bucket, path).await,
+                302,
+                "{bucket}{path}"
+            );
+        }
+    };
+
+    // B first (nothing pooled yet): refused; then A: stored, its verified connection pooled.
+    refused(SYSTEM_ROOTS, "/b1.txt", 1.0).await;
+    assert_eq!(get(&server, TRUSTING, "/a1.txt").await.status(), 302);
+    assert!(server.wait_stored(TRUSTING, "/a1.txt").await);
+    // After A: B and C must not be handed A's connection.
+    refused(SYSTEM_ROOTS, "/b2.txt", 2.0).await;
+    refused(OTHER_CA, "/c1.txt", 1.0).await;
+    // And A still copies after their refusals.
+    assert_eq!(get(&server, TRUSTING, "/a2.txt").await.status(), 302);
+    assert!(server.wait_stored(TRUSTING, "/a2.txt").await);
+    refused(OTHER_CA, "/c2.txt", 2.0).await;
 }

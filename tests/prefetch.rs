@@ -1,6 +1,7 @@
 //! Issue #11: the `originpull prefetch` command against a running server's admin API: a list of
 //! keys (file or standard input) copied once, a second run copying nothing, bad keys listed
-//! with exit 1, and `--rate` capping the copies started per second.
+//! with exit 1, and `--rate` capping the copies started per second. Issue #19: keys with a
+//! leading slash, and the progress bar on a terminal (through script(1)).
 
 mod common;
 
@@ -200,4 +201,130 @@ async fn rate_caps_the_copies_started_per_second() {
             pair[4] - pair[0]
         );
     }
+}
+
+/// Issue #19: a line with a leading slash is the path it looks like (`/py/x.html` is the key
+/// `py/x.html`), not a key starting with `/` fetched as `//py/x.html`.
+#[tokio::test]
+async fn a_line_with_a_leading_slash_is_the_path_it_is() {
+    let origin = TestOrigin::start();
+    origin.route("/py/x.html", Behavior::ok("x"));
+    origin.route("/py/a%20b.html", Behavior::ok("a b"));
+    let setup = start(&origin);
+    let (code, stderr) = prefetch(&setup, "/py/x.html\n/py/a b.html\n", &[], false);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("2 copied"), "{stderr}");
+    assert_eq!(origin.hits("/py/x.html"), 1);
+    assert_eq!(origin.hits("/py/a%20b.html"), 1);
+    assert_eq!(head_status(&setup.server, "/py/x.html").await, 200);
+    assert_eq!(head_status(&setup.server, "/py/a%20b.html").await, 200);
+}
+
+/// Runs `originpull prefetch` on a terminal (a pseudo-terminal made by script(1), so stderr is
+/// one and the progress bar is drawn); returns the exit code and everything drawn.
+fn prefetch_on_a_terminal(setup: &Setup, keys: &str, extra: &[&str]) -> (i32, String) {
+    let quote = |arg: &str| format!("'{}'", arg.replace('\'', r"'\''"));
+    let mut command = vec![
+        quote(env!("CARGO_BIN_EXE_originpull")),
+        "prefetch".to_string(),
+        "--admin".to_string(),
+        quote(&setup.admin),
+        "--token-file".to_string(),
+        quote(&setup.token_path.to_string_lossy()),
+        "--bucket".to_string(),
+        BUCKET.to_string(),
+    ];
+    command.extend(extra.iter().map(|arg| quote(arg)));
+    command.push(quote(&keys_file(setup.dir.path(), keys).to_string_lossy()));
+    let output = Command::new("script")
+        .args(["-q", "-e", "-f", "-c", &command.join(" "), "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script(1) (util-linux; installed by .ci/setup)");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// The frames a terminal showed: each redraw of the bar, escape sequences removed.
+fn frames(drawn: &str) -> Vec<String> {
+    let mut plain = String::with_capacity(drawn.len());
+    let mut chars = drawn.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, ending with a letter.
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .split(['\r', '\n'])
+        .filter(|line| line.contains(" objects"))
+        .map(|line| line.trim().to_string())
+        .collect()
+}
+
+/// Issue #19: every frame of the bar says as many bytes as the objects it counts hold (it once
+/// drew "27/500 objects 0 B copied", the bytes one poll behind), and the rate is rounded
+/// (it was "89.3963/s").
+#[tokio::test]
+async fn the_progress_bar_counts_objects_and_their_bytes_together_and_rounds_the_rate() {
+    const SIZE: u64 = 1024;
+    let origin = TestOrigin::start();
+    let keys: Vec<String> = (0..40).map(|i| format!("bar/{i}.bin")).collect();
+    for key in &keys {
+        origin.route(&format!("/{key}"), Behavior::generated(SIZE));
+    }
+    let setup = start(&origin);
+    let (code, drawn) = prefetch_on_a_terminal(&setup, &keys.join("\n"), &["--rate", "20"]);
+    assert_eq!(code, 0, "{drawn}");
+    let frames = frames(&drawn);
+    let mut midway = 0;
+    for frame in &frames {
+        let words: Vec<&str> = frame.split_whitespace().collect();
+        let objects = words
+            .iter()
+            .position(|w| *w == "objects")
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| words[i].split_once('/'))
+            .and_then(|(done, total)| Some((done.parse::<u64>().ok()?, total.parse::<u64>().ok()?)))
+            .unwrap_or_else(|| panic!("no object count in {frame:?}"));
+        let (done, total) = objects;
+        assert_eq!(total, 40, "{frame:?}");
+        if 0 < done && done < total {
+            midway += 1;
+        }
+        // The one byte figure of the frame: a number followed by a unit.
+        let bytes = words
+            .windows(2)
+            .find_map(|pair| {
+                let number = pair[0].trim_start_matches('(');
+                let unit = pair[1].trim_end_matches([')', ',']);
+                (number.parse::<f64>().is_ok() && matches!(unit, "B" | "KiB" | "MiB"))
+                    .then(|| format!("{number} {unit}"))
+            })
+            .unwrap_or_else(|| panic!("no bytes in {frame:?}"));
+        assert_eq!(
+            bytes,
+            indicatif::HumanBytes(done * SIZE).to_string(),
+            "{done} objects of {SIZE} bytes each, in {frame:?}"
+        );
+        for rate in words.iter().filter_map(|w| w.strip_suffix("/s")) {
+            let decimals = rate.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(decimals <= 1, "rate {rate}/s in {frame:?}");
+        }
+    }
+    assert!(
+        midway >= 2,
+        "the bar was drawn only {midway} times while copying: {frames:#?}"
+    );
 }

@@ -332,14 +332,15 @@ async fn run_prefetch(
 }
 
 /// The key a prefetch line names: a full `http(s)://` URL's path (percent-encoded, as in a
-/// request), or the key itself as written (as `find -printf '%P\n'` prints file names). Both go
+/// request), or the key itself as written (as `find -printf '%P\n'` prints file names), where
+/// a leading `/` is the path's, not the key's (`/py/x.html` is the key `py/x.html`). Both go
 /// through the data plane's key parser.
 pub fn key_of_line(line: &str) -> Result<ObjectKey, String> {
     let path = if line.starts_with("http://") || line.starts_with("https://") {
         let uri: http::Uri = line.parse().map_err(|_| "not a valid URL".to_string())?;
         uri.path().to_string()
     } else {
-        encode_origin_path(line)
+        encode_origin_path(line.strip_prefix('/').unwrap_or(line))
     };
     ObjectKey::from_request_path(&path).map_err(|e| match e {
         KeyError::Invalid(why) => format!("invalid key: {why}"),

@@ -118,8 +118,7 @@ impl AdminApi {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(bearer_token)
             .unwrap_or("");
         bool::from(given.as_bytes().ct_eq(token.as_bytes()))
     }
@@ -423,4 +422,13 @@ impl ServeHttp for AdminApi {
         // Every header above is a valid static value or a number, so building cannot fail.
         response.body(body).unwrap_or_default()
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive (RFC
+/// 9110 §11.1), so `bearer` and `BEARER` are accepted too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("Bearer")
+        .then(|| token.trim_start())
 }

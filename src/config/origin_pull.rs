@@ -2,7 +2,7 @@
 //! code, redirects followed, query string, extra headers), and the per-key `rules` that override
 //! those settings for some keys.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use http::{HeaderName, HeaderValue};
@@ -94,15 +94,13 @@ impl LoopGuard<'_> {
         if addr.port != listen.port() {
             return None;
         }
-        let is_listen_ip = |ip: IpAddr| {
-            ip == listen.ip()
-                || (listen.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
-        };
         let same = match &addr.host {
-            OriginHost::Ipv4(ip) => is_listen_ip(IpAddr::V4(*ip)),
-            OriginHost::Ipv6(ip) => is_listen_ip(IpAddr::V6(*ip)),
+            OriginHost::Ipv4(ip) => reaches(IpAddr::V4(*ip), listen.ip()),
+            OriginHost::Ipv6(ip) => reaches(IpAddr::V6(*ip), listen.ip()),
             OriginHost::Domain(name) => {
-                name == "localhost" && (listen.ip().is_loopback() || listen.ip().is_unspecified())
+                name == "localhost"
+                    && (reaches(Ipv4Addr::LOCALHOST.into(), listen.ip())
+                        || reaches(Ipv6Addr::LOCALHOST.into(), listen.ip()))
             }
         };
         same.then(|| {
@@ -112,6 +110,23 @@ impl LoopGuard<'_> {
             )
         })
     }
+}
+
+/// Whether a connection to `origin` reaches a socket listening on `listen` (on the same port).
+/// An IPv4-mapped address is its IPv4 address; a connection to the unspecified address goes
+/// to the host's own loopback (Linux: `0.0.0.0` to `127.0.0.1`, `::` to `::1`); a socket on
+/// the unspecified address takes every local address of its family, and IPv6's takes IPv4
+/// too (the dual stack, on unless `net.ipv6.bindv6only` is set).
+fn reaches(origin: IpAddr, listen: IpAddr) -> bool {
+    let (origin, listen) = (origin.to_canonical(), listen.to_canonical());
+    let origin_is_this_host = origin.is_loopback() || origin.is_unspecified();
+    if origin == listen {
+        return true;
+    }
+    if listen.is_unspecified() {
+        return origin_is_this_host && (listen.is_ipv6() || origin.is_ipv4());
+    }
+    listen.is_loopback() && origin.is_unspecified() && origin.is_ipv4() == listen.is_ipv4()
 }
 
 const ORIGIN_PULL_KEYS: &[&str] = &[

@@ -53,13 +53,21 @@ fn crlf_head_length(buf: &[u8]) -> Option<usize> {
 }
 
 /// The method and the request target of the head at the start of `buf`, for the access log
-/// and the error's `<Resource>` (each empty if not yet readable).
+/// and the error's `<Resource>` (each empty if not yet readable). The target runs to the last
+/// space before the version, so a target with a raw space in it is shown whole.
 pub(super) fn request_line(buf: &[u8]) -> (String, String) {
     let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    let mut parts = line.split(|b| *b == b' ');
-    let mut next = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-    let method = next();
-    (method, next())
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let (method, rest) = match memchr::memchr(b' ', line) {
+        Some(space) => (&line[..space], &line[space + 1..]),
+        None => (line, &[][..]),
+    };
+    let target = match memchr::memrchr(b' ', rest) {
+        Some(space) if rest[space + 1..].starts_with(b"HTTP/") => &rest[..space],
+        _ => rest,
+    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (text(method), text(target))
 }
 
 #[cfg(test)]
@@ -127,5 +135,13 @@ mod tests {
             ("GET".to_string(), "/a?b".to_string())
         );
         assert_eq!(request_line(b"GET"), ("GET".to_string(), String::new()));
+        assert_eq!(
+            request_line(b"GET /a b HTTP/1.1\r\n"),
+            ("GET".to_string(), "/a b".to_string())
+        );
+        assert_eq!(
+            request_line(b"GET /aaaa"),
+            ("GET".to_string(), "/aaaa".to_string())
+        );
     }
 }

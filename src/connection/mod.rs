@@ -19,6 +19,7 @@
 
 mod framed;
 mod head;
+mod request_line;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,7 +28,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use http::{header, StatusCode};
+use http::header;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::date::get_cached_date;
 use pingora::protocols::http::ServerSession;
@@ -45,11 +46,13 @@ use crate::respond::{error_xml, response_header, ErrorCode, Reply, RequestId};
 use framed::FramedStream;
 pub use framed::{send_each_write, WRITE_BUFFER};
 use head::{head_length, request_line};
+use request_line::{prepare_head, Refusal};
 
 /// Read buffer for the next head while a connection is idle; grown only for larger heads.
 const INITIAL_HEAD_BUFFER: usize = 1024;
-/// After a 431 the rest of the client's head is read and dropped for at most this long, so the
-/// close does not reset the connection before the client has read the answer.
+/// After an error answered here (431, 505, a bad request line) what the client still sends is
+/// read and dropped for at most this long, so the close does not reset the connection before
+/// the client has read the answer.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
 /// Connections refused while `server.max_connections` are open: they come in floods.
@@ -280,8 +283,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
             {
                 Ok(len) => len,
                 Err(NoHead::TooLarge) => {
-                    conn.refuse_large_head(self.limits.max_header_bytes, &self.access_log)
-                        .await;
+                    let refusal = Refusal {
+                        code: ErrorCode::RequestHeaderSectionTooLarge,
+                        detail: None,
+                    };
+                    conn.refuse(refusal, &self.access_log).await;
                     return;
                 }
                 Err(why) => {
@@ -290,13 +296,19 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
                     return;
                 }
             };
-            let head = if head_len == conn.buf.len() {
+            let mut head = if head_len == conn.buf.len() {
                 // The usual case: the buffer holds just this head. Splitting it would turn it
                 // into a shared buffer (an allocation) for nothing.
                 std::mem::take(&mut conn.buf)
             } else {
                 conn.buf.split_to(head_len)
             };
+            if let Err(refusal) = prepare_head(&mut head) {
+                head.unsplit(std::mem::take(&mut conn.buf));
+                conn.buf = head;
+                conn.refuse(refusal, &self.access_log).await;
+                return;
+            }
             let framed =
                 FramedStream::new(conn.stream, conn.buf, idle_timer, self.limits.send_timeout);
             let mut session = ServerSession::new_http1(Box::new(framed));
@@ -424,15 +436,18 @@ impl Connection {
         }
     }
 
-    /// Answers 431 with the XML error and closes. The head is not parsed any further.
-    async fn refuse_large_head(mut self, max_bytes: usize, access_log: &AccessLog) {
+    /// Answers the request at the start of `buf` with `refusal`'s XML error and closes. The
+    /// head is not parsed any further.
+    async fn refuse(mut self, refusal: Refusal, access_log: &AccessLog) {
         let started = Instant::now();
         let request_id = RequestId::new();
         let (method, resource) = request_line(&self.buf);
+        let status = refusal.code.status();
         log::debug!(
-            "request {request_id}: head larger than server.max_header_bytes ({max_bytes}); 431"
+            "request {request_id}: answered {status} {} before Pingora; closing",
+            refusal.code.code()
         );
-        let Ok(response) = large_head_response(&resource, &request_id) else {
+        let Ok(response) = refusal_response(refusal, &resource, &request_id) else {
             return;
         };
         BucketMetrics::unrouted().count_request(RequestResult::BadRequest, response.body_len);
@@ -448,7 +463,7 @@ impl Connection {
             method: &method,
             key: "",
             origin: "-",
-            status: if sent { 431 } else { 0 },
+            status: if sent { status.as_u16() } else { 0 },
             result: RequestResult::BadRequest.as_str(),
             bytes: if sent { response.body_len } else { 0 },
             duration: started.elapsed(),
@@ -478,10 +493,15 @@ struct RawResponse {
     body_len: u64,
 }
 
-/// The complete 431 response, with the common headers and the XML body.
-fn large_head_response(resource: &str, request_id: &RequestId) -> pingora::Result<RawResponse> {
-    let code = ErrorCode::RequestHeaderSectionTooLarge;
-    let body = error_xml(code, None, resource, request_id.as_str());
+/// The complete error response of a request refused here, with the common headers and the XML
+/// body; the connection is closed after it.
+fn refusal_response(
+    refusal: Refusal,
+    resource: &str,
+    request_id: &RequestId,
+) -> pingora::Result<RawResponse> {
+    let code = refusal.code;
+    let body = error_xml(code, refusal.detail, resource, request_id.as_str());
     // No bucket is known before the head is read: no CORS headers.
     let reply = Reply::new(request_id.clone());
     let mut resp = response_header(code.status(), &reply)?;
@@ -490,7 +510,7 @@ fn large_head_response(resource: &str, request_id: &RequestId) -> pingora::Resul
     resp.insert_header(header::CONTENT_TYPE, "application/xml")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(header::CONNECTION, "close")?;
-    let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    let status = code.status();
     let mut bytes = BytesMut::with_capacity(256 + body.len());
     bytes.extend_from_slice(
         format!(

@@ -497,7 +497,7 @@ async fn target_peer(
     peer.options.total_connection_timeout = Some(connect_timeout);
     peer.options.idle_timeout = Some(POOL_IDLE);
     if tls {
-        peer.options.ca = pull.tls_roots.clone();
+        pull.tls_trust.apply(&mut peer);
         // Origins speak HTTP/1.1 to copies; the connector would otherwise offer h2 by ALPN.
         peer.options.alpn = pingora::protocols::ALPN::H1;
     }

@@ -16,8 +16,6 @@ pub mod tls;
 
 use std::sync::Arc;
 
-use pingora::protocols::tls::CaType;
-
 use crate::config::{
     BucketConfig, ConfigError, OriginAddr, OriginConfig, OriginPullConfig, PullMode,
 };
@@ -86,8 +84,8 @@ pub struct BucketPull {
     rules: Vec<(crate::config::PullRule, PullPolicy)>,
     /// Every configured origin host of the bucket: where a copy may follow a redirect.
     redirect_hosts: Vec<String>,
-    /// `Some` when the bucket has a `ca_file`: system roots plus the file's.
-    pub tls_roots: Option<Arc<CaType>>,
+    /// What HTTPS origins are verified against: system roots, plus the `ca_file`'s if given.
+    pub tls_trust: tls::OriginTrust,
     pub pass_query_string: bool,
     pub origin_headers: Vec<(String, String)>,
 }
@@ -101,15 +99,15 @@ impl BucketPull {
         if !pull.enabled && !pull.rules.iter().any(|r| r.enabled == Some(true)) {
             return Ok(None);
         }
-        let tls_roots = match &pull.ca_file {
-            None => None,
+        let tls_trust = match &pull.ca_file {
+            None => tls::OriginTrust::default(),
             Some(path) => {
                 let extra = tls::read_ca_file(path).map_err(|message| ConfigError {
                     scope: format!("bucket \"{}\"", bucket.name),
                     field: "origin_pull.tls.ca_file".into(),
                     message,
                 })?;
-                Some(tls::roots_with(&extra))
+                tls::OriginTrust::with_extra_roots(&extra)
             }
         };
         let name = &bucket.name;
@@ -151,7 +149,7 @@ impl BucketPull {
             bucket_policy,
             rules,
             redirect_hosts: all_hosts(pull),
-            tls_roots,
+            tls_trust,
             pass_query_string: pull.pass_query_string,
             origin_headers: pull.origin_headers.clone(),
         }))

@@ -3,11 +3,19 @@
 //! never both, so a bucket with a `ca_file` gets one list holding both, built once per
 //! configuration generation. Without a `ca_file`, peers carry no list and the connector's system
 //! roots apply.
+//!
+//! Every copy shares one connector and so one connection pool, whose key (`HttpPeer`'s `Hash`)
+//! covers the address, SNI and verify flags but not the CA list: a connection one bucket's roots
+//! verified would be handed to a bucket that does not trust them. [`OriginTrust::apply`] gives
+//! each set of roots its own pool group, so a pooled connection is only reused under the trust
+//! that verified it.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
 
 use pingora::protocols::tls::CaType;
+use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -46,14 +54,38 @@ pub fn read_ca_file(ca_file: &Path) -> Result<Vec<Vec<u8>>, String> {
     Ok(certs)
 }
 
-/// The CA list for peers of a bucket with `ca_file`: the system roots plus the file's.
-pub fn roots_with(extra: &[Vec<u8>]) -> Arc<CaType> {
-    let list: Vec<WrappedX509> = SYSTEM_ROOTS
-        .iter()
-        // Pingora's wrapper panics on what it cannot parse; skip such a system root.
-        .filter(|der| X509Certificate::from_der(der).is_ok())
-        .chain(extra.iter())
-        .map(|der| WrappedX509::new(der.clone(), parse_x509))
-        .collect();
-    Arc::from(list.into_boxed_slice())
+/// What a bucket's HTTPS peers trust: the system roots, or the system roots plus a `ca_file`.
+#[derive(Clone, Default)]
+pub struct OriginTrust {
+    /// `None`: the connector's system roots.
+    roots: Option<Arc<CaType>>,
+    /// The connection pool group of peers with these roots; 0 for the system roots alone.
+    pool_group: u64,
+}
+
+impl OriginTrust {
+    /// The system roots plus `extra` (a `ca_file`'s certificates, DER).
+    pub fn with_extra_roots(extra: &[Vec<u8>]) -> OriginTrust {
+        let list: Vec<WrappedX509> = SYSTEM_ROOTS
+            .iter()
+            // Pingora's wrapper panics on what it cannot parse; skip such a system root.
+            .filter(|der| X509Certificate::from_der(der).is_ok())
+            .chain(extra.iter())
+            .map(|der| WrappedX509::new(der.clone(), parse_x509))
+            .collect();
+        // The same certificates give the same group (a reload, two buckets naming one file);
+        // other certificates another one. Never 0, the system roots' group.
+        let mut hasher = DefaultHasher::new();
+        extra.hash(&mut hasher);
+        OriginTrust {
+            roots: Some(Arc::from(list.into_boxed_slice())),
+            pool_group: hasher.finish() | 1,
+        }
+    }
+
+    /// Makes `peer` verify against these roots and reuse only connections verified against them.
+    pub fn apply(&self, peer: &mut HttpPeer) {
+        peer.options.ca = self.roots.clone();
+        peer.group_key = self.pool_group;
+    }
 }
