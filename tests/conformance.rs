@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -18,78 +16,6 @@ const BODY: &str = "the object's body\n";
 
 fn host() -> String {
     format!("{BUCKET}.{DEFAULT_DOMAIN_SUFFIX}")
-}
-
-/// nginx on a loopback port, serving `root` for the bucket's host and for `127.0.0.1` (the
-/// host originpull's copies ask for); other hosts get 404.
-struct Nginx {
-    _process: KillOnDrop,
-    addr: std::net::SocketAddr,
-}
-
-impl Nginx {
-    fn start(dir: &Path, root: &Path) -> Nginx {
-        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|path| path.exists())
-            .unwrap_or_else(|| PathBuf::from("nginx"));
-        let port = free_port();
-        let temp = |name: &str| dir.join(name).display().to_string();
-        let user = if is_root() { "user root;" } else { "" };
-        let config = format!(
-            "{user}\ndaemon off;\nmaster_process off;\nworker_processes 1;\npid {pid};\nerror_log {log};\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {b}; proxy_temp_path {p};\n  \
-             fastcgi_temp_path {f}; uwsgi_temp_path {u}; scgi_temp_path {s};\n  \
-             server {{ listen 127.0.0.1:{port} default_server; server_name _; return 404; }}\n  \
-             server {{ listen 127.0.0.1:{port}; server_name {host} 127.0.0.1; root {root}; }}\n}}\n",
-            pid = temp("nginx.pid"),
-            log = temp("nginx-error.log"),
-            b = temp("body"),
-            p = temp("proxy"),
-            f = temp("fcgi"),
-            u = temp("uwsgi"),
-            s = temp("scgi"),
-            host = host(),
-            root = root.display(),
-        );
-        let config_path = dir.join("nginx.conf");
-        std::fs::write(&config_path, config).unwrap();
-        let process = Command::new(binary)
-            .arg("-p")
-            .arg(dir)
-            .arg("-c")
-            .arg(&config_path)
-            .arg("-e")
-            .arg(dir.join("nginx-error.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx (installed by .ci/setup)");
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        let process = KillOnDrop(process);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(addr).is_ok() {
-                return Nginx {
-                    _process: process,
-                    addr,
-                };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default()
-        );
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| out.stdout.starts_with(b"0\n"))
 }
 
 /// One request on a fresh connection; `None` when the server closed without an answer.
@@ -105,12 +31,14 @@ async fn request_lines_and_hosts_are_answered_as_nginx_answers_them() {
     let root = dir.path().join("site");
     std::fs::create_dir(&root).unwrap();
     std::fs::write(root.join("key.txt"), BODY).unwrap();
-    let nginx = Nginx::start(dir.path(), &root);
+    let Some(nginx) = NginxOrigin::start_for(&root, &[&host(), "127.0.0.1"]) else {
+        return;
+    };
     // nginx is the bucket's origin too: the object is copied from it before the comparison,
     // so both serve it.
     let server = Originpull::start(OriginpullConfig::new().with_bucket_yaml(&format!(
         "name: {BUCKET}\norigin_pull:\n  enabled: true\n  origin: {}\n",
-        nginx.addr
+        nginx.addr()
     )));
     assert_eq!(
         raw_get(server.addr(), &host(), "/key.txt").await.status,
@@ -197,7 +125,7 @@ async fn request_lines_and_hosts_are_answered_as_nginx_answers_them() {
     ];
     let mut refused_by_originpull = 0.0;
     for (what, request, status, xml_code) in &cases {
-        let reference = send(nginx.addr, request)
+        let reference = send(nginx.addr(), request)
             .await
             .unwrap_or_else(|| panic!("{what}: nginx gave no answer"));
         assert_eq!(reference.status, *status, "{what}: nginx's answer changed");

@@ -2212,7 +2212,9 @@ pub fn require_program(name: &str, env: Option<&str>) -> Option<PathBuf> {
 
 /// A real nginx serving the files under `root` on a loopback port: an origin as operators
 /// have them (directories answered with `301` to their slash, static files with validators,
-/// no CORS headers, `405` to `OPTIONS`). Stopped when dropped.
+/// no CORS headers, `405` to `OPTIONS`), or the reference a test compares answers with. One
+/// process, no master (so it runs as whoever runs the tests and reads their files). Stopped
+/// when dropped.
 pub struct NginxOrigin {
     dir: tempfile::TempDir,
     addr: SocketAddr,
@@ -2220,8 +2222,15 @@ pub struct NginxOrigin {
 }
 
 impl NginxOrigin {
-    /// `None` where nginx is missing and the run is not CI's (see [`require_program`]).
+    /// Serves `root` for any host. `None` where nginx is missing and the run is not CI's
+    /// (see [`require_program`]).
     pub fn start(root: &Path) -> Option<NginxOrigin> {
+        NginxOrigin::start_for(root, &[])
+    }
+
+    /// Serves `root` for the hosts `server_names` only (others get 404), or for any host when
+    /// none are given.
+    pub fn start_for(root: &Path, server_names: &[&str]) -> Option<NginxOrigin> {
         let nginx = require_program("nginx", None)?;
         let dir = tempfile::Builder::new()
             .prefix("originpull-nginx-")
@@ -2229,15 +2238,24 @@ impl NginxOrigin {
             .expect("create temp dir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let prefix = dir.path();
+        let servers = if server_names.is_empty() {
+            format!("server {{ listen {addr}; root {}; }}", root.display())
+        } else {
+            format!(
+                "server {{ listen {addr} default_server; server_name _; return 404; }}\n  \
+                 server {{ listen {addr}; server_name {}; root {}; }}",
+                server_names.join(" "),
+                root.display()
+            )
+        };
         let conf = format!(
-            "worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n\
-             events {{}}\nhttp {{\n  include /etc/nginx/mime.types;\n  access_log {prefix}/access.log;\n\
-             client_body_temp_path {prefix}/body;\n  proxy_temp_path {prefix}/proxy;\n\
-             fastcgi_temp_path {prefix}/fastcgi;\n  uwsgi_temp_path {prefix}/uwsgi;\n\
-             scgi_temp_path {prefix}/scgi;\n\
-             server {{\n    listen {addr};\n    root {root};\n  }}\n}}\n",
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {prefix}/nginx.pid;\n\
+             error_log {prefix}/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n  \
+             include /etc/nginx/mime.types;\n  access_log {prefix}/access.log;\n  \
+             client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;\n  \
+             fastcgi_temp_path {prefix}/fastcgi; uwsgi_temp_path {prefix}/uwsgi;\n  \
+             scgi_temp_path {prefix}/scgi;\n  {servers}\n}}\n",
             prefix = prefix.display(),
-            root = root.display(),
         );
         let conf_path = prefix.join("nginx.conf");
         fs::write(&conf_path, conf).expect("write nginx.conf");
@@ -2256,7 +2274,11 @@ impl NginxOrigin {
         let process = KillOnDrop(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while StdTcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not start on {addr}");
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start on {addr}: {}",
+                fs::read_to_string(prefix.join("error.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Some(NginxOrigin {
