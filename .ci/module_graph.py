@@ -93,6 +93,17 @@ def find_cycle(graph):
                 return found
     return None
 
+def all_cycles(graph):
+    """One loop after another: each found loop's first edge is set aside before looking again."""
+    remaining = {k: set(v) for k, v in graph.items()}
+    cycles = []
+    while True:
+        cycle = find_cycle(remaining)
+        if not cycle:
+            return cycles
+        cycles.append(cycle)
+        remaining[cycle[0]].discard(cycle[1])
+
 def top(mod):
     return mod.split("::")[0]
 
@@ -100,15 +111,7 @@ def check(crate_dir):
     src = os.path.join(crate_dir, "src")
     mods = modules(src)
     graph = edges(mods)
-    problems = []
-    # File level: every loop, one at a time.
-    remaining = {k: set(v) for k, v in graph.items()}
-    while True:
-        cycle = find_cycle(remaining)
-        if not cycle:
-            break
-        problems.append("files: " + " -> ".join(cycle))
-        remaining[cycle[0]].discard(cycle[1])
+    problems = ["files: " + " -> ".join(c) for c in all_cycles(graph)]
     tops = {}
     for a, targets in graph.items():
         for b in targets:
@@ -117,13 +120,7 @@ def check(crate_dir):
     for a in list(tops):
         for b in tops[a]:
             tops.setdefault(b, set())
-    remaining = {k: set(v) for k, v in tops.items()}
-    while True:
-        cycle = find_cycle(remaining)
-        if not cycle:
-            break
-        problems.append("top-level modules: " + " -> ".join(cycle))
-        remaining[cycle[0]].discard(cycle[1])
+    problems += ["top-level modules: " + " -> ".join(c) for c in all_cycles(tops)]
     return problems
 
 def crates(root):

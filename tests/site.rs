@@ -59,6 +59,15 @@ fn make_site(root: &Path) -> Option<()> {
     Some(())
 }
 
+/// The site in a temporary directory, served by nginx; `None` where a part is missing outside
+/// CI.
+fn site_origin() -> Option<(tempfile::TempDir, NginxOrigin)> {
+    let root = tempfile::tempdir().unwrap();
+    make_site(root.path())?;
+    let nginx = NginxOrigin::start(root.path())?;
+    Some((root, nginx))
+}
+
 /// Copies a directory tree, following the package's symbolic links to the font packages.
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -105,11 +114,7 @@ async fn result_count(server: &Originpull, bucket: &str, result: &str) -> f64 {
 
 #[tokio::test]
 async fn a_bucket_page_loads_its_stylesheet_fonts_and_fetch_on_the_first_visit() {
-    let root = tempfile::tempdir().unwrap();
-    let Some(()) = make_site(root.path()) else {
-        return;
-    };
-    let Some(nginx) = NginxOrigin::start(root.path()) else {
+    let Some((_site, nginx)) = site_origin() else {
         return;
     };
     let server = Originpull::start(site_buckets(&nginx.authority(), "http://unused.example"));
@@ -159,11 +164,7 @@ async fn a_bucket_page_loads_its_stylesheet_fonts_and_fetch_on_the_first_visit()
 
 #[tokio::test]
 async fn a_page_on_another_site_fetches_a_miss_through_its_preflight() {
-    let root = tempfile::tempdir().unwrap();
-    let Some(()) = make_site(root.path()) else {
-        return;
-    };
-    let Some(nginx) = NginxOrigin::start(root.path()) else {
+    let Some((root, nginx)) = site_origin() else {
         return;
     };
     let page_site = format!("http://{}", nginx.authority());
@@ -201,11 +202,7 @@ async fn a_page_on_another_site_fetches_a_miss_through_its_preflight() {
 
 #[tokio::test]
 async fn a_folder_url_without_its_slash_is_never_stored_as_the_folders_page() {
-    let root = tempfile::tempdir().unwrap();
-    let Some(()) = make_site(root.path()) else {
-        return;
-    };
-    let Some(nginx) = NginxOrigin::start(root.path()) else {
+    let Some((_site, nginx)) = site_origin() else {
         return;
     };
     let origin = nginx.authority();
