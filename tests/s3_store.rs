@@ -1256,7 +1256,13 @@ async fn an_abort_that_failed_in_a_blip_is_retried_in_the_background() {
         wait_until(WAIT, || async { journal_entries(&server).is_empty() }).await,
         "the entry goes with it"
     );
-    assert!(s3.keys().iter().all(|k| !k.ends_with("stalled.bin")));
+    // Nothing stored, and the copy's lease, whose release failed in the blip too, goes once
+    // its own retry lands.
+    let nothing_left = wait_until(WAIT, || async {
+        s3.keys().iter().all(|k| !k.ends_with("stalled.bin"))
+    })
+    .await;
+    assert!(nothing_left, "{:?}", s3.keys());
 }
 
 /// Issue #20: a part upload the store refuses counts in `originpull_store_errors_total`.
