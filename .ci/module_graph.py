@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fails when the modules of a crate import each other in a loop.
+"""Fails when the modules of a crate import each other in a loop, or a module imports from a layer
+above its own.
 
 For each crate (a directory holding src/lib.rs or src/main.rs), every `.rs` file is a module
 (`src/store/s3.rs` is `store::s3`, `src/store/mod.rs` is `store`). An edge A -> B is a path
@@ -7,11 +8,27 @@ For each crate (a directory holding src/lib.rs or src/main.rs), every `.rs` file
 in it. A module naming its own descendants is containment (`pub use s3::S3Store`), not an
 import. Loops are looked for twice: between files, and between the top-level modules they belong
 to (so `store::head -> respond -> cors -> store` is a loop even when no two files name each other
-both ways). Usage: .ci/module_graph.py [CRATE_DIR...] (default: every crate of the workspace).
+both ways). 
+A crate listed in LAYERS has its top-level modules in layers, top first; a module may import
+only from its own layer or those below (docs/architecture.md draws them).
+
+Usage: .ci/module_graph.py [CRATE_DIR...] (default: every crate of the workspace).
 """
 import os
 import re
 import sys
+
+LAYERS = {
+    "crates/originpull-server": [
+        ["server", "properties"],
+        ["admin"],
+        ["answer"],
+        ["edge"],
+        ["live"],
+        ["pull"],
+        ["metrics", "access_log"],
+    ],
+}
 
 def modules(src):
     found = {}
@@ -121,6 +138,17 @@ def check(crate_dir):
         for b in tops[a]:
             tops.setdefault(b, set())
     problems += ["top-level modules: " + " -> ".join(c) for c in all_cycles(tops)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    layers = LAYERS.get(os.path.relpath(crate_dir, root))
+    if layers:
+        level = {m: i for i, layer in enumerate(layers) for m in layer}
+        for a, targets in sorted(tops.items()):
+            if a not in level:
+                problems.append(f"module {a} is in no layer (add it to LAYERS)")
+                continue
+            for b in sorted(targets):
+                if level.get(b, len(layers)) < level[a]:
+                    problems.append(f"layers: {a} imports {b}, a layer above it")
     return problems
 
 def crates(root):

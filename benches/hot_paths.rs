@@ -2,15 +2,19 @@
 //! response headers, a miss's `Location`, a store lookup of a small object, and what picking a
 //! compressed variant adds to a hit.
 
+// A test (or benchmark) that unwraps fails loudly, which is what it should do.
+#![allow(clippy::unwrap_used)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use originpull::compress::Compressor;
-use originpull::config::{parse_origin, Config};
-use originpull::cors::CorsReply;
-use originpull::key::ObjectKey;
-use originpull::redirect::location;
-use originpull::respond::{Reply, RequestId};
-use originpull::route::Routes;
-use originpull::store::{BucketStore, DiskStore, HotTier, HotTierLimits, NewObject, ObjectHead};
+use originpull_config::{parse_origin, Config};
+use originpull_server::answer::compress::Compressor;
+use originpull_server::answer::cors::CorsReply;
+use originpull_server::answer::object_head::ObjectHead;
+use originpull_server::answer::redirect::location;
+use originpull_server::answer::respond::{Reply, RequestId};
+use originpull_server::live::bucket::Routes;
+use originpull_store::key::ObjectKey;
+use originpull_store::{BucketStore, DiskStore, HotTier, HotTierLimits, NewObject};
 use pingora::http::RequestHeader;
 use std::sync::Arc;
 use std::time::Duration;

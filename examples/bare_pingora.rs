@@ -5,22 +5,25 @@
 //! lengths as originpull and uses the same allocator (mimalloc), so the two put the same bytes
 //! on the wire through the same stack. Same thread count and the same listening
 //! arrangement as originpull (one `SO_REUSEPORT` socket and one single-threaded runtime per
-//! worker, `originpull::listener::WorkerListener`), so the difference between the two is our
+//! worker, `originpull_server::edge::listener::WorkerListener`), so the difference between the two is our
 //! request code, not how connections are spread over threads.
 //!
 //! `cargo run --release --example bare_pingora -- MODE LISTEN THREADS`, MODE `302` (a redirect
 //! with an empty body) or `4k` (a 4 KiB body), e.g. `302 127.0.0.1:8090 2`.
 
+// A test (or benchmark) that unwraps fails loudly, which is what it should do.
+#![allow(clippy::unwrap_used)]
+
 use async_trait::async_trait;
 use bytes::Bytes;
-use originpull::listener::WorkerListener;
+use originpull_server::edge::listener::WorkerListener;
 use pingora::http::ResponseHeader;
 use pingora::protocols::l4::stream::L4BufferSettings;
-use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
+use pingora_proxy::{ProxyHttp, Session};
 
 // The allocator originpull uses: part of the stack, so part of its floor.
 #[global_allocator]
@@ -111,7 +114,7 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
     for worker in 0..threads {
-        let service = pingora::proxy::http_proxy_service_with_name(
+        let service = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,
             app.clone(),
             &format!("bare worker {worker}"),

@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
-use originpull::config::{Config, ConfigErrors};
-use originpull::reload::LiveConfig;
-use originpull::server::{self, ProcessFlags};
+use originpull_cli::{demo, prefetch};
+use originpull_config::{Config, ConfigErrors};
+use originpull_server::live::reload::LiveConfig;
+use originpull_server::server::{self, ProcessFlags};
 
 /// A request allocates many small, short-lived buffers across threads; mimalloc's per-thread
 /// free lists handle that with less work than glibc malloc (see docs/benchmarks.md).
@@ -101,14 +102,14 @@ fn main() -> ExitCode {
             rate,
             keys,
         }) => {
-            let args = originpull::prefetch::PrefetchArgs {
+            let args = prefetch::PrefetchArgs {
                 admin,
                 token_file,
                 bucket,
                 rate,
                 keys,
             };
-            return match originpull::prefetch::run(&args) {
+            return match prefetch::run(&args) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(why) => {
@@ -176,7 +177,6 @@ fn run_demo(
     dir: &std::path::Path,
     flags: ProcessFlags,
 ) -> ExitCode {
-    use originpull::demo;
     let config_path = match demo::prepare(dir, listen, metrics, origin) {
         Ok(p) => p,
         Err(e) => {

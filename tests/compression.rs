@@ -3,14 +3,17 @@
 //! nothing and objects the origin stored encoded get the stored bytes. The real binary, real
 //! clients, real decoders.
 
+// A test (or benchmark) that unwraps fails loudly, which is what it should do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::Read;
 use std::time::Duration;
 
 use common::*;
-use originpull::key::ObjectKey;
-use originpull::store::{BucketStore, DiskStore, NewObject};
+use originpull_store::key::ObjectKey;
+use originpull_store::{BucketStore, DiskStore, NewObject};
 
 const BUCKET: &str = "example-1250000000";
 

@@ -3,6 +3,9 @@
 //! keep-alive and header timeouts, the header size limit, the connection cap, a graceful stop
 //! that ends when nothing is running, and metrics that exist from the start.
 
+// A test (or benchmark) that unwraps fails loudly, which is what it should do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

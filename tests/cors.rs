@@ -2,6 +2,9 @@
 //! a routed request (hit, 304, 302, error) and answer `OPTIONS` preflights, with S3's
 //! CORSRule semantics. The real binary, a real origin, byte-exact requests.
 
+// A test (or benchmark) that unwraps fails loudly, which is what it should do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -9,8 +12,8 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use common::*;
-use originpull::config::Config;
-use originpull::cors::CorsReply;
+use originpull_config::Config;
+use originpull_server::answer::cors::CorsReply;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 /// Counts the allocations of the thread that asked for counting, to prove the CORS step of a
@@ -21,6 +24,8 @@ thread_local! {
     static ALLOCATIONS: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
+// A counting allocator is unsafe by nature: it forwards to the system allocator.
+#[allow(unsafe_code)]
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let _ = ALLOCATIONS.try_with(|n| n.set(n.get().map(|n| n + 1)));

@@ -6,6 +6,9 @@
 //! copies succeed again once it is writable. An origin flapping up and down never makes a
 //! request fail or an object be stored damaged.
 
+// A test (or benchmark) that unwraps fails loudly, which is what it should do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -15,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use originpull::key::ObjectKey;
-use originpull::store::disk::object_path_under;
+use originpull_store::disk::object_path_under;
+use originpull_store::key::ObjectKey;
 
 const BUCKET: &str = "example-1250000000";
 

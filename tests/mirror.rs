@@ -3,6 +3,9 @@
 //! one key make one origin GET; Range, HEAD and conditionals on a miss; origin errors become
 //! 404/502/504 with XML bodies; a reload switches modes under load.
 
+// A test (or benchmark) that unwraps fails loudly, which is what it should do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! Issue #4 end to end: hot reload (file and SIGHUP, invalid files, reloads under load), the
 //! Prometheus contract, the access log, and the shipped deploy files.
 
+// A test (or benchmark) that unwraps fails loudly, which is what it should do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

@@ -4,6 +4,9 @@
 //! configuration and at run time, origin headers and query strings, and a reload that switches
 //! origins under load.
 
+// A test (or benchmark) that unwraps fails loudly, which is what it should do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -3,6 +3,9 @@
 //! with exit 1, and `--rate` capping the copies started per second. Issue #19: keys with a
 //! leading slash, and the progress bar on a terminal (through script(1)).
 
+// A test (or benchmark) that unwraps fails loudly, which is what it should do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::Write;

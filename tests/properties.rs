@@ -1,14 +1,21 @@
 //! Issue #13, property tests (proptest): the key parser, the `Location` builder, Range handling
 //! and the configuration loader take any input and either give something that round-trips or
 //! refuse it with an error; nothing panics. The properties themselves are
-//! `originpull::properties`, which the fuzz targets (`fuzz/`) check too; an input fuzzing finds
+//! the `properties` modules of the store, config and server crates, which the fuzz targets
+//! (`fuzz/`) check too; an input fuzzing finds
 //! becomes a test at the end of this file, with its exact bytes.
 
-use originpull::config::{parse_origin, Protocol};
-use originpull::properties::{
-    byte_range_matches_its_headers, config_text_is_a_config_or_named_errors, key_parser,
-    location_carries_only_origin_and_request, origin_round_trips, GeneratedBucket,
+// A test (or benchmark) that unwraps fails loudly, which is what it should do.
+#![allow(clippy::unwrap_used)]
+
+use originpull_config::properties::{
+    config_text_is_a_config_or_named_errors, origin_round_trips, GeneratedBucket,
 };
+use originpull_config::{parse_origin, Protocol};
+use originpull_server::properties::{
+    byte_range_matches_its_headers, location_carries_only_origin_and_request,
+};
+use originpull_store::properties::key_parser;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 

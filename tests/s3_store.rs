@@ -10,6 +10,9 @@
 //! `~/.local/share/originpull/moto-venv`). Only when that venv's python is missing are these
 //! tests skipped, with a message saying so; a moto that is there but fails is a failure.
 
+// A test (or benchmark) that unwraps fails loudly, which is what it should do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -4,6 +4,9 @@
 //! their stylesheets, fonts and `fetch()`ed data are still misses (issue #19: fonts and fetch()
 //! through the 302, folders without their slash).
 
+// A test (or benchmark) that unwraps fails loudly, which is what it should do.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,9 @@
 //! the origin's bytes). The script exits non-zero when a request failed or an object was stored
 //! damaged; its full table is printed either way.
 
+// A test (or benchmark) that unwraps fails loudly, which is what it should do.
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 #[test]

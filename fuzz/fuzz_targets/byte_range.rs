@@ -1,13 +1,13 @@
 //! Fuzz target: any `Range` header on an object of any size gives a 200, a 206 inside the
 //! object or a 416, with headers that say so
-//! (`originpull::properties::byte_range_matches_its_headers`).
+//! (`originpull_server::properties::byte_range_matches_its_headers`).
 //!
 //! Input: the object size in decimal, a newline, then the `Range` header value's bytes, so the
 //! seeds are plain text.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use originpull::properties::byte_range_matches_its_headers;
+use originpull_server::properties::byte_range_matches_its_headers;
 
 fuzz_target!(|data: &[u8]| {
     let Some(newline) = data.iter().position(|&b| b == b'\n') else {

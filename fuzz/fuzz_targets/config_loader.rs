@@ -6,7 +6,7 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use originpull::properties::{config_text_is_a_config_or_named_errors, GeneratedBucket};
+use originpull_config::properties::{config_text_is_a_config_or_named_errors, GeneratedBucket};
 
 #[derive(Debug, Arbitrary)]
 struct Bucket<'a> {

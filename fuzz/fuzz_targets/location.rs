@@ -1,6 +1,6 @@
 //! Fuzz target: the 302 `Location` holds only the configured origin and the request's path and
 //! query, and every accepted origin address round-trips
-//! (`originpull::properties::{origin_round_trips, location_carries_only_origin_and_request}`).
+//! (`originpull_server::properties::{origin_round_trips, location_carries_only_origin_and_request}`).
 //!
 //! Input: four fields separated by newlines, readable so the seeds are plain text:
 //! `http|https`, the origin address (a refused one is replaced by `abc.example.com:8080` for
@@ -8,8 +8,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use originpull::config::{parse_origin_with, Protocol};
-use originpull::properties::{location_carries_only_origin_and_request, origin_round_trips};
+use originpull_config::properties::origin_round_trips;
+use originpull_config::{parse_origin_with, Protocol};
+use originpull_server::properties::location_carries_only_origin_and_request;
 
 fuzz_target!(|input: &str| {
     let mut fields = input.splitn(4, '\n');

@@ -1,0 +1,351 @@
+//! Start-up: turns a validated [`Config`] into a running Pingora server with the data plane,
+//! the Prometheus endpoint, the bucket store, the copy scheduler and the reload watchers; and
+//! the end of a graceful stop, as soon as no request or copy is left running.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::protocols::l4::stream::L4BufferSettings;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service as ListeningService;
+
+use crate::access_log::AccessLog;
+use crate::admin::progress::{ProgressService, Samples};
+use crate::admin::AdminApi;
+use crate::answer::compress::Compressor;
+use crate::answer::OriginPull;
+use crate::edge::connection::{ConnectionCounts, ConnectionGate, ConnectionLimits};
+use crate::edge::listener::{check_address_free, WorkerListener};
+use crate::live::probes::OriginProbes;
+use crate::live::reload::{ConfigHandle, LiveConfig, ReloadWatcher};
+use crate::pull::copy::Copies;
+use originpull_config::ConditionalPut;
+use originpull_config::{Config, S3Settings, StoreSettings};
+use originpull_store::local_tier::LocalTier;
+use originpull_store::s3::S3Store;
+use originpull_store::s3_cleanup::UploadCleanup;
+use originpull_store::s3_credentials::CredentialSource;
+use originpull_store::s3_link::StoreLink;
+use originpull_store::s3_uploads::{UploadJournal, JOURNAL_DIR};
+use originpull_store::{
+    BucketCounts, BucketStore, CountedStore, DiskStore, HotTier, HotTierLimits,
+};
+
+/// How often a graceful stop checks whether anything is still running.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// Process flags Pingora itself understands.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessFlags {
+    pub daemon: bool,
+    pub upgrade: bool,
+}
+
+/// Builds the server. Relative paths in `config` are taken against the current working
+/// directory. Extra services (the demo's origin) can be added before running it.
+pub fn build(
+    mut config: Config,
+    config_path: &Path,
+    flags: ProcessFlags,
+) -> Result<Server, StartError> {
+    // An upgrade takes over the running process's sockets, so the address is in use by design.
+    if !flags.upgrade {
+        check_address_free(config.listen).map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    }
+    let base_dir = std::env::current_dir().map_err(StartError::WorkingDirectory)?;
+    config.resolve_relative_paths(&base_dir);
+    crate::metrics::init();
+    let cache = &config.memory_cache;
+    // Objects and bytes per bucket are counted as copies and purges pass through the store.
+    let counts = BucketCounts::default();
+    let limits = HotTierLimits {
+        max_bytes: cache.max_bytes as usize,
+        max_object_bytes: cache.max_object_bytes as usize,
+        revalidate: Duration::from_secs(cache.revalidate_secs),
+    };
+    let mut upload_cleanup = None;
+    let store: Arc<dyn BucketStore> = match &config.store {
+        StoreSettings::Disk => {
+            let store = DiskStore::open(&config.data_dir).map_err(|source| StartError::Store {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+            with_tiers(store, limits, counts.clone())
+        }
+        StoreSettings::S3(s3) => {
+            let (store, cleanup) = open_s3_store(s3, &config)?;
+            upload_cleanup = Some(cleanup);
+            match &s3.local_tier {
+                Some(tier) => {
+                    let store =
+                        LocalTier::open(store, tier).map_err(|source| StartError::Store {
+                            path: tier.dir.clone(),
+                            source,
+                        })?;
+                    with_tiers(store, limits, counts.clone())
+                }
+                None => with_tiers(store, limits, counts.clone()),
+            }
+        }
+    };
+    if let Some(admin) = &config.admin {
+        admin.read_token().map_err(StartError::AdminToken)?;
+    }
+    let access_log = AccessLog::open(&config.access_log).map_err(StartError::AccessLog)?;
+
+    let mut server_conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_secs),
+        daemon: flags.daemon,
+        // Each worker service runs on one single-threaded runtime (see `listener`).
+        work_stealing: false,
+        ..ServerConf::default()
+    };
+    if let Some(pid_file) = &config.server.pid_file {
+        server_conf.pid_file = pid_file.clone();
+    }
+    if let Some(sock) = &config.server.upgrade_sock {
+        server_conf.upgrade_sock = sock.clone();
+    }
+    let opt = Opt {
+        upgrade: flags.upgrade,
+        daemon: flags.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+
+    let listen = config.listen;
+    let threads = config.server.threads;
+    let metrics_listen = config.metrics_listen;
+    let limits = ConnectionLimits::new(&config.server);
+    let admin_listen = config.admin.as_ref().map(|a| a.listen);
+    let live = LiveConfig::new(config).map_err(StartError::Config)?;
+    let handle = ConfigHandle::new(live, config_path, &base_dir);
+    let reload_watcher = server.add_service(background_service(
+        "config reload",
+        ReloadWatcher::new(handle.clone()),
+    ));
+    if let Some(cleanup) = upload_cleanup {
+        server.add_service(background_service(
+            "S3 upload clean-up",
+            UploadCleanupService(cleanup),
+        ));
+    }
+    server.add_service(background_service(
+        "origin probes",
+        OriginProbes(handle.clone()),
+    ));
+
+    let samples = Samples::default();
+    server.add_service(pingora::services::background::background_service(
+        "migration progress",
+        ProgressService {
+            config: handle.clone(),
+            store: store.clone(),
+            counts: counts.clone(),
+            samples: samples.clone(),
+        },
+    ));
+
+    let copies = Copies::new(store.clone());
+    if let Some(addr) = admin_listen {
+        let admin = AdminApi::new(
+            handle.clone(),
+            store.clone(),
+            copies.clone(),
+            counts,
+            samples,
+        );
+        server.add_service(admin.service(addr));
+    }
+    let app = OriginPull {
+        config: handle,
+        copies,
+        compressor: Compressor::new(store.clone()),
+        store,
+        access_log: Arc::new(access_log),
+    };
+    let connections = Arc::new(ConnectionCounts::new(threads));
+    server.add_service(background_service(
+        "exit when idle",
+        ExitWhenIdle {
+            connections: connections.clone(),
+            copies: app.copies.clone(),
+        },
+    ));
+    for worker in 0..threads {
+        let proxy = Arc::new(pingora_proxy::http_proxy(
+            &server.configuration,
+            app.clone(),
+        ));
+        let gate = ConnectionGate::new(
+            proxy,
+            Arc::new(app.clone()),
+            limits,
+            connections.clone(),
+            worker,
+            app.access_log.clone(),
+        );
+        let service = ListeningService::new(format!("originpull worker {worker}"), gate);
+        // No socket buffers for the connection's whole life (Pingora's default is 64 KiB to read
+        // and one MSS to write): the gate buffers each request head and response itself, and
+        // only while the request runs, so an idle connection costs little memory.
+        let buffers = L4BufferSettings::unbuffered();
+        let listener = server.add_service(WorkerListener::new(service, listen, buffers, worker));
+        // Accepting connections means reloads are watched: a change right after is not missed.
+        listener.add_dependency(&reload_watcher);
+    }
+
+    if let Some(addr) = metrics_listen {
+        let mut prometheus = pingora_prometheus::prometheus_http_service();
+        prometheus.add_tcp(&addr.to_string());
+        server.add_service(prometheus);
+    }
+    Ok(server)
+}
+
+/// The memory tier in front of `store`, unless it is turned off (`max_bytes: 0`).
+/// `store` behind the memory tier (unless it is off), counted per bucket.
+fn with_tiers<S: BucketStore>(
+    store: S,
+    limits: HotTierLimits,
+    counts: BucketCounts,
+) -> Arc<dyn BucketStore> {
+    if limits.max_bytes > 0 {
+        Arc::new(CountedStore::new(HotTier::new(store, limits), counts))
+    } else {
+        Arc::new(CountedStore::new(store, counts))
+    }
+}
+
+/// The S3 store, once every configured bucket's S3 bucket has answered and refused what the
+/// fleet's leases rely on (`store.s3.conditional_put`), journaling its uploads in this node's
+/// state directory (the local tier's, else `data_dir`), and the clean-up of uploads nobody will
+/// finish, to run in the background. The checks run on a runtime of their own (none runs yet)
+/// with clients of their own, dropped with it. All share one deadline and health.
+fn open_s3_store(
+    settings: &S3Settings,
+    config: &Config,
+) -> Result<(S3Store, UploadCleanup), StartError> {
+    let credentials = CredentialSource::resolve(settings).map_err(StartError::S3)?;
+    log::info!("S3 store: credentials from {}", credentials.describe());
+    let link = StoreLink::new(Duration::from_millis(settings.request_timeout_ms));
+    let buckets: Vec<String> = config.buckets.iter().map(|b| b.name.clone()).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::S3(format!("cannot start the S3 check: {e}")))?;
+    let probe = S3Store::new(settings.clone(), credentials.clone(), link.clone());
+    runtime
+        .block_on(probe.check_reachable(&buckets))
+        .map_err(|failures| StartError::S3(failures.join("; ")))?;
+    let lease_writes = runtime
+        .block_on(probe.probe_leases(&buckets))
+        .map_err(StartError::S3)?;
+    drop(probe);
+    match settings.conditional_put {
+        ConditionalPut::None => log::warn!(
+            "store.s3.conditional_put: none: fill leases are best effort; nodes that miss one \
+             cold key at the same moment may each fetch it from the origin"
+        ),
+        ConditionalPut::IfNoneMatch if !lease_writes.replace_if_match => log::warn!(
+            "S3 store: the store ignores `If-Match` on PUT; an expired lease is taken over \
+             through a takeover marker instead"
+        ),
+        _ => {}
+    }
+    let state_dir = match &settings.local_tier {
+        Some(tier) => &tier.dir,
+        None => &config.data_dir,
+    };
+    let journal_dir = state_dir.join(JOURNAL_DIR);
+    let journal = UploadJournal::open(&journal_dir).map_err(|e| {
+        StartError::S3(format!(
+            "cannot open the upload journal {}: {e}",
+            journal_dir.display()
+        ))
+    })?;
+    let journal = Arc::new(journal);
+    let cleanup = UploadCleanup::new(
+        S3Store::new(settings.clone(), credentials.clone(), link.clone()),
+        journal.clone(),
+        buckets,
+    );
+    let store = S3Store::new(settings.clone(), credentials, link)
+        .with_upload_journal(journal)
+        .with_lease_writes(lease_writes);
+    Ok((store, cleanup))
+}
+
+/// The S3 store's start-up clean-up, run once in the background (serving does not wait).
+struct UploadCleanupService(UploadCleanup);
+
+#[async_trait::async_trait]
+impl BackgroundService for UploadCleanupService {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        self.0.run().await;
+    }
+}
+
+/// Ends a graceful stop (SIGTERM, or the old process of an upgrade) as soon as no request is
+/// being received or answered and no copy is running or waiting. Pingora itself would sleep
+/// through the whole `grace_period_secs`; idle keep-alive connections are simply closed.
+struct ExitWhenIdle {
+    connections: Arc<ConnectionCounts>,
+    copies: Copies,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for ExitWhenIdle {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if shutdown.wait_for(|stopping| *stopping).await.is_err() {
+            return;
+        }
+        self.connections.note_stopping();
+        loop {
+            if self.connections.busy() == 0 && self.copies.is_idle() {
+                log::info!("graceful stop: no request or copy is running; exiting");
+                std::process::exit(0);
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+}
+
+/// Why the server could not start, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data_dir {}: cannot open the bucket store: {source}", path.display())]
+    Store {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    S3(String),
+    #[error("store.local_tier.dir {}: cannot open: {source}", path.display())]
+    LocalTier {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("access_log: cannot open: {0}")]
+    AccessLog(std::io::Error),
+    #[error("listen {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("configuration: {0}")]
+    Config(originpull_config::ConfigErrors),
+    #[error("admin_token_file: {0}")]
+    AdminToken(String),
+    #[error("cannot read the working directory: {0}")]
+    WorkingDirectory(std::io::Error),
+}
