@@ -47,10 +47,7 @@ impl S3Server {
             })?;
         let python = venv.join("bin/python");
         if !python.exists() {
-            eprintln!(
-                "SKIPPED: moto is not installed ({} missing); run .ci/setup to install it",
-                python.display()
-            );
+            missing(&format!("moto (its venv, {})", python.display()));
             return None;
         }
         let (child, port) = spawn_moto(&python, 0);

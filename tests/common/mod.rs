@@ -2202,12 +2202,18 @@ pub fn require_program(name: &str, env: Option<&str>) -> Option<PathBuf> {
             .find(|candidate| candidate.is_file())
     });
     if found.is_none() {
-        if std::env::var_os("CI").is_some() {
-            panic!("{name} is not installed; .ci/setup installs it");
-        }
-        eprintln!("SKIPPED: {name} is not installed (.ci/setup installs it)");
+        missing(name);
     }
     found
+}
+
+/// What a test does when something it needs (`what`) is not installed: it fails where `CI` is
+/// set, and prints `SKIPPED` and lets the test pass elsewhere (the caller returns).
+pub fn missing(what: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what} is not installed; .ci/setup installs it");
+    }
+    eprintln!("SKIPPED: {what} is not installed (.ci/setup installs it)");
 }
 
 /// A real nginx serving the files under `root` on a loopback port: an origin as operators

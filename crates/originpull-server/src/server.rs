@@ -11,6 +11,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service as ListeningService;
+use pingora_proxy::HttpProxy;
 
 use crate::access_log::AccessLog;
 use crate::admin::progress::{ProgressService, Samples};
@@ -61,66 +62,14 @@ pub fn build(
     let base_dir = std::env::current_dir().map_err(StartError::WorkingDirectory)?;
     config.resolve_relative_paths(&base_dir);
     crate::metrics::init();
-    let cache = &config.memory_cache;
     // Objects and bytes per bucket are counted as copies and purges pass through the store.
     let counts = BucketCounts::default();
-    let limits = HotTierLimits {
-        max_bytes: cache.max_bytes as usize,
-        max_object_bytes: cache.max_object_bytes as usize,
-        revalidate: Duration::from_secs(cache.revalidate_secs),
-    };
-    let mut upload_cleanup = None;
-    let store: Arc<dyn BucketStore> = match &config.store {
-        StoreSettings::Disk => {
-            let store = DiskStore::open(&config.data_dir).map_err(|source| StartError::Store {
-                path: config.data_dir.clone(),
-                source,
-            })?;
-            with_tiers(store, limits, counts.clone())
-        }
-        StoreSettings::S3(s3) => {
-            let (store, cleanup) = open_s3_store(s3, &config)?;
-            upload_cleanup = Some(cleanup);
-            match &s3.local_tier {
-                Some(tier) => {
-                    let store =
-                        LocalTier::open(store, tier).map_err(|source| StartError::Store {
-                            path: tier.dir.clone(),
-                            source,
-                        })?;
-                    with_tiers(store, limits, counts.clone())
-                }
-                None => with_tiers(store, limits, counts.clone()),
-            }
-        }
-    };
+    let (store, upload_cleanup) = open_store(&config, counts.clone())?;
     if let Some(admin) = &config.admin {
         admin.read_token().map_err(StartError::AdminToken)?;
     }
     let access_log = AccessLog::open(&config.access_log).map_err(StartError::AccessLog)?;
-
-    let mut server_conf = ServerConf {
-        threads: config.server.threads,
-        grace_period_seconds: Some(config.server.grace_period_secs),
-        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_secs),
-        daemon: flags.daemon,
-        // Each worker service runs on one single-threaded runtime (see `listener`).
-        work_stealing: false,
-        ..ServerConf::default()
-    };
-    if let Some(pid_file) = &config.server.pid_file {
-        server_conf.pid_file = pid_file.clone();
-    }
-    if let Some(sock) = &config.server.upgrade_sock {
-        server_conf.upgrade_sock = sock.clone();
-    }
-    let opt = Opt {
-        upgrade: flags.upgrade,
-        daemon: flags.daemon,
-        ..Opt::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
-    server.bootstrap();
+    let mut server = pingora_server(&config, flags);
 
     let listen = config.listen;
     let threads = config.server.threads;
@@ -143,9 +92,8 @@ pub fn build(
         "origin probes",
         OriginProbes(handle.clone()),
     ));
-
     let samples = Samples::default();
-    server.add_service(pingora::services::background::background_service(
+    server.add_service(background_service(
         "migration progress",
         ProgressService {
             config: handle.clone(),
@@ -154,7 +102,6 @@ pub fn build(
             samples: samples.clone(),
         },
     ));
-
     let copies = Copies::new(store.clone());
     if let Some(addr) = admin_listen {
         let admin = AdminApi::new(
@@ -182,34 +129,111 @@ pub fn build(
         },
     ));
     for worker in 0..threads {
-        let proxy = Arc::new(pingora_proxy::http_proxy(
-            &server.configuration,
-            app.clone(),
-        ));
-        let gate = ConnectionGate::new(
-            proxy,
-            Arc::new(app.clone()),
-            limits,
-            connections.clone(),
-            worker,
-            app.access_log.clone(),
-        );
-        let service = ListeningService::new(format!("originpull worker {worker}"), gate);
-        // No socket buffers for the connection's whole life (Pingora's default is 64 KiB to read
-        // and one MSS to write): the gate buffers each request head and response itself, and
-        // only while the request runs, so an idle connection costs little memory.
-        let buffers = L4BufferSettings::unbuffered();
-        let listener = server.add_service(WorkerListener::new(service, listen, buffers, worker));
+        let listener = worker_listener(&server, &app, limits, &connections, listen, worker);
+        let listener = server.add_service(listener);
         // Accepting connections means reloads are watched: a change right after is not missed.
         listener.add_dependency(&reload_watcher);
     }
-
     if let Some(addr) = metrics_listen {
         let mut prometheus = pingora_prometheus::prometheus_http_service();
         prometheus.add_tcp(&addr.to_string());
         server.add_service(prometheus);
     }
     Ok(server)
+}
+
+/// The bucket store the configuration names, with its tiers, and (S3) the clean-up of the
+/// uploads an earlier run left, to run in the background.
+fn open_store(
+    config: &Config,
+    counts: BucketCounts,
+) -> Result<(Arc<dyn BucketStore>, Option<UploadCleanup>), StartError> {
+    let cache = &config.memory_cache;
+    let limits = HotTierLimits {
+        max_bytes: cache.max_bytes as usize,
+        max_object_bytes: cache.max_object_bytes as usize,
+        revalidate: Duration::from_secs(cache.revalidate_secs),
+    };
+    match &config.store {
+        StoreSettings::Disk => {
+            let store = DiskStore::open(&config.data_dir).map_err(|source| StartError::Store {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+            Ok((with_tiers(store, limits, counts), None))
+        }
+        StoreSettings::S3(s3) => {
+            let (store, cleanup) = open_s3_store(s3, config)?;
+            let store = match &s3.local_tier {
+                Some(tier) => {
+                    let store =
+                        LocalTier::open(store, tier).map_err(|source| StartError::LocalTier {
+                            path: tier.dir.clone(),
+                            source,
+                        })?;
+                    with_tiers(store, limits, counts)
+                }
+                None => with_tiers(store, limits, counts),
+            };
+            Ok((store, Some(cleanup)))
+        }
+    }
+}
+
+/// Pingora's server for `config`, bootstrapped (an upgrade has taken its sockets over).
+fn pingora_server(config: &Config, flags: ProcessFlags) -> Server {
+    let mut server_conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_secs),
+        daemon: flags.daemon,
+        // Each worker service runs on one single-threaded runtime (see `listener`).
+        work_stealing: false,
+        ..ServerConf::default()
+    };
+    if let Some(pid_file) = &config.server.pid_file {
+        server_conf.pid_file = pid_file.clone();
+    }
+    if let Some(sock) = &config.server.upgrade_sock {
+        server_conf.upgrade_sock = sock.clone();
+    }
+    let opt = Opt {
+        upgrade: flags.upgrade,
+        daemon: flags.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+    server
+}
+
+/// One worker: its own socket on `listen`, the connection gate, Pingora's proxy around `app`.
+fn worker_listener(
+    server: &Server,
+    app: &OriginPull,
+    limits: ConnectionLimits,
+    connections: &Arc<ConnectionCounts>,
+    listen: std::net::SocketAddr,
+    worker: usize,
+) -> WorkerListener<ConnectionGate<HttpProxy<OriginPull>>> {
+    let proxy = Arc::new(pingora_proxy::http_proxy(
+        &server.configuration,
+        app.clone(),
+    ));
+    let gate = ConnectionGate::new(
+        proxy,
+        Arc::new(app.clone()),
+        limits,
+        connections.clone(),
+        worker,
+        app.access_log.clone(),
+    );
+    let service = ListeningService::new(format!("originpull worker {worker}"), gate);
+    // No socket buffers for the connection's whole life (Pingora's default is 64 KiB to read and
+    // one MSS to write): the gate buffers each request head and response itself, and only while
+    // the request runs, so an idle connection costs little memory.
+    let buffers = L4BufferSettings::unbuffered();
+    WorkerListener::new(service, listen, buffers, worker)
 }
 
 /// The memory tier in front of `store`, unless it is turned off (`max_bytes: 0`).

@@ -33,7 +33,7 @@ use super::write_behind::WriteBehind;
 use super::{
     BucketStore, ListedObject, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject,
 };
-use crate::key::{encode_origin_path, ObjectKey};
+use crate::key::ObjectKey;
 
 /// Ends every object file; a file without it is not an object (it was never committed).
 const MAGIC: &[u8; 8] = b"OPOBJv1\n";
@@ -383,10 +383,9 @@ fn list_objects(objects: &Path, prefix: &str) -> Result<Vec<ListedObject>, Store
                     continue;
                 };
                 if meta.key.starts_with(prefix) {
-                    // Stored keys were valid keys: re-parsing them through the one parser cannot
-                    // fail, and a file that somehow holds an invalid one is skipped.
-                    let path = encode_origin_path(&meta.key);
-                    if let Ok(key) = ObjectKey::from_request_path(&path) {
+                    // Stored keys were valid keys; a file that somehow holds an invalid one is
+                    // skipped.
+                    if let Ok(key) = ObjectKey::from_stored(&meta.key) {
                         found.push(ListedObject {
                             key,
                             size: meta.size,

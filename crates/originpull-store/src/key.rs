@@ -108,6 +108,12 @@ fn decode_path(path: &str) -> Result<String, KeyError> {
         // Nothing to decode (most paths): the text is the key, and UTF-8 already.
         encoded.to_string()
     };
+    check_key(key)
+}
+
+/// What makes decoded text a key: at most [`MAX_KEY_BYTES`], no control character, no `.` or
+/// `..` segment (an empty text is checked by the caller: `/` is a folder).
+fn check_key(key: String) -> Result<String, KeyError> {
     if key.len() > MAX_KEY_BYTES {
         return Err(KeyError::TooLong);
     }
@@ -144,6 +150,15 @@ impl ObjectKey {
             return Err(KeyError::Invalid("the object key is empty"));
         }
         Ok(ObjectKey(key))
+    }
+
+    /// The key a store recorded (a file's trailer, a listing of the S3 bucket), checked as a
+    /// request's key is; a store may hold what no request could name (another tool's object).
+    pub fn from_stored(key: &str) -> Result<ObjectKey, KeyError> {
+        if key.is_empty() {
+            return Err(KeyError::Invalid("the object key is empty"));
+        }
+        check_key(key.to_string()).map(ObjectKey)
     }
 
     pub fn as_str(&self) -> &str {
@@ -198,6 +213,17 @@ fn percent_escapes_are_complete(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_key_is_checked_as_a_requested_one_without_a_round_trip() {
+        for key in ["a", "photos/中 x.jpg", "a%20b", "q?x#y", "a/.b"] {
+            let from_request = ObjectKey::from_request_path(&encode_origin_path(key));
+            assert_eq!(ObjectKey::from_stored(key), from_request, "{key}");
+        }
+        for bad in ["", "a/../b", ".", "a\u{0}b", &"k".repeat(MAX_KEY_BYTES + 1)] {
+            assert!(ObjectKey::from_stored(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn decodes_and_strips_the_leading_slash() {

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     BucketStore, DiskStore, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject,
 };
-use crate::key::{encode_origin_path, ObjectKey};
+use crate::key::ObjectKey;
 use crate::metrics::STORE_METRICS;
 use originpull_config::LocalTierSettings;
 use originpull_support::log_summary::SummarizedLog;
@@ -376,7 +376,7 @@ impl<S: BucketStore> Shared<S> {
         let bytes = std::fs::read(path).ok()?;
         let record: CopyRecord = serde_json::from_slice(&bytes).ok()?;
         let checked = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
-        let key = ObjectKey::from_request_path(&encode_origin_path(&record.meta.key)).ok()?;
+        let key = ObjectKey::from_stored(&record.meta.key).ok()?;
         if record.bucket != bucket || self.disk.object_path(bucket, &key) != object_path {
             return None;
         }

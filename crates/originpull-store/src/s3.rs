@@ -54,7 +54,7 @@ use super::{
     BucketStore, FillClaim, ListedObject, NewObject, ObjectMeta, ObjectWriter, StoreError,
     StoredObject,
 };
-use crate::key::{encode_origin_path, ObjectKey};
+use crate::key::ObjectKey;
 use crate::metrics::STORE_METRICS;
 use originpull_config::S3Settings;
 use originpull_support::log_summary::SummarizedLog;
@@ -528,7 +528,7 @@ impl BucketStore for S3Store {
                     .location
                     .as_ref()
                     .strip_prefix(self.settings.prefix.as_str())?;
-                let key = ObjectKey::from_request_path(&encode_origin_path(key)).ok()?;
+                let key = ObjectKey::from_stored(key).ok()?;
                 Some(ListedObject {
                     key,
                     size: meta.size,

@@ -131,20 +131,7 @@ impl AdminApi {
         };
         let parts: Vec<&str> = rest.splitn(4, '/').collect();
         match (&method, parts.as_slice()) {
-            (&Method::GET, ["buckets"]) => {
-                let mut names: Vec<&str> = live
-                    .config
-                    .buckets
-                    .iter()
-                    .map(|b| b.name.as_str())
-                    .collect();
-                names.sort_unstable();
-                let buckets: Vec<_> = names
-                    .into_iter()
-                    .map(|name| to_json(&progress_of(name, &self.counts, &self.samples)))
-                    .collect();
-                (StatusCode::OK, json!({ "buckets": buckets }))
-            }
+            (&Method::GET, ["buckets"]) => self.all_progress(live),
             (_, ["buckets", bucket, "objects", key]) => {
                 let Some(bucket) = bucket_named(live, bucket) else {
                     return no_such_bucket(bucket);
@@ -170,89 +157,124 @@ impl AdminApi {
                 let Some(bucket) = bucket_named(live, bucket).cloned() else {
                     return no_such_bucket(bucket);
                 };
-                let body = match read_body(session).await {
-                    Ok(body) => body,
-                    Err(answer) => return answer,
-                };
-                let prefix = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("prefix")?.as_str().map(str::to_string));
-                let Some(prefix) = prefix else {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "InvalidRequest",
-                        "expected a JSON body {\"prefix\": \"img/\"}",
-                    );
-                };
-                let job =
-                    self.jobs
-                        .start_purge(self.store.clone(), self.copies.clone(), bucket, prefix);
-                (StatusCode::ACCEPTED, to_json(&job.view()))
+                self.start_purge(session, bucket).await
             }
             (&Method::POST, ["buckets", bucket, "prefetch"]) => {
                 let Some(bucket) = bucket_named(live, bucket).cloned() else {
                     return no_such_bucket(bucket);
                 };
-                let Some(pull) = bucket.pull.clone() else {
-                    return error(
-                        StatusCode::CONFLICT,
-                        "OriginPullOff",
-                        format!("bucket {} does not pull from an origin", bucket.config.name),
-                    );
-                };
-                let rate = match query_param(session, "rate").map(|r| r.parse::<u64>()) {
-                    None => None,
-                    Some(Ok(rate)) => Some(rate),
-                    Some(Err(_)) => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            "InvalidRequest",
-                            "rate must be a whole number of copies per second",
-                        )
-                    }
-                };
-                let body = match read_body(session).await {
-                    Ok(body) => body,
-                    Err(answer) => return answer,
-                };
-                let Ok(text) = std::str::from_utf8(&body) else {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "InvalidRequest",
-                        "the body must be UTF-8 text: one key or URL per line",
-                    );
-                };
-                let lines: Vec<String> = text
-                    .lines()
-                    .map(|l| l.trim_end_matches('\r'))
-                    .filter(|l| !l.trim().is_empty())
-                    .map(str::to_string)
-                    .collect();
-                let job = self.jobs.start_prefetch(
-                    self.store.clone(),
-                    self.copies.clone(),
-                    pull,
-                    live.config.fill.clone(),
-                    lines,
-                    rate,
-                );
-                (StatusCode::ACCEPTED, to_json(&job.view()))
+                self.start_prefetch(session, live, bucket).await
             }
-            (_, ["jobs", id]) => {
-                let Ok(id) = id.parse::<u64>() else {
-                    return error(StatusCode::NOT_FOUND, "NoSuchJob", "no such job");
-                };
-                let job = match method {
-                    Method::GET => self.jobs.get(id),
-                    Method::DELETE => self.jobs.cancel(id),
-                    _ => return not_allowed("GET, DELETE"),
-                };
-                match job {
-                    Some(job) => (StatusCode::OK, to_json(&job.view())),
-                    None => error(StatusCode::NOT_FOUND, "NoSuchJob", "no such job"),
-                }
-            }
+            (_, ["jobs", id]) => self.job(&method, id),
             _ => error(StatusCode::NOT_FOUND, "NoSuchRoute", "no such endpoint"),
+        }
+    }
+
+    /// Every bucket's progress, by name.
+    fn all_progress(&self, live: &LiveConfig) -> Answer {
+        let mut names: Vec<&str> = live
+            .config
+            .buckets
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect();
+        names.sort_unstable();
+        let buckets: Vec<_> = names
+            .into_iter()
+            .map(|name| to_json(&progress_of(name, &self.counts, &self.samples)))
+            .collect();
+        (StatusCode::OK, json!({ "buckets": buckets }))
+    }
+
+    /// `POST /v1/buckets/<bucket>/purge` with `{"prefix": "img/"}`: a purge job.
+    async fn start_purge(&self, session: &mut ServerSession, bucket: Arc<Bucket>) -> Answer {
+        let body = match read_body(session).await {
+            Ok(body) => body,
+            Err(answer) => return answer,
+        };
+        let prefix = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("prefix")?.as_str().map(str::to_string));
+        let Some(prefix) = prefix else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                "expected a JSON body {\"prefix\": \"img/\"}",
+            );
+        };
+        let job = self
+            .jobs
+            .start_purge(self.store.clone(), self.copies.clone(), bucket, prefix);
+        (StatusCode::ACCEPTED, to_json(&job.view()))
+    }
+
+    /// `POST /v1/buckets/<bucket>/prefetch[?rate=N]` with one key or URL per line: a prefetch
+    /// job.
+    async fn start_prefetch(
+        &self,
+        session: &mut ServerSession,
+        live: &LiveConfig,
+        bucket: Arc<Bucket>,
+    ) -> Answer {
+        let Some(pull) = bucket.pull.clone() else {
+            return error(
+                StatusCode::CONFLICT,
+                "OriginPullOff",
+                format!("bucket {} does not pull from an origin", bucket.config.name),
+            );
+        };
+        let rate = match query_param(session, "rate").map(|r| r.parse::<u64>()) {
+            None => None,
+            Some(Ok(rate)) => Some(rate),
+            Some(Err(_)) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequest",
+                    "rate must be a whole number of copies per second",
+                )
+            }
+        };
+        let body = match read_body(session).await {
+            Ok(body) => body,
+            Err(answer) => return answer,
+        };
+        let Ok(text) = std::str::from_utf8(&body) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                "the body must be UTF-8 text: one key or URL per line",
+            );
+        };
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
+        let job = self.jobs.start_prefetch(
+            self.store.clone(),
+            self.copies.clone(),
+            pull,
+            live.config.fill.clone(),
+            lines,
+            rate,
+        );
+        (StatusCode::ACCEPTED, to_json(&job.view()))
+    }
+
+    /// `GET` or `DELETE` (cancel) `/v1/jobs/<id>`.
+    fn job(&self, method: &Method, id: &str) -> Answer {
+        let Ok(id) = id.parse::<u64>() else {
+            return error(StatusCode::NOT_FOUND, "NoSuchJob", "no such job");
+        };
+        let job = match *method {
+            Method::GET => self.jobs.get(id),
+            Method::DELETE => self.jobs.cancel(id),
+            _ => return not_allowed("GET, DELETE"),
+        };
+        match job {
+            Some(job) => (StatusCode::OK, to_json(&job.view())),
+            None => error(StatusCode::NOT_FOUND, "NoSuchJob", "no such job"),
         }
     }
 
