@@ -8,16 +8,18 @@
 //! included) is unchanged. A commit through this tier drops the key's entry at once, so a new
 //! version is never hidden behind an old one. Only one request at a time reads a given object
 //! into memory; requests meanwhile stream it from the store, so a burst of requests for a cold
-//! object does not hold one copy per request.
+//! object does not hold one copy per request. Likewise only one request at a time asks the
+//! store below whether an entry past its revalidation time is still current; requests
+//! meanwhile are served the entry, so a hot object due for revalidation costs the store one
+//! request, not one per request in flight (a burst of HEADs on an S3 store).
 //!
 //! Variants (see [`super`]) of up to `max_object_bytes` share the cache. They are keyed by the
 //! version they were made from, so they need no revalidation: a new version simply looks up a
 //! variant that is not there.
 
-use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -25,6 +27,7 @@ use bytes::Bytes;
 use tinyufo::TinyUfo;
 
 use super::{BucketStore, Derived, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject};
+use crate::in_flight::InFlight;
 use crate::key::ObjectKey;
 use originpull_support::clock::coarse_now;
 
@@ -70,7 +73,9 @@ struct Shared<S> {
     commits: AtomicU64,
     cache: TinyUfo<u64, Arc<HotObject>>,
     /// Objects being read into memory right now.
-    loading: Mutex<HashSet<u64>>,
+    loading: InFlight<u64>,
+    /// Entries past their revalidation time being checked against the store right now.
+    revalidating: InFlight<u64>,
     limits: HotTierLimits,
     /// Seeded per process; a collision of two keys' ids only makes them share a slot (a look-up
     /// checks bucket and key), so a fast hash is enough.
@@ -91,7 +96,8 @@ impl<S: BucketStore> HotTier<S> {
                 inner,
                 commits: AtomicU64::new(0),
                 cache: TinyUfo::new(capacity_units, estimated_entries),
-                loading: Mutex::default(),
+                loading: InFlight::new(),
+                revalidating: InFlight::new(),
                 limits,
                 hasher: Default::default(),
             }),
@@ -166,32 +172,6 @@ impl<S> Shared<S> {
     }
 }
 
-/// The right to read one object into memory; released when dropped.
-struct LoadingClaim<'a> {
-    loading: &'a Mutex<HashSet<u64>>,
-    id: u64,
-}
-
-impl<'a> LoadingClaim<'a> {
-    fn try_claim(loading: &'a Mutex<HashSet<u64>>, id: u64) -> Option<LoadingClaim<'a>> {
-        let mut set = loading
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Lazily: a claim built for a refused insert would release the other's claim on drop.
-        set.insert(id).then(|| LoadingClaim { loading, id })
-    }
-}
-
-impl Drop for LoadingClaim<'_> {
-    fn drop(&mut self) {
-        let mut set = self
-            .loading
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        set.remove(&self.id);
-    }
-}
-
 #[async_trait]
 impl<S: BucketStore> crate::StoreLayer for HotTier<S> {
     fn below(&self) -> &dyn BucketStore {
@@ -213,10 +193,15 @@ impl<S: BucketStore> crate::StoreLayer for HotTier<S> {
     ) -> Result<Option<Box<dyn StoredObject>>, StoreError> {
         let shared = &self.shared;
         let id = shared.id(bucket, key);
-        let stale = match shared.lookup(id, bucket, key) {
+        let (stale, _revalidation) = match shared.lookup(id, bucket, key) {
             Some((hot, true)) => return Ok(Some(Box::new(MemoryObject(hot)))),
-            Some((hot, false)) => Some(hot),
-            None => None,
+            Some((hot, false)) => match shared.revalidating.try_claim(&id) {
+                Some(claim) => (Some(hot), Some(claim)),
+                // Another request is asking the store: this one is served what it will most
+                // likely confirm.
+                None => return Ok(Some(Box::new(MemoryObject(hot)))),
+            },
+            None => (None, None),
         };
         let commits_before = shared.commits.load(Ordering::Acquire);
         let Some(mut object) = shared.inner.open(bucket, key).await? else {
@@ -236,7 +221,7 @@ impl<S: BucketStore> crate::StoreLayer for HotTier<S> {
             shared.put(id, &renewed, commits_before);
             return Ok(Some(Box::new(MemoryObject(renewed))));
         }
-        let Some(_claim) = LoadingClaim::try_claim(&shared.loading, id) else {
+        let Some(_loading) = shared.loading.try_claim(&id) else {
             return Ok(Some(object));
         };
         let body = object.read_whole().await?;
@@ -528,14 +513,33 @@ mod tests {
             .is_none());
     }
 
-    #[test]
-    fn one_loader_per_object_at_a_time() {
-        let loading = Mutex::default();
-        let claim = LoadingClaim::try_claim(&loading, 7).unwrap();
-        assert!(LoadingClaim::try_claim(&loading, 7).is_none());
-        assert!(LoadingClaim::try_claim(&loading, 8).is_some());
-        drop(claim);
-        assert!(LoadingClaim::try_claim(&loading, 7).is_some());
+    #[tokio::test]
+    async fn a_burst_past_the_revalidation_time_asks_the_store_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let below =
+            crate::test_store::SlowCountedOpens::open(dir.path(), Duration::from_millis(200));
+        let hot = Arc::new(HotTier::new(below, limits(Duration::from_millis(50))));
+        put(&*hot, "a", b"one").await;
+        assert!(hot.open("b-1", &key("a")).await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let opens_before = hot.shared.inner.opens();
+        let burst: Vec<_> = (0..20)
+            .map(|_| {
+                let hot = hot.clone();
+                tokio::spawn(async move {
+                    let mut o = hot.open("b-1", &key("a")).await.unwrap().unwrap();
+                    o.read_at(0, 10).await.unwrap()
+                })
+            })
+            .collect();
+        for request in burst {
+            assert_eq!(&request.await.unwrap()[..], b"one");
+        }
+        assert_eq!(
+            hot.shared.inner.opens() - opens_before,
+            1,
+            "one revalidation"
+        );
     }
 
     #[tokio::test]

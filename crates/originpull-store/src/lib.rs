@@ -15,6 +15,7 @@ pub mod checksum;
 pub mod counted;
 pub mod disk;
 pub mod hot;
+mod in_flight;
 pub mod key;
 pub mod local_tier;
 pub mod md5;
@@ -33,6 +34,8 @@ pub mod s3_lease;
 pub mod s3_link;
 #[cfg(feature = "s3")]
 pub mod s3_uploads;
+#[cfg(test)]
+mod test_store;
 mod write_behind;
 
 use std::any::Any;

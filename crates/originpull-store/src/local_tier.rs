@@ -6,7 +6,9 @@
 //! store is asked (`HEAD`) and the copy kept if the ETag is unchanged, dropped otherwise, so an
 //! object deleted or replaced in the store stops being served within `revalidate_secs`. Copies
 //! past `max_bytes` are removed least recently used first. While the store fails, copies are
-//! served whatever their age.
+//! served whatever their age. One request at a time asks the store about a given copy; requests
+//! meanwhile are served the copy, so a hot object costs the store one `HEAD` per
+//! `revalidate_secs`, not one per request in flight.
 //!
 //! Copies survive a restart. Beside each copy's file, `<file>.store-meta` holds the store's
 //! metadata of the copied version (its ETag, which is what is served, is not the disk file's own
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     BucketStore, DiskStore, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject,
 };
+use crate::in_flight::InFlight;
 use crate::key::ObjectKey;
 use crate::metrics::STORE_METRICS;
 use originpull_config::LocalTierSettings;
@@ -132,6 +135,8 @@ struct Shared<S> {
     index: Mutex<Index>,
     max_bytes: u64,
     revalidate: Duration,
+    /// Copies past `revalidate` being checked against the store right now.
+    revalidating: InFlight<EntryId>,
 }
 
 pub struct LocalTier<S> {
@@ -165,6 +170,7 @@ impl<S: BucketStore> LocalTier<S> {
             }),
             max_bytes: settings.max_bytes,
             revalidate: Duration::from_secs(settings.revalidate_secs),
+            revalidating: InFlight::new(),
         });
         Ok(LocalTier { shared })
     }
@@ -477,11 +483,25 @@ impl<S: BucketStore> crate::StoreLayer for LocalTier<S> {
                 let fresh = e.checked.elapsed().is_ok_and(|age| age < shared.revalidate);
                 (fresh, e.meta.etag.clone())
             });
-        if let Some((true, _)) = cached {
-            if let Some(copy) = shared.open_copy(&id, key).await {
-                return Ok(Some(copy));
+        let _revalidation = match cached {
+            Some((true, _)) => {
+                if let Some(copy) = shared.open_copy(&id, key).await {
+                    return Ok(Some(copy));
+                }
+                None
             }
-        }
+            Some((false, _)) => {
+                let claim = shared.revalidating.try_claim(&id);
+                if claim.is_none() {
+                    // Another request is asking the store: this one is served the copy.
+                    if let Some(copy) = shared.open_copy(&id, key).await {
+                        return Ok(Some(copy));
+                    }
+                }
+                claim
+            }
+            None => None,
+        };
         match shared.inner.open(bucket, key).await {
             Ok(Some(object)) => {
                 if let Some((_, etag)) = &cached {
@@ -626,6 +646,47 @@ mod tests {
         writer.commit(NewObject::default()).await.unwrap();
         assert!(tier.open(BUCKET, &key(name)).await.unwrap().is_some());
         wait_for(|| indexed(tier).contains(&name.to_string())).await;
+    }
+
+    #[tokio::test]
+    async fn a_burst_for_a_copy_due_for_revalidation_asks_the_store_once() {
+        let (remote, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let settings = LocalTierSettings {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 1000,
+            revalidate_secs: 30,
+        };
+        let below =
+            crate::test_store::SlowCountedOpens::open(remote.path(), Duration::from_millis(200));
+        let tier = Arc::new(LocalTier::open(below, &settings).unwrap());
+        let mut writer = tier.shared.inner.create(BUCKET, &key("a")).await.unwrap();
+        writer.write(Bytes::from_static(b"one")).await.unwrap();
+        writer.commit(NewObject::default()).await.unwrap();
+        assert!(tier.open(BUCKET, &key("a")).await.unwrap().is_some());
+        let id = (BUCKET.to_string(), "a".to_string());
+        wait_for(|| tier.shared.index.lock().entries.contains_key(&id)).await;
+        // Checked long enough ago to be due.
+        tier.shared
+            .index
+            .lock()
+            .entries
+            .get_mut(&id)
+            .unwrap()
+            .checked = SystemTime::now() - Duration::from_secs(60);
+        let opens_before = tier.shared.inner.opens();
+        let burst: Vec<_> = (0..20)
+            .map(|_| {
+                let tier = tier.clone();
+                tokio::spawn(async move {
+                    let mut o = tier.open(BUCKET, &key("a")).await.unwrap().unwrap();
+                    o.read_at(0, 10).await.unwrap()
+                })
+            })
+            .collect();
+        for request in burst {
+            assert_eq!(&request.await.unwrap()[..], b"one");
+        }
+        assert_eq!(tier.shared.inner.opens() - opens_before, 1, "one HEAD");
     }
 
     #[tokio::test]
