@@ -5,7 +5,7 @@
 # (origin-pull off, access log off), opens N connections, sends one GET on
 # each (answered 404 NoSuchKey, keep-alive) and leaves them idle. VmRSS is read
 # from /proc/PID/status before and after; the difference over N is printed in
-# KiB per idle connection.
+# KiB per idle connection, and what is still held once they are closed.
 #
 # Usage:  benches/idle_connections.sh [--help]
 # Environment knobs:
@@ -118,4 +118,7 @@ print(f"RSS after:          {after} KiB")
 print(f"per idle connection: {(after - before) / n:.1f} KiB")
 for s in held:
     s.close()
+time.sleep(settle)
+closed = rss_kib()
+print(f"RSS after closing:  {closed} KiB ({(closed - before) / n:.1f} KiB per connection kept)")
 EOF
