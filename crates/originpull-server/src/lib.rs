@@ -8,8 +8,8 @@
 //! - [`admin`]: the admin API for finishing a migration (purge, prefetch jobs, progress);
 //! - [`answer`]: each request, from its head to its last byte (Pingora's `ProxyHttp`): a plan
 //!   (hit, redirect, mirror, preflight, error) and its execution;
-//! - [`edge`]: client connections in front of Pingora's sessions (listeners, the connection
-//!   gate: limits, framing, the write path);
+//! - [`edge`]: client connections in front of Pingora's sessions (listeners, TLS and HTTP/2,
+//!   the connection gate: limits, framing, the write path);
 //! - [`live`]: the configuration in force (hot reload) and its buckets, by host;
 //! - [`pull`]: where a miss is pulled from ([`pull::origin`]) and the copies from origins into
 //!   the bucket ([`pull::copy`]);

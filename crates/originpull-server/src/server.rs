@@ -1,6 +1,8 @@
-//! Start-up: turns a validated [`Config`] into a running Pingora server with the data plane,
-//! the Prometheus endpoint, the bucket store, the copy scheduler and the reload watchers; and
-//! the end of a graceful stop, as soon as no request or copy is left running.
+//! Start-up: turns a validated [`Config`] into a running Pingora server with the data plane
+//! (plain HTTP, and HTTPS with its certificates when configured), the Prometheus
+//! endpoint, the bucket store, the copy scheduler and the reload watchers; and the end of a
+//! graceful stop, as soon as no request or copy is left running. Also what `originpull -t`
+//! checks ([`check`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,13 +20,14 @@ use crate::admin::progress::{ProgressService, Samples};
 use crate::admin::AdminApi;
 use crate::answer::compress::Compressor;
 use crate::answer::OriginPull;
-use crate::edge::connection::{ConnectionCounts, ConnectionGate, ConnectionLimits};
+use crate::edge::connection::{ConnectionCounts, ConnectionGate, ConnectionLimits, H2Limits};
 use crate::edge::listener::{check_address_free, WorkerListener};
+use crate::edge::tls::{Certificates, EdgeTls};
 use crate::live::probes::OriginProbes;
-use crate::live::reload::{ConfigHandle, LiveConfig, ReloadWatcher};
+use crate::live::reload::{self, ConfigHandle, GenerationPart, ReloadWatcher};
 use crate::pull::copy::Copies;
 use originpull_config::ConditionalPut;
-use originpull_config::{Config, S3Settings, StoreSettings};
+use originpull_config::{Config, ConfigErrors, S3Settings, StoreSettings};
 use originpull_store::local_tier::LocalTier;
 use originpull_store::s3::S3Store;
 use originpull_store::s3_cleanup::UploadCleanup;
@@ -54,11 +57,13 @@ pub fn build(
 ) -> Result<Server, StartError> {
     // An upgrade takes over the running process's sockets, so the address is in use by design.
     if !flags.upgrade {
-        check_address_free(config.listen).map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        let https_listen = config.https.as_ref().map(|https| https.listen);
+        for addr in std::iter::once(config.listen).chain(https_listen) {
+            check_address_free(addr).map_err(|source| StartError::Listen { addr, source })?;
+        }
     }
+    // One crypto provider for every rustls user (the HTTPS listener, the ACME client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let base_dir = std::env::current_dir().map_err(StartError::WorkingDirectory)?;
     config.resolve_relative_paths(&base_dir);
     crate::metrics::init();
@@ -76,8 +81,11 @@ pub fn build(
     let metrics_listen = config.metrics_listen;
     let limits = ConnectionLimits::new(&config.server);
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
-    let live = LiveConfig::new(config).map_err(StartError::Config)?;
-    let handle = ConfigHandle::new(live, config_path, &base_dir);
+    let https = config.https.clone();
+    let certificates = Arc::new(Certificates::default());
+    let parts: Vec<Arc<dyn GenerationPart>> = vec![certificates.clone()];
+    let handle =
+        ConfigHandle::start(config, config_path, &base_dir, parts).map_err(StartError::Config)?;
     let reload_watcher = server.add_service(background_service(
         "config reload",
         ReloadWatcher::new(handle.clone()),
@@ -113,6 +121,17 @@ pub fn build(
         );
         server.add_service(admin.service(addr));
     }
+    let https_listener = match &https {
+        Some(https) => {
+            let tls = EdgeTls::new(https, certificates, limits.header_timeout)
+                .map_err(StartError::Tls)?;
+            let h2 = H2Limits {
+                max_concurrent_streams: https.max_concurrent_streams,
+            };
+            Some((https.listen, Arc::new(tls), h2))
+        }
+        None => None,
+    };
     let app = OriginPull {
         config: handle,
         copies,
@@ -129,10 +148,19 @@ pub fn build(
         },
     ));
     for worker in 0..threads {
-        let listener = worker_listener(&server, &app, limits, &connections, listen, worker);
-        let listener = server.add_service(listener);
-        // Accepting connections means reloads are watched: a change right after is not missed.
-        listener.add_dependency(&reload_watcher);
+        let plain = worker_listener(&server, &app, limits, &connections, worker, listen, None);
+        let mut listeners = vec![plain];
+        if let Some((addr, tls, h2)) = &https_listener {
+            let tls = Some((tls.clone(), *h2));
+            let secure = worker_listener(&server, &app, limits, &connections, worker, *addr, tls);
+            listeners.push(secure);
+        }
+        for listener in listeners {
+            let listener = server.add_service(listener);
+            // Accepting connections means reloads are watched: a change right after is not
+            // missed.
+            listener.add_dependency(&reload_watcher);
+        }
     }
     if let Some(addr) = metrics_listen {
         let mut prometheus = pingora_prometheus::prometheus_http_service();
@@ -140,6 +168,13 @@ pub fn build(
         server.add_service(prometheus);
     }
     Ok(server)
+}
+
+/// Checks `config` as start-up reads it, starting nothing (`originpull -t`): the generation
+/// built from it, with the files it names (a `tls.ca_file`, the HTTPS certificates).
+pub fn check(config: Config) -> Result<(), ConfigErrors> {
+    let certificates: Arc<dyn GenerationPart> = Arc::new(Certificates::default());
+    reload::check(config, &[certificates])
 }
 
 /// The bucket store the configuration names, with its tiers, and (S3) the clean-up of the
@@ -207,14 +242,16 @@ fn pingora_server(config: &Config, flags: ProcessFlags) -> Server {
     server
 }
 
-/// One worker: its own socket on `listen`, the connection gate, Pingora's proxy around `app`.
+/// One worker of one listener: its own socket on `listen`, the connection gate (behind the
+/// TLS handshake on the HTTPS listener), Pingora's proxy around `app`.
 fn worker_listener(
     server: &Server,
     app: &OriginPull,
     limits: ConnectionLimits,
     connections: &Arc<ConnectionCounts>,
-    listen: std::net::SocketAddr,
     worker: usize,
+    listen: std::net::SocketAddr,
+    tls: Option<(Arc<EdgeTls>, H2Limits)>,
 ) -> WorkerListener<ConnectionGate<HttpProxy<OriginPull>>> {
     let proxy = Arc::new(pingora_proxy::http_proxy(
         &server.configuration,
@@ -228,7 +265,14 @@ fn worker_listener(
         worker,
         app.access_log.clone(),
     );
-    let service = ListeningService::new(format!("originpull worker {worker}"), gate);
+    let (gate, name) = match tls {
+        Some((tls, h2)) => (
+            gate.with_tls(tls, h2),
+            format!("originpull HTTPS worker {worker}"),
+        ),
+        None => (gate, format!("originpull worker {worker}")),
+    };
+    let service = ListeningService::new(name, gate);
     // No socket buffers for the connection's whole life (Pingora's default is 64 KiB to read and
     // one MSS to write): the gate buffers each request head and response itself, and only while
     // the request runs, so an idle connection costs little memory.
@@ -372,4 +416,6 @@ pub enum StartError {
     AdminToken(String),
     #[error("cannot read the working directory: {0}")]
     WorkingDirectory(std::io::Error),
+    #[error("https: {0}")]
+    Tls(String),
 }

@@ -16,6 +16,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::compress::Compressor;
 use super::cors::CorsReply;
+use super::error_document::write_error_plan;
 use super::mirror::MirrorMiss;
 use super::plan::{self, CopyAction, ErrorPlan, Plan};
 use super::preflight::answer_preflight;
@@ -103,7 +104,7 @@ impl ProxyHttp for OriginPull {
             }
             Addressed::Nowhere(why) => (
                 None,
-                self.write_error_plan(session, ctx, &plan::for_unaddressed(why))
+                self.write_error_plan(session, ctx, "", &plan::for_unaddressed(why))
                     .await,
             ),
         };
@@ -179,10 +180,17 @@ impl ProxyHttp for OriginPull {
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
+            // HTTP/2 names the host in `:authority`.
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
             .unwrap_or("-");
         let status = session
             .response_written()
             .map_or(0, |resp| resp.status.as_u16());
+        let tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map_or("-", |d| d.version.as_ref());
+        let proto = if session.is_http2() { "h2" } else { "h1" };
         self.access_log.write(&AccessRecord {
             time: SystemTime::now(),
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
@@ -198,6 +206,8 @@ impl ProxyHttp for OriginPull {
                 .started
                 .map_or(Duration::ZERO, |started| started.elapsed()),
             request_id: ctx.reply.request_id.as_str(),
+            tls,
+            proto,
         });
     }
 }
@@ -216,6 +226,20 @@ impl OriginPull {
             ctx.bucket = Some(bucket.clone());
         }
         ctx.reply.cors = CorsReply::for_request(&bucket.config.cors, session.req_header());
+        let name = bucket.config.name.as_str();
+        let over_tls = session
+            .digest()
+            .is_some_and(|digest| digest.ssl_digest.is_some());
+        if over_tls {
+            ctx.reply.set_hsts(bucket.config.domains.hsts_max_age_secs);
+        } else {
+            let https_port = live.config.https.as_ref().map(|https| https.listen.port());
+            if let Some(redirect) = plan::to_https(session.req_header(), bucket, https_port) {
+                return self
+                    .carry_out(session, ctx, live, bucket, None, redirect)
+                    .await;
+            }
+        }
         let (key, folder) = match plan::for_request(session.req_header(), bucket) {
             Plan::Lookup { key, folder } => (key, folder),
             other => {
@@ -228,7 +252,6 @@ impl OriginPull {
             // Only the access log reads it back.
             ctx.key = key.as_str().to_string();
         }
-        let name = bucket.config.name.as_str();
 
         // Memory first: a hit from memory needs neither the copy schedule nor a store look-up.
         let in_memory = self.store.open_in_memory(name, &key);
@@ -261,7 +284,7 @@ impl OriginPull {
                     STORE_READ_FAILURES
                         .note(|| format!("bucket {name}: opening {:?}: {e}", key.as_str()));
                     let failed = ErrorPlan::internal();
-                    return self.write_error_plan(session, ctx, &failed).await;
+                    return self.write_error_plan(session, ctx, name, &failed).await;
                 }
             }
         }
@@ -325,7 +348,10 @@ impl OriginPull {
         plan: Plan<'_>,
     ) -> Result<(RequestResult, u64)> {
         match plan {
-            Plan::Error(error) => self.write_error_plan(session, ctx, &error).await,
+            Plan::Error(error) => {
+                let name = bucket.config.name.as_str();
+                self.write_error_plan(session, ctx, name, &error).await
+            }
             Plan::Preflight => answer_preflight(session, &bucket.config.cors, &mut ctx.reply).await,
             Plan::Redirect(redirect) => {
                 if !self.access_log.is_off() {
@@ -377,28 +403,15 @@ impl OriginPull {
         }
     }
 
+    /// Writes `error` for a request to bucket `bucket` (`""`: routed to none).
     async fn write_error_plan(
         &self,
         session: &mut Session,
         ctx: &RequestCtx,
+        bucket: &str,
         error: &ErrorPlan,
     ) -> Result<(RequestResult, u64)> {
-        if error.close {
-            session.set_keepalive(None);
-        }
-        let extra: &[(http::HeaderName, &str)] = match &error.extra {
-            Some(header) => std::slice::from_ref(header),
-            None => &[],
-        };
-        let n = write_error(
-            session,
-            error.code,
-            error.detail.as_deref(),
-            &ctx.reply,
-            extra,
-        )
-        .await?;
-        Ok((error.result, n))
+        write_error_plan(session, self.store.as_ref(), bucket, error, &ctx.reply).await
     }
 }
 
