@@ -102,6 +102,7 @@ pub struct Metrics {
     pub revalidations: IntCounterVec,
     pub origin_breaker_open: IntGaugeVec,
     pub certificate_expiry: GaugeVec,
+    pub acme_orders: IntCounterVec,
     pub tls_handshake_failures: IntCounterVec,
 }
 
@@ -207,6 +208,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["name"]
         )
         .expect("register originpull_certificate_expiry_timestamp_seconds"),
+        acme_orders: register_int_counter_vec!(
+            "originpull_acme_orders_total",
+            "ACME orders by outcome (issued, renewed, failed).",
+            &["outcome"]
+        )
+        .expect("register originpull_acme_orders_total"),
         tls_handshake_failures: register_int_counter_vec!(
             "originpull_tls_handshake_failures_total",
             "TLS handshakes on the HTTPS listener that failed (error) or did not finish within server.header_timeout_secs (timeout).",
@@ -219,6 +226,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     // before the first reload.
     for outcome in ["ok", "error"] {
         m.config_reloads.with_label_values(&[outcome]);
+    }
+    for outcome in ["issued", "renewed", "failed"] {
+        m.acme_orders.with_label_values(&[outcome]);
     }
     for reason in ["error", "timeout"] {
         m.tls_handshake_failures.with_label_values(&[reason]);

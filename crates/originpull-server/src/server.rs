@@ -1,5 +1,5 @@
 //! Start-up: turns a validated [`Config`] into a running Pingora server with the data plane
-//! (plain HTTP, and HTTPS with its certificates when configured), the Prometheus
+//! (plain HTTP, and HTTPS with its certificates and ACME when configured), the Prometheus
 //! endpoint, the bucket store, the copy scheduler and the reload watchers; and the end of a
 //! graceful stop, as soon as no request or copy is left running. Also what `originpull -t`
 //! checks ([`check`]).
@@ -16,6 +16,8 @@ use pingora::services::listening::Service as ListeningService;
 use pingora_proxy::HttpProxy;
 
 use crate::access_log::AccessLog;
+use crate::acme::state::{AcmeState, StoreState};
+use crate::acme::{AcmeService, AcmeWake, Challenges};
 use crate::admin::progress::{ProgressService, Samples};
 use crate::admin::AdminApi;
 use crate::answer::compress::Compressor;
@@ -69,7 +71,11 @@ pub fn build(
     crate::metrics::init();
     // Objects and bytes per bucket are counted as copies and purges pass through the store.
     let counts = BucketCounts::default();
-    let (store, upload_cleanup) = open_store(&config, counts.clone())?;
+    let OpenedStore {
+        store,
+        upload_cleanup,
+        shared_private,
+    } = open_store(&config, counts.clone())?;
     if let Some(admin) = &config.admin {
         admin.read_token().map_err(StartError::AdminToken)?;
     }
@@ -83,7 +89,8 @@ pub fn build(
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
     let https = config.https.clone();
     let certificates = Arc::new(Certificates::default());
-    let parts: Vec<Arc<dyn GenerationPart>> = vec![certificates.clone()];
+    let acme_wake = Arc::new(AcmeWake::default());
+    let parts: Vec<Arc<dyn GenerationPart>> = vec![certificates.clone(), acme_wake.clone()];
     let handle =
         ConfigHandle::start(config, config_path, &base_dir, parts).map_err(StartError::Config)?;
     let reload_watcher = server.add_service(background_service(
@@ -121,6 +128,19 @@ pub fn build(
         );
         server.add_service(admin.service(addr));
     }
+    // ACME's state in the store the fleet shares (else in https.acme.state_dir).
+    let acme_state = shared_private.map(|s3| Arc::new(StoreState(s3)) as Arc<dyn AcmeState>);
+    let challenges = Arc::new(Challenges::new(acme_state.clone()));
+    if https.as_ref().is_some_and(|https| https.acme.is_some()) {
+        let acme = AcmeService::new(
+            handle.clone(),
+            certificates.clone(),
+            challenges.clone(),
+            acme_state,
+            &acme_wake,
+        );
+        server.add_service(background_service("ACME", acme));
+    }
     let https_listener = match &https {
         Some(https) => {
             let tls = EdgeTls::new(https, certificates, limits.header_timeout)
@@ -138,6 +158,7 @@ pub fn build(
         compressor: Compressor::new(store.clone()),
         store,
         access_log: Arc::new(access_log),
+        challenges,
     };
     let connections = Arc::new(ConnectionCounts::new(threads));
     server.add_service(background_service(
@@ -177,12 +198,18 @@ pub fn check(config: Config) -> Result<(), ConfigErrors> {
     reload::check(config, &[certificates])
 }
 
-/// The bucket store the configuration names, with its tiers, and (S3) the clean-up of the
-/// uploads an earlier run left, to run in the background.
-fn open_store(
-    config: &Config,
-    counts: BucketCounts,
-) -> Result<(Arc<dyn BucketStore>, Option<UploadCleanup>), StartError> {
+/// What [`open_store`] opened.
+struct OpenedStore {
+    /// The bucket store, with its tiers.
+    store: Arc<dyn BucketStore>,
+    /// (S3) The clean-up of the uploads an earlier run left, to run in the background.
+    upload_cleanup: Option<UploadCleanup>,
+    /// (S3) The store the fleet shares, for originpull's own objects (ACME's state).
+    shared_private: Option<Arc<S3Store>>,
+}
+
+/// The bucket store the configuration names, and what comes with it.
+fn open_store(config: &Config, counts: BucketCounts) -> Result<OpenedStore, StartError> {
     let cache = &config.memory_cache;
     let limits = HotTierLimits {
         max_bytes: cache.max_bytes as usize,
@@ -195,10 +222,14 @@ fn open_store(
                 path: config.data_dir.clone(),
                 source,
             })?;
-            Ok((with_tiers(store, limits, counts), None))
+            Ok(OpenedStore {
+                store: with_tiers(store, limits, counts),
+                upload_cleanup: None,
+                shared_private: None,
+            })
         }
         StoreSettings::S3(s3) => {
-            let (store, cleanup) = open_s3_store(s3, config)?;
+            let (store, cleanup, private) = open_s3_store(s3, config)?;
             let store = match &s3.local_tier {
                 Some(tier) => {
                     let store =
@@ -210,7 +241,11 @@ fn open_store(
                 }
                 None => with_tiers(store, limits, counts),
             };
-            Ok((store, Some(cleanup)))
+            Ok(OpenedStore {
+                store,
+                upload_cleanup: Some(cleanup),
+                shared_private: Some(Arc::new(private)),
+            })
         }
     }
 }
@@ -296,13 +331,14 @@ fn with_tiers<S: BucketStore>(
 
 /// The S3 store, once every configured bucket's S3 bucket has answered and refused what the
 /// fleet's leases rely on (`store.s3.conditional_put`), journaling its uploads in this node's
-/// state directory (the local tier's, else `data_dir`), and the clean-up of uploads nobody will
-/// finish, to run in the background. The checks run on a runtime of their own (none runs yet)
-/// with clients of their own, dropped with it. All share one deadline and health.
+/// state directory (the local tier's, else `data_dir`), the clean-up of uploads nobody will
+/// finish, to run in the background, and a store for originpull's own objects (ACME's). The
+/// checks run on a runtime of their own (none runs yet) with clients of their own, dropped with
+/// it. All share one deadline and health.
 fn open_s3_store(
     settings: &S3Settings,
     config: &Config,
-) -> Result<(S3Store, UploadCleanup), StartError> {
+) -> Result<(S3Store, UploadCleanup, S3Store), StartError> {
     let credentials = CredentialSource::resolve(settings).map_err(StartError::S3)?;
     log::info!("S3 store: credentials from {}", credentials.describe());
     let link = StoreLink::new(Duration::from_millis(settings.request_timeout_ms));
@@ -347,10 +383,12 @@ fn open_s3_store(
         journal.clone(),
         buckets,
     );
+    let private = S3Store::new(settings.clone(), credentials.clone(), link.clone())
+        .with_lease_writes(lease_writes);
     let store = S3Store::new(settings.clone(), credentials, link)
         .with_upload_journal(journal)
         .with_lease_writes(lease_writes);
-    Ok((store, cleanup))
+    Ok((store, cleanup, private))
 }
 
 /// The S3 store's start-up clean-up, run once in the background (serving does not wait).

@@ -2,8 +2,9 @@
 //! head, its bucket and what the store and the copy schedule said, to a [`Plan`] that
 //! [`super::proxy`] carries out. Each decision is unit-tested here without a socket.
 //!
-//! A request is decided in up to three steps (four over plain HTTP), each taken only if the
-//! one before asks for it:
+//! Before routing, [`for_challenge`] answers an ACME server validating one of this node's
+//! orders, whatever the host. A routed request is then decided in up to three steps (four over
+//! plain HTTP), each taken only if the one before asks for it:
 //! 0. [`to_https`]: over plain HTTP, the redirect to HTTPS of a bucket with `https_redirect`;
 //! 1. [`for_request`]: from the head and the bucket alone: an error, a preflight, a folder's
 //!    redirect, or a look-up of a key in the store;
@@ -27,6 +28,7 @@ use super::cors::CorsReply;
 use super::preflight::is_preflight;
 use super::redirect::location;
 use super::respond::ErrorCode;
+use crate::acme::challenges::{is_challenge_path, Challenges};
 use crate::live::bucket::{Bucket, Unaddressed};
 use crate::metrics::RequestResult;
 use crate::pull::copy::{CopyDecision, CopySource};
@@ -34,9 +36,6 @@ use crate::pull::origin::{BucketPull, Origin, PullPolicy};
 use originpull_config::PullMode;
 use originpull_store::key::{encode_origin_path, safe_query, KeyError, RequestTarget};
 use originpull_store::key::{ObjectKey, MAX_KEY_BYTES};
-
-/// Where ACME's HTTP-01 validation requests arrive (RFC 8555 §8.3).
-const ACME_CHALLENGES: &str = "/.well-known/acme-challenge/";
 
 /// `Retry-After` of a 503 while the bucket store is down (it usually returns within seconds).
 const STORE_RETRY_AFTER_SECS: &str = "5";
@@ -60,6 +59,8 @@ pub enum Plan<'a> {
         pull: &'a Arc<BucketPull>,
         policy: &'a PullPolicy,
     },
+    /// An ACME HTTP-01 validation: the token's key authorization (RFC 8555 §8.3).
+    KeyAuthorization(String),
 }
 
 /// An error answer.
@@ -118,6 +119,8 @@ impl fmt::Debug for Plan<'_> {
                 .finish(),
             Plan::Redirect(r) => f.debug_tuple("Redirect").field(r).finish(),
             Plan::Mirror { pull, .. } => write!(f, "Mirror({})", pull.name),
+            // The key authorization is a credential of the order: not written out.
+            Plan::KeyAuthorization(_) => f.write_str("KeyAuthorization"),
         }
     }
 }
@@ -144,6 +147,14 @@ pub enum CopyAction {
     NoteBlocked(CopyDecision),
 }
 
+/// Before routing: the answer to an ACME server's HTTP-01 validation of one of this node's
+/// orders, when the path is one of its pending tokens.
+pub fn for_challenge(req: &RequestHeader, challenges: &Challenges) -> Option<Plan<'static>> {
+    challenges
+        .answer(req.uri.path())
+        .map(Plan::KeyAuthorization)
+}
+
 /// Step 0, over plain HTTP: a bucket with `https_redirect` sends the request to `https://`, same
 /// host, path and query, at `https_port` (written only when not 443); never ACME's HTTP-01 path,
 /// which must be answered over plain HTTP. `None` without an HTTPS listener.
@@ -153,7 +164,7 @@ pub fn to_https<'a>(
     https_port: Option<u16>,
 ) -> Option<Plan<'a>> {
     let https_port = https_port?;
-    if !bucket.config.domains.https_redirect || req.uri.path().starts_with(ACME_CHALLENGES) {
+    if !bucket.config.domains.https_redirect || is_challenge_path(req.uri.path()) {
         return None;
     }
     let host = req

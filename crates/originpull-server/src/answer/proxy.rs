@@ -1,6 +1,7 @@
 //! The data plane: originpull's Pingora `ProxyHttp` implementation, the executor of the
-//! [`super::plan`]s. Every request is answered in `request_filter` (route → plan → hit,
-//! redirect, mirror or error); nothing is proxied inline, so `upstream_peer` is never reached.
+//! [`super::plan`]s. Every request is answered in `request_filter` (an ACME validation, or
+//! route → plan → hit, redirect, mirror or error); nothing is proxied inline, so
+//! `upstream_peer` is never reached.
 //! `request_filter` counts each request in the metrics, and `logging` writes its access log
 //! line.
 
@@ -21,9 +22,12 @@ use super::mirror::MirrorMiss;
 use super::plan::{self, CopyAction, ErrorPlan, Plan};
 use super::preflight::answer_preflight;
 use super::redirect::write_redirect;
-use super::respond::{refusal_response, write_error, ErrorCode, Reply, RequestId};
+use super::respond::{
+    refusal_response, response_header, write_complete, write_error, ErrorCode, Reply, RequestId,
+};
 use super::serve::{serve_hit, HitOutcome};
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::acme::challenges::{is_challenge_path, Challenges};
 use crate::edge::connection::{Refusal, RefusalResponse, Refusals};
 use crate::live::bucket::{Addressed, Bucket};
 use crate::live::reload::{ConfigHandle, LiveConfig};
@@ -55,6 +59,8 @@ pub struct OriginPull {
     pub copies: Copies,
     pub access_log: Arc<AccessLog>,
     pub compressor: Compressor,
+    /// The HTTP-01 challenges of running ACME orders.
+    pub challenges: Arc<Challenges>,
 }
 
 /// What one request became, for `logging`.
@@ -96,6 +102,18 @@ impl ProxyHttp for OriginPull {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(plan) = plan::for_challenge(session.req_header(), &self.challenges) {
+            // An ACME server validating this node's order: answered before any bucket routing.
+            let (result, body_bytes) = self.carry_out_unrouted(session, ctx, plan).await?;
+            BucketMetrics::unrouted().count_request(result, body_bytes);
+            if !self.access_log.is_off() {
+                let path = session.req_header().uri.path();
+                ctx.key = path.trim_start_matches('/').to_string();
+            }
+            ctx.result = result;
+            ctx.body_bytes = body_bytes;
+            return Ok(true);
+        }
         // One configuration generation for the whole request, even if a reload lands meanwhile.
         let live = self.config.for_request();
         let (bucket, answered) = match live.routes.route(session.req_header()) {
@@ -227,6 +245,14 @@ impl OriginPull {
         }
         ctx.reply.cors = CorsReply::for_request(&bucket.config.cors, session.req_header());
         let name = bucket.config.name.as_str();
+        let path = session.req_header().uri.path();
+        if is_challenge_path(path) {
+            if let Some(key_authorization) = self.challenges.shared_answer(name, path).await {
+                // Another node's order, validated through this node.
+                let plan = Plan::KeyAuthorization(key_authorization);
+                return self.carry_out(session, ctx, live, bucket, None, plan).await;
+            }
+        }
         let over_tls = session
             .digest()
             .is_some_and(|digest| digest.ssl_digest.is_some());
@@ -400,6 +426,28 @@ impl OriginPull {
             Plan::Lookup { .. } => {
                 Error::e_explain(ErrorType::InternalError, "a look-up planned twice")
             }
+            plan @ Plan::KeyAuthorization(_) => self.carry_out_unrouted(session, ctx, plan).await,
+        }
+    }
+
+    /// Carries out a plan that needs no bucket: an ACME validation's answer.
+    async fn carry_out_unrouted(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        plan: Plan<'_>,
+    ) -> Result<(RequestResult, u64)> {
+        match plan {
+            Plan::KeyAuthorization(key_authorization) => {
+                let mut resp = response_header(http::StatusCode::OK, &ctx.reply)?;
+                resp.insert_header(header::CONTENT_TYPE, "application/octet-stream")?;
+                let n = write_complete(session, resp, key_authorization.into()).await?;
+                Ok((RequestResult::Hit, n))
+            }
+            other => Error::e_explain(
+                ErrorType::InternalError,
+                format!("{other:?} needs a bucket"),
+            ),
         }
     }
 
