@@ -23,6 +23,7 @@ LAYERS = {
         ["server", "properties"],
         ["admin"],
         ["answer"],
+        ["acme"],
         ["edge"],
         ["live"],
         ["pull"],

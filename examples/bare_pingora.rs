@@ -8,8 +8,11 @@
 //! worker, `originpull_server::edge::listener::WorkerListener`), so the difference between the two is our
 //! request code, not how connections are spread over threads.
 //!
-//! `cargo run --release --example bare_pingora -- MODE LISTEN THREADS`, MODE `302` (a redirect
-//! with an empty body) or `4k` (a 4 KiB body), e.g. `302 127.0.0.1:8090 2`.
+//! `cargo run --release --example bare_pingora -- MODE LISTEN THREADS [CERT KEY]`, MODE `302`
+//! (a redirect with an empty body), `4k` (a 4 KiB body) or `1m` (1 MiB), e.g.
+//! `302 127.0.0.1:8090 2`. With CERT and KEY (PEM files) it speaks HTTPS instead, HTTP/2 and
+//! HTTP/1.1 by ALPN, through Pingora's own TLS listener (one service of THREADS threads): the
+//! floor of `benches/https_side_by_side.sh`.
 
 // A test (or benchmark) that unwraps fails loudly, which is what it should do.
 #![allow(clippy::unwrap_used)]
@@ -18,6 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use originpull_server::edge::listener::WorkerListener;
 use pingora::http::ResponseHeader;
+use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -79,7 +83,7 @@ impl ProxyHttp for Constant {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(mode), Some(listen), Some(threads)) = (args.get(1), args.get(2), args.get(3)) else {
-        eprintln!("usage: bare_pingora 302|4k LISTEN THREADS");
+        eprintln!("usage: bare_pingora 302|4k|1m LISTEN THREADS [CERT KEY]");
         std::process::exit(2);
     };
     let Ok(threads) = threads.parse::<usize>() else {
@@ -95,8 +99,12 @@ fn main() {
             status: 200,
             body: Bytes::from(vec![b'x'; 4096]),
         },
+        "1m" => Constant {
+            status: 200,
+            body: Bytes::from(vec![b'x'; 1024 * 1024]),
+        },
         other => {
-            eprintln!("unknown mode {other}; use 302 or 4k");
+            eprintln!("unknown mode {other}; use 302, 4k or 1m");
             std::process::exit(2);
         }
     };
@@ -113,6 +121,21 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
+    if let (Some(cert), Some(key)) = (args.get(4), args.get(5)) {
+        let mut service =
+            pingora_proxy::http_proxy_service_with_name(&server.configuration, app, "bare HTTPS");
+        let mut tls = match TlsSettings::intermediate(cert, key) {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("CERT/KEY: {e}");
+                std::process::exit(2);
+            }
+        };
+        tls.enable_h2();
+        service.add_tls_with_settings(&listen.to_string(), None, tls);
+        server.add_service(service);
+        server.run_forever();
+    }
     for worker in 0..threads {
         let service = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,

@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 use originpull_cli::{demo, prefetch};
 use originpull_config::{Config, ConfigErrors};
-use originpull_server::live::reload::LiveConfig;
 use originpull_server::server::{self, ProcessFlags};
 
 /// A request allocates many small, short-lived buffers across threads; mimalloc's per-thread
@@ -126,7 +125,8 @@ fn main() -> ExitCode {
         Err(errors) => return config_errors(&cli.conf, &errors),
     };
     if cli.test {
-        // Also what only start-up reads: the files the configuration names (a `tls.ca_file`).
+        // Also what only start-up reads: the files the configuration names (a `tls.ca_file`,
+        // the HTTPS certificates).
         let mut resolved = config.clone();
         if let Ok(cwd) = std::env::current_dir() {
             resolved.resolve_relative_paths(&cwd);
@@ -140,7 +140,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         }
-        if let Err(errors) = LiveConfig::new(resolved) {
+        if let Err(errors) = server::check(resolved) {
             return config_errors(&cli.conf, &errors);
         }
         println!(

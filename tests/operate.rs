@@ -495,6 +495,9 @@ const EXPORTED: &[&str] = &[
     "originpull_connections_open",
     "originpull_connections_refused_total",
     "originpull_compressions_total",
+    "originpull_certificate_expiry_timestamp_seconds",
+    "originpull_acme_orders_total",
+    "originpull_tls_handshake_failures_total",
 ];
 
 fn originpull_metric_names(text: &str) -> Vec<String> {
@@ -555,6 +558,7 @@ fn the_prometheus_files_pass_promtool_and_use_exported_metrics() {
     };
     let dir = rules.parent().unwrap();
     run(&["check", "rules", "alerts.yml"], dir);
+    run(&["test", "rules", "alerts_test.yml"], dir);
     run(&["check", "config", "prometheus.yml"], dir);
 }
 

@@ -39,17 +39,7 @@ struct S3Server {
 impl S3Server {
     /// `None` (after saying why) when moto is not installed.
     fn start() -> Option<S3Server> {
-        let venv = std::env::var_os("ORIGINPULL_MOTO_VENV")
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME")
-                    .map(|home| PathBuf::from(home).join(".local/share/originpull/moto-venv"))
-            })?;
-        let python = venv.join("bin/python");
-        if !python.exists() {
-            missing(&format!("moto (its venv, {})", python.display()));
-            return None;
-        }
+        let python = setup_venv_python("ORIGINPULL_MOTO_VENV", "moto-venv", "moto")?;
         let (child, port) = spawn_moto(&python, 0);
         let dir = tempfile::Builder::new()
             .prefix("originpull-s3-")
@@ -1598,4 +1588,88 @@ async fn a_store_behind_a_private_ca_is_reached_with_ca_file() {
         get_body(&server, BUCKET, "/tls.txt").await,
         (200, b"over tls".to_vec())
     );
+}
+
+/// Issue #22: with the S3 store, ACME keeps its account and certificates in the store and one
+/// node orders a domain (the store's lease): two nodes make one order, and both serve the
+/// certificate. pebble validates at node A's port; whichever node orders, A answers the token
+/// (from the store when B ordered).
+#[tokio::test]
+async fn two_nodes_on_one_store_make_one_acme_order_and_both_serve_it() {
+    use common::pebble::{acme_orders, acme_yaml, Pebble};
+    use common::tls::{curl, https_yaml, served_serial, TestCa};
+    const DOMAIN: &str = "static.fleet.test";
+    let Some(s3) = S3Server::start() else {
+        return;
+    };
+    let port_a = free_port();
+    let Some(pebble) = Pebble::start(port_a, 3600) else {
+        return;
+    };
+    let ca = TestCa::new();
+    let certs = tempfile::tempdir().unwrap();
+    let default_cert = ca.issue(&["edge.example"]);
+    let default = default_cert.write(certs.path(), "default");
+    let origin = TestOrigin::start();
+    origin.route("/a.txt", Behavior::ok("fleet"));
+    let config = |https_port: u16| {
+        OriginpullConfig::new()
+            .with_bucket_yaml(&format!(
+                "name: {BUCKET}\ndomains: [{DOMAIN}]\norigin_pull:\n  enabled: true\n  mode: mirror\n  origin: '{}'",
+                origin.authority()
+            ))
+            .with_extra_yaml(&s3.store_yaml())
+            .with_extra_yaml(&https_yaml(
+                https_port,
+                std::slice::from_ref(&default),
+                &acme_yaml(&pebble, None),
+            ))
+    };
+    let (https_a, https_b) = (free_port(), free_port());
+    let a = Originpull::start_at(config(https_a), port_a);
+    let b = Originpull::start(config(https_b));
+
+    let wait = Duration::from_secs(60);
+    let obtained = |port: u16| {
+        let default = default_cert.serial.clone();
+        async move { served_serial(port, Some(DOMAIN)).await != default }
+    };
+    assert!(
+        wait_until(wait, || obtained(https_a)).await
+            && wait_until(wait, || obtained(https_b)).await,
+        "both nodes serve an ACME certificate\npebble:\n{}\nA:\n{}\nB:\n{}",
+        pebble.log(),
+        a.stderr_text(),
+        b.stderr_text()
+    );
+    assert_eq!(
+        served_serial(https_a, Some(DOMAIN)).await,
+        served_serial(https_b, Some(DOMAIN)).await,
+        "one certificate for the fleet"
+    );
+    let issued = acme_orders(&a, "issued").await + acme_orders(&b, "issued").await;
+    assert_eq!(issued, 1.0, "one order for the fleet");
+    assert_eq!(
+        acme_orders(&a, "failed").await + acme_orders(&b, "failed").await,
+        0.0
+    );
+    // Kept in the store, under the reserved prefix, never served as an object.
+    let keys = s3.keys();
+    assert!(
+        keys.iter()
+            .any(|k| k == &format!(".originpull-private/acme/{DOMAIN}.pem")),
+        "{keys:?}"
+    );
+    let private = raw_get(
+        b.addr(),
+        &b.host(BUCKET),
+        &format!("/.originpull-private/acme/{DOMAIN}.key"),
+    )
+    .await;
+    assert!(!private.body_text().contains("PRIVATE KEY"));
+    let root = pebble.issuing_root();
+    let Some(answer) = curl(&root, DOMAIN, https_b, "/a.txt", true, &[]) else {
+        return;
+    };
+    assert_eq!(answer.status, 200, "{answer:?}");
 }

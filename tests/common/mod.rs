@@ -20,6 +20,9 @@
 //! Not every test file uses every item, hence the module-wide `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod pebble;
+pub mod tls;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::future::Future;
@@ -2216,6 +2219,24 @@ pub fn missing(what: &str) {
     eprintln!("SKIPPED: {what} is not installed (.ci/setup installs it)");
 }
 
+/// The Python of a venv `.ci/setup` makes for `what`: `$<env>`, by default
+/// `~/.local/share/originpull/<dir>`. `None` (after [`missing`]) when it is not there.
+pub fn setup_venv_python(env: &str, dir: &str, what: &str) -> Option<PathBuf> {
+    let venv = std::env::var_os(env).map(PathBuf::from).or_else(|| {
+        std::env::var_os("HOME").map(|home| {
+            PathBuf::from(home)
+                .join(".local/share/originpull")
+                .join(dir)
+        })
+    })?;
+    let python = venv.join("bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    missing(&format!("{what} (its venv, {})", python.display()));
+    None
+}
+
 /// A real nginx serving the files under `root` on a loopback port: an origin as operators
 /// have them (directories answered with `301` to their slash, static files with validators,
 /// no CORS headers, `405` to `OPTIONS`), or the reference a test compares answers with. One
@@ -2317,6 +2338,11 @@ impl NginxOrigin {
 /// and Chromium's stderr for a failure's message. `None` where Chromium is missing and the run
 /// is not CI's.
 pub async fn chromium_title(url: &str) -> Option<(String, String)> {
+    chromium_title_with(url, &[]).await
+}
+
+/// [`chromium_title`] with `extra` command-line flags (e.g. an SPKI to trust).
+pub async fn chromium_title_with(url: &str, extra: &[&str]) -> Option<(String, String)> {
     let chromium = require_program("chromium", Some("CHROMIUM"))?;
     let profile = tempfile::tempdir().expect("profile dir");
     let run = tokio::process::Command::new(&chromium)
@@ -2336,6 +2362,7 @@ pub async fn chromium_title(url: &str) -> Option<(String, String)> {
             "--host-resolver-rules=MAP *.{DEFAULT_DOMAIN_SUFFIX} 127.0.0.1"
         ))
         .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
         .arg("--dump-dom")
         .arg(url)
         .kill_on_drop(true)

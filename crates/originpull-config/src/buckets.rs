@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use serde_yaml::Value;
 
 use super::cors::{parse_cors, CorsRule};
+use super::domains::{check_domain_conflicts, parse_bucket_domains, BucketDomains};
 use super::errors::Errors;
 use super::origin_pull::{parse_origin_pull, LoopGuard, OriginPullConfig};
 use super::section::Section;
@@ -18,16 +19,30 @@ pub struct BucketConfig {
     pub origin_pull: Option<OriginPullConfig>,
     /// `website.index_document`: `/` and paths ending in `/` name this object in the folder.
     pub index_document: Option<String>,
+    /// `website.error_document`: the stored object served with status 404 where the answer
+    /// would be `404 NoSuchKey`.
+    pub error_document: Option<String>,
+    /// `domains`, `https_redirect`, `hsts_max_age_secs`.
+    pub domains: BucketDomains,
     /// CORS rules, first match wins; empty when the bucket has no `cors`.
     pub cors: Vec<CorsRule>,
 }
 
-const BUCKET_KEYS: &[&str] = &["name", "origin_pull", "website", "cors"];
-const WEBSITE_KEYS: &[&str] = &["index_document"];
+const BUCKET_KEYS: &[&str] = &[
+    "name",
+    "origin_pull",
+    "website",
+    "cors",
+    "domains",
+    "https_redirect",
+    "hsts_max_age_secs",
+];
+const WEBSITE_KEYS: &[&str] = &["index_document", "error_document"];
 
 pub(crate) fn parse_buckets(
     top: &Section<'_>,
     guard: &LoopGuard<'_>,
+    has_https: bool,
     errors: &mut Errors,
 ) -> Vec<BucketConfig> {
     let Some(value) = top.get("buckets") else {
@@ -69,20 +84,54 @@ pub(crate) fn parse_buckets(
             );
         }
         let origin_pull = parse_origin_pull(&bucket, guard, errors);
-        let index_document = parse_website(&bucket, errors);
+        let (index_document, error_document) = parse_website(&bucket, errors);
         let cors = parse_cors(&bucket, errors);
+        let domains = parse_bucket_domains(&bucket, has_https, errors);
         buckets.push(BucketConfig {
             name,
             origin_pull,
             index_document,
+            error_document,
+            domains,
             cors,
         });
     }
+    check_domain_conflicts(
+        buckets.iter().map(|b| (b.name.as_str(), &b.domains)),
+        guard.domain_suffix,
+        errors,
+    );
     buckets
 }
 
-fn parse_website(bucket: &Section<'_>, errors: &mut Errors) -> Option<String> {
-    let website = bucket.nested("website", WEBSITE_KEYS, "website.", errors)?;
+/// `website.index_document` and `website.error_document`.
+fn parse_website(bucket: &Section<'_>, errors: &mut Errors) -> (Option<String>, Option<String>) {
+    let Some(website) = bucket.nested("website", WEBSITE_KEYS, "website.", errors) else {
+        return (None, None);
+    };
+    let error_document = website
+        .typed::<String>("error_document", errors)
+        .filter(|key| {
+            let valid = !key.is_empty()
+                && key.len() <= 1024
+                && !key.starts_with('/')
+                && !key.chars().any(char::is_control);
+            if !valid {
+                errors.push(
+                    &website.scope,
+                    "website.error_document",
+                    format!(
+                        "`{}` must be an object key such as 404.html (not empty, no leading `/`)",
+                        key.escape_debug()
+                    ),
+                );
+            }
+            valid
+        });
+    (parse_index_document(&website, errors), error_document)
+}
+
+fn parse_index_document(website: &Section<'_>, errors: &mut Errors) -> Option<String> {
     let name = website.typed::<String>("index_document", errors)?;
     let valid = !name.is_empty()
         && name.len() <= 255

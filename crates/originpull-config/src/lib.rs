@@ -9,9 +9,11 @@
 mod admin;
 mod buckets;
 mod cors;
+mod domains;
 mod errors;
 mod fill;
 mod hostname;
+mod https;
 mod memory_cache;
 mod origin_pull;
 mod origins;
@@ -29,9 +31,11 @@ use serde_yaml::Value;
 pub use admin::{read_token_file, AdminSettings};
 pub use buckets::{validate_bucket_name, BucketConfig};
 pub use cors::{CorsRule, WildcardPattern};
+pub use domains::BucketDomains;
 pub use errors::{ConfigError, ConfigErrors};
 pub use fill::FillSettings;
-pub use hostname::is_valid_hostname;
+pub use hostname::{is_valid_hostname, normalize_name};
+pub use https::{AcmeSettings, CertificateFiles, HttpsSettings, MinTlsVersion};
 pub use memory_cache::MemoryCacheSettings;
 pub use origin_pull::{OriginPullConfig, PullMode, PullRule};
 pub use origins::{
@@ -44,6 +48,7 @@ use admin::parse_admin;
 use buckets::parse_buckets;
 use errors::Errors;
 use fill::parse_fill;
+use https::parse_https;
 use memory_cache::parse_memory_cache;
 use origin_pull::LoopGuard;
 use section::Section;
@@ -54,6 +59,8 @@ use store::parse_store;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The HTTPS listener; `None` without an `https:` section.
+    pub https: Option<HttpsSettings>,
     pub metrics_listen: Option<SocketAddr>,
     /// The admin API; `None` when `admin_listen` is not set.
     pub admin: Option<AdminSettings>,
@@ -78,6 +85,7 @@ pub enum AccessLogTarget {
 
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
+    "https",
     "metrics_listen",
     "admin_listen",
     "admin_token_file",
@@ -164,11 +172,13 @@ impl Config {
         let fill = parse_fill(&top, &mut errors);
         let memory_cache = parse_memory_cache(&top, &mut errors);
         let store = parse_store(&top, &mut errors);
+        let s3_store = matches!(store, StoreSettings::S3(_));
+        let https = parse_https(&top, listen, s3_store, &mut errors);
         let guard = LoopGuard {
             domain_suffix: domain_suffix.as_deref(),
             listen,
         };
-        let buckets = parse_buckets(&top, &guard, &mut errors);
+        let buckets = parse_buckets(&top, &guard, https.is_some(), &mut errors);
 
         if !errors.0.is_empty() {
             return Err(ConfigErrors(errors.0));
@@ -176,6 +186,7 @@ impl Config {
         match (listen, data_dir, domain_suffix) {
             (Some(listen), Some(data_dir), Some(domain_suffix)) => Ok(Config {
                 listen,
+                https,
                 metrics_listen,
                 admin,
                 data_dir,
@@ -223,6 +234,20 @@ impl Config {
         if let Some(admin) = &mut self.admin {
             admin.token_file = base.join(&admin.token_file);
         }
+        if let Some(https) = &mut self.https {
+            for files in &mut https.certificates {
+                files.cert_file = base.join(&files.cert_file);
+                files.key_file = base.join(&files.key_file);
+            }
+            if let Some(acme) = &mut https.acme {
+                if let Some(state_dir) = &mut acme.state_dir {
+                    *state_dir = base.join(&*state_dir);
+                }
+                if let Some(ca_file) = &mut acme.ca_file {
+                    *ca_file = base.join(&*ca_file);
+                }
+            }
+        }
     }
 
     /// For a reload: puts back the running values of the settings only a restart can change
@@ -242,6 +267,31 @@ impl Config {
         }
         let mut changed = Vec::new();
         keep("listen", &mut self.listen, &running.listen, &mut changed);
+        // The HTTPS listener and its TLS and HTTP/2 settings are fixed at start; its
+        // certificates and ACME settings follow the file.
+        match (&mut self.https, &running.https) {
+            (Some(new), Some(old)) => {
+                let mut fixed = (new.listen, new.http2, new.min_tls_version);
+                keep(
+                    "https.listen/http2/min_tls_version",
+                    &mut fixed,
+                    &(old.listen, old.http2, old.min_tls_version),
+                    &mut changed,
+                );
+                (new.listen, new.http2, new.min_tls_version) = fixed;
+                keep(
+                    "https.max_concurrent_streams",
+                    &mut new.max_concurrent_streams,
+                    &old.max_concurrent_streams,
+                    &mut changed,
+                );
+            }
+            (None, None) => {}
+            (new, old) => {
+                changed.push("https");
+                *new = old.clone();
+            }
+        }
         keep(
             "metrics_listen",
             &mut self.metrics_listen,

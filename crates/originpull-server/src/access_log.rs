@@ -33,6 +33,10 @@ pub struct AccessRecord<'a> {
     pub bytes: u64,
     pub duration: Duration,
     pub request_id: &'a str,
+    /// The TLS version (`1.2`, `1.3`), or `-` over plain HTTP.
+    pub tls: &'a str,
+    /// `h1` or `h2`.
+    pub proto: &'a str,
 }
 
 impl AccessLog {
@@ -75,7 +79,7 @@ pub fn format_line(r: &AccessRecord<'_>) -> String {
     // Writing to a String cannot fail.
     let _ = write!(
         line,
-        "time={} client={} host={} bucket={} method={} key={} status={} result={} origin={} bytes={} duration_ms={:.3} request_id={}",
+        "time={} client={} host={} bucket={} method={} key={} status={} result={} origin={} bytes={} duration_ms={:.3} request_id={} tls={} proto={}",
         humantime::format_rfc3339_millis(r.time),
         client,
         quoted(r.host),
@@ -88,6 +92,8 @@ pub fn format_line(r: &AccessRecord<'_>) -> String {
         r.bytes,
         r.duration.as_secs_f64() * 1000.0,
         r.request_id,
+        r.tls,
+        r.proto,
     );
     line.push('\n');
     line
@@ -130,10 +136,12 @@ mod tests {
             bytes: 0,
             duration: Duration::from_micros(1500),
             request_id: "r1",
+            tls: "1.3",
+            proto: "h2",
         });
         assert_eq!(
             line,
-            "time=1970-01-01T00:00:00.000Z client=127.0.0.1:5000 host=\"h\\\"x\" bucket=\"b-1\" method=\"GET\" key=\"a\\u{a}b\" status=302 result=redirect origin=https://abc.example.com bytes=0 duration_ms=1.500 request_id=r1\n"
+            "time=1970-01-01T00:00:00.000Z client=127.0.0.1:5000 host=\"h\\\"x\" bucket=\"b-1\" method=\"GET\" key=\"a\\u{a}b\" status=302 result=redirect origin=https://abc.example.com bytes=0 duration_ms=1.500 request_id=r1 tls=1.3 proto=h2\n"
         );
     }
 }

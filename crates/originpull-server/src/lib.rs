@@ -7,9 +7,11 @@
 //! - [`server`] starts it all: the listeners, the background services, the store's tiers;
 //! - [`admin`]: the admin API for finishing a migration (purge, prefetch jobs, progress);
 //! - [`answer`]: each request, from its head to its last byte (Pingora's `ProxyHttp`): a plan
-//!   (hit, redirect, mirror, preflight, error) and its execution;
-//! - [`edge`]: client connections in front of Pingora's sessions (listeners, the connection
-//!   gate: limits, framing, the write path);
+//!   (hit, redirect, mirror, preflight, error, an ACME validation) and its execution;
+//! - [`acme`]: certificates for bucket domains from an ACME server (orders, renewals, the
+//!   HTTP-01 challenges, their state);
+//! - [`edge`]: client connections in front of Pingora's sessions (listeners, TLS and HTTP/2,
+//!   the connection gate: limits, framing, the write path);
 //! - [`live`]: the configuration in force (hot reload) and its buckets, by host;
 //! - [`pull`]: where a miss is pulled from ([`pull::origin`]) and the copies from origins into
 //!   the bucket ([`pull::copy`]);
@@ -19,6 +21,7 @@
 //! object keys) and `originpull_support` (the coarse clock, summarized logs).
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod answer;
 pub mod edge;

@@ -7,9 +7,9 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge, register_int_gauge_vec, Gauge, Histogram, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec,
+    register_gauge, register_gauge_vec, register_histogram_vec, register_int_counter,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Gauge, GaugeVec,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 /// The `encoding` label values of `originpull_compressions_total`, exported from zero: the
@@ -101,6 +101,9 @@ pub struct Metrics {
     pub compressions: IntCounterVec,
     pub revalidations: IntCounterVec,
     pub origin_breaker_open: IntGaugeVec,
+    pub certificate_expiry: GaugeVec,
+    pub acme_orders: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
 }
 
 // The macros only fail on a duplicate or malformed name, which is a bug caught by any test run.
@@ -199,12 +202,36 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["bucket", "origin"]
         )
         .expect("register originpull_origin_breaker_open"),
+        certificate_expiry: register_gauge_vec!(
+            "originpull_certificate_expiry_timestamp_seconds",
+            "When each certificate the HTTPS listener serves expires (notAfter, Unix seconds), by its first DNS name.",
+            &["name"]
+        )
+        .expect("register originpull_certificate_expiry_timestamp_seconds"),
+        acme_orders: register_int_counter_vec!(
+            "originpull_acme_orders_total",
+            "ACME orders by outcome (issued, renewed, failed).",
+            &["outcome"]
+        )
+        .expect("register originpull_acme_orders_total"),
+        tls_handshake_failures: register_int_counter_vec!(
+            "originpull_tls_handshake_failures_total",
+            "TLS handshakes on the HTTPS listener that failed (error) or did not finish within server.header_timeout_secs (timeout).",
+            &["reason"]
+        )
+        .expect("register originpull_tls_handshake_failures_total"),
     };
     m.config_last_reload_successful.set(1.0);
     // Both outcomes exported from zero, so an alert on `increase(...{outcome="error"})` works
     // before the first reload.
     for outcome in ["ok", "error"] {
         m.config_reloads.with_label_values(&[outcome]);
+    }
+    for outcome in ["issued", "renewed", "failed"] {
+        m.acme_orders.with_label_values(&[outcome]);
+    }
+    for reason in ["error", "timeout"] {
+        m.tls_handshake_failures.with_label_values(&[reason]);
     }
     m
 });

@@ -1,6 +1,8 @@
-//! Start-up: turns a validated [`Config`] into a running Pingora server with the data plane,
-//! the Prometheus endpoint, the bucket store, the copy scheduler and the reload watchers; and
-//! the end of a graceful stop, as soon as no request or copy is left running.
+//! Start-up: turns a validated [`Config`] into a running Pingora server with the data plane
+//! (plain HTTP, and HTTPS with its certificates and ACME when configured), the Prometheus
+//! endpoint, the bucket store, the copy scheduler and the reload watchers; and the end of a
+//! graceful stop, as soon as no request or copy is left running. Also what `originpull -t`
+//! checks ([`check`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,17 +16,20 @@ use pingora::services::listening::Service as ListeningService;
 use pingora_proxy::HttpProxy;
 
 use crate::access_log::AccessLog;
+use crate::acme::state::{AcmeState, StoreState};
+use crate::acme::{AcmeService, AcmeWake, Challenges};
 use crate::admin::progress::{ProgressService, Samples};
 use crate::admin::AdminApi;
 use crate::answer::compress::Compressor;
 use crate::answer::OriginPull;
-use crate::edge::connection::{ConnectionCounts, ConnectionGate, ConnectionLimits};
+use crate::edge::connection::{ConnectionCounts, ConnectionGate, ConnectionLimits, H2Limits};
 use crate::edge::listener::{check_address_free, WorkerListener};
+use crate::edge::tls::{Certificates, EdgeTls};
 use crate::live::probes::OriginProbes;
-use crate::live::reload::{ConfigHandle, LiveConfig, ReloadWatcher};
+use crate::live::reload::{self, ConfigHandle, GenerationPart, ReloadWatcher};
 use crate::pull::copy::Copies;
 use originpull_config::ConditionalPut;
-use originpull_config::{Config, S3Settings, StoreSettings};
+use originpull_config::{Config, ConfigErrors, S3Settings, StoreSettings};
 use originpull_store::local_tier::LocalTier;
 use originpull_store::s3::S3Store;
 use originpull_store::s3_cleanup::UploadCleanup;
@@ -54,17 +59,23 @@ pub fn build(
 ) -> Result<Server, StartError> {
     // An upgrade takes over the running process's sockets, so the address is in use by design.
     if !flags.upgrade {
-        check_address_free(config.listen).map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        let https_listen = config.https.as_ref().map(|https| https.listen);
+        for addr in std::iter::once(config.listen).chain(https_listen) {
+            check_address_free(addr).map_err(|source| StartError::Listen { addr, source })?;
+        }
     }
+    // One crypto provider for every rustls user (the HTTPS listener, the ACME client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let base_dir = std::env::current_dir().map_err(StartError::WorkingDirectory)?;
     config.resolve_relative_paths(&base_dir);
     crate::metrics::init();
     // Objects and bytes per bucket are counted as copies and purges pass through the store.
     let counts = BucketCounts::default();
-    let (store, upload_cleanup) = open_store(&config, counts.clone())?;
+    let OpenedStore {
+        store,
+        upload_cleanup,
+        shared_private,
+    } = open_store(&config, counts.clone())?;
     if let Some(admin) = &config.admin {
         admin.read_token().map_err(StartError::AdminToken)?;
     }
@@ -76,8 +87,12 @@ pub fn build(
     let metrics_listen = config.metrics_listen;
     let limits = ConnectionLimits::new(&config.server);
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
-    let live = LiveConfig::new(config).map_err(StartError::Config)?;
-    let handle = ConfigHandle::new(live, config_path, &base_dir);
+    let https = config.https.clone();
+    let certificates = Arc::new(Certificates::default());
+    let acme_wake = Arc::new(AcmeWake::default());
+    let parts: Vec<Arc<dyn GenerationPart>> = vec![certificates.clone(), acme_wake.clone()];
+    let handle =
+        ConfigHandle::start(config, config_path, &base_dir, parts).map_err(StartError::Config)?;
     let reload_watcher = server.add_service(background_service(
         "config reload",
         ReloadWatcher::new(handle.clone()),
@@ -113,12 +128,37 @@ pub fn build(
         );
         server.add_service(admin.service(addr));
     }
+    // ACME's state in the store the fleet shares (else in https.acme.state_dir).
+    let acme_state = shared_private.map(|s3| Arc::new(StoreState(s3)) as Arc<dyn AcmeState>);
+    let challenges = Arc::new(Challenges::new(acme_state.clone()));
+    if https.as_ref().is_some_and(|https| https.acme.is_some()) {
+        let acme = AcmeService::new(
+            handle.clone(),
+            certificates.clone(),
+            challenges.clone(),
+            acme_state,
+            &acme_wake,
+        );
+        server.add_service(background_service("ACME", acme));
+    }
+    let https_listener = match &https {
+        Some(https) => {
+            let tls = EdgeTls::new(https, certificates, limits.header_timeout)
+                .map_err(StartError::Tls)?;
+            let h2 = H2Limits {
+                max_concurrent_streams: https.max_concurrent_streams,
+            };
+            Some((https.listen, Arc::new(tls), h2))
+        }
+        None => None,
+    };
     let app = OriginPull {
         config: handle,
         copies,
         compressor: Compressor::new(store.clone()),
         store,
         access_log: Arc::new(access_log),
+        challenges,
     };
     let connections = Arc::new(ConnectionCounts::new(threads));
     server.add_service(background_service(
@@ -129,10 +169,19 @@ pub fn build(
         },
     ));
     for worker in 0..threads {
-        let listener = worker_listener(&server, &app, limits, &connections, listen, worker);
-        let listener = server.add_service(listener);
-        // Accepting connections means reloads are watched: a change right after is not missed.
-        listener.add_dependency(&reload_watcher);
+        let plain = worker_listener(&server, &app, limits, &connections, worker, listen, None);
+        let mut listeners = vec![plain];
+        if let Some((addr, tls, h2)) = &https_listener {
+            let tls = Some((tls.clone(), *h2));
+            let secure = worker_listener(&server, &app, limits, &connections, worker, *addr, tls);
+            listeners.push(secure);
+        }
+        for listener in listeners {
+            let listener = server.add_service(listener);
+            // Accepting connections means reloads are watched: a change right after is not
+            // missed.
+            listener.add_dependency(&reload_watcher);
+        }
     }
     if let Some(addr) = metrics_listen {
         let mut prometheus = pingora_prometheus::prometheus_http_service();
@@ -142,12 +191,25 @@ pub fn build(
     Ok(server)
 }
 
-/// The bucket store the configuration names, with its tiers, and (S3) the clean-up of the
-/// uploads an earlier run left, to run in the background.
-fn open_store(
-    config: &Config,
-    counts: BucketCounts,
-) -> Result<(Arc<dyn BucketStore>, Option<UploadCleanup>), StartError> {
+/// Checks `config` as start-up reads it, starting nothing (`originpull -t`): the generation
+/// built from it, with the files it names (a `tls.ca_file`, the HTTPS certificates).
+pub fn check(config: Config) -> Result<(), ConfigErrors> {
+    let certificates: Arc<dyn GenerationPart> = Arc::new(Certificates::default());
+    reload::check(config, &[certificates])
+}
+
+/// What [`open_store`] opened.
+struct OpenedStore {
+    /// The bucket store, with its tiers.
+    store: Arc<dyn BucketStore>,
+    /// (S3) The clean-up of the uploads an earlier run left, to run in the background.
+    upload_cleanup: Option<UploadCleanup>,
+    /// (S3) The store the fleet shares, for originpull's own objects (ACME's state).
+    shared_private: Option<Arc<S3Store>>,
+}
+
+/// The bucket store the configuration names, and what comes with it.
+fn open_store(config: &Config, counts: BucketCounts) -> Result<OpenedStore, StartError> {
     let cache = &config.memory_cache;
     let limits = HotTierLimits {
         max_bytes: cache.max_bytes as usize,
@@ -160,10 +222,14 @@ fn open_store(
                 path: config.data_dir.clone(),
                 source,
             })?;
-            Ok((with_tiers(store, limits, counts), None))
+            Ok(OpenedStore {
+                store: with_tiers(store, limits, counts),
+                upload_cleanup: None,
+                shared_private: None,
+            })
         }
         StoreSettings::S3(s3) => {
-            let (store, cleanup) = open_s3_store(s3, config)?;
+            let (store, cleanup, private) = open_s3_store(s3, config)?;
             let store = match &s3.local_tier {
                 Some(tier) => {
                     let store =
@@ -175,7 +241,11 @@ fn open_store(
                 }
                 None => with_tiers(store, limits, counts),
             };
-            Ok((store, Some(cleanup)))
+            Ok(OpenedStore {
+                store,
+                upload_cleanup: Some(cleanup),
+                shared_private: Some(Arc::new(private)),
+            })
         }
     }
 }
@@ -207,14 +277,16 @@ fn pingora_server(config: &Config, flags: ProcessFlags) -> Server {
     server
 }
 
-/// One worker: its own socket on `listen`, the connection gate, Pingora's proxy around `app`.
+/// One worker of one listener: its own socket on `listen`, the connection gate (behind the
+/// TLS handshake on the HTTPS listener), Pingora's proxy around `app`.
 fn worker_listener(
     server: &Server,
     app: &OriginPull,
     limits: ConnectionLimits,
     connections: &Arc<ConnectionCounts>,
-    listen: std::net::SocketAddr,
     worker: usize,
+    listen: std::net::SocketAddr,
+    tls: Option<(Arc<EdgeTls>, H2Limits)>,
 ) -> WorkerListener<ConnectionGate<HttpProxy<OriginPull>>> {
     let proxy = Arc::new(pingora_proxy::http_proxy(
         &server.configuration,
@@ -228,7 +300,14 @@ fn worker_listener(
         worker,
         app.access_log.clone(),
     );
-    let service = ListeningService::new(format!("originpull worker {worker}"), gate);
+    let (gate, name) = match tls {
+        Some((tls, h2)) => (
+            gate.with_tls(tls, h2),
+            format!("originpull HTTPS worker {worker}"),
+        ),
+        None => (gate, format!("originpull worker {worker}")),
+    };
+    let service = ListeningService::new(name, gate);
     // No socket buffers for the connection's whole life (Pingora's default is 64 KiB to read and
     // one MSS to write): the gate buffers each request head and response itself, and only while
     // the request runs, so an idle connection costs little memory.
@@ -252,13 +331,14 @@ fn with_tiers<S: BucketStore>(
 
 /// The S3 store, once every configured bucket's S3 bucket has answered and refused what the
 /// fleet's leases rely on (`store.s3.conditional_put`), journaling its uploads in this node's
-/// state directory (the local tier's, else `data_dir`), and the clean-up of uploads nobody will
-/// finish, to run in the background. The checks run on a runtime of their own (none runs yet)
-/// with clients of their own, dropped with it. All share one deadline and health.
+/// state directory (the local tier's, else `data_dir`), the clean-up of uploads nobody will
+/// finish, to run in the background, and a store for originpull's own objects (ACME's). The
+/// checks run on a runtime of their own (none runs yet) with clients of their own, dropped with
+/// it. All share one deadline and health.
 fn open_s3_store(
     settings: &S3Settings,
     config: &Config,
-) -> Result<(S3Store, UploadCleanup), StartError> {
+) -> Result<(S3Store, UploadCleanup, S3Store), StartError> {
     let credentials = CredentialSource::resolve(settings).map_err(StartError::S3)?;
     log::info!("S3 store: credentials from {}", credentials.describe());
     let link = StoreLink::new(Duration::from_millis(settings.request_timeout_ms));
@@ -303,10 +383,12 @@ fn open_s3_store(
         journal.clone(),
         buckets,
     );
+    let private = S3Store::new(settings.clone(), credentials.clone(), link.clone())
+        .with_lease_writes(lease_writes);
     let store = S3Store::new(settings.clone(), credentials, link)
         .with_upload_journal(journal)
         .with_lease_writes(lease_writes);
-    Ok((store, cleanup))
+    Ok((store, cleanup, private))
 }
 
 /// The S3 store's start-up clean-up, run once in the background (serving does not wait).
@@ -372,4 +454,6 @@ pub enum StartError {
     AdminToken(String),
     #[error("cannot read the working directory: {0}")]
     WorkingDirectory(std::io::Error),
+    #[error("https: {0}")]
+    Tls(String),
 }

@@ -33,6 +33,8 @@ pub mod s3_lease;
 #[cfg(feature = "s3")]
 pub mod s3_link;
 #[cfg(feature = "s3")]
+pub mod s3_private;
+#[cfg(feature = "s3")]
 pub mod s3_uploads;
 #[cfg(test)]
 mod test_store;

@@ -26,7 +26,8 @@
 //!
 //! Every request has a deadline and a store failing repeatedly is skipped for a while
 //! (`store/s3_link.rs`); the fill leases are in `store/s3_lease.rs`, the credentials in
-//! `store/s3_credentials.rs`.
+//! `store/s3_credentials.rs`, originpull's own small objects (ACME's state) in
+//! `store/s3_private.rs`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -49,6 +50,7 @@ use parking_lot::Mutex;
 use super::s3_credentials::CredentialSource;
 use super::s3_lease::{LeaseWrites, Leases, LEASE_FOLDER, TAKEOVER_FOLDER};
 use super::s3_link::{DeadlineConnector, StoreLink};
+use super::s3_private::{PrivateObjects, PRIVATE_FOLDER};
 use super::s3_uploads::{JournaledUpload, UploadJournal};
 use super::{
     BucketStore, FillClaim, ListedObject, NewObject, ObjectMeta, ObjectWriter, StoreError,
@@ -58,6 +60,9 @@ use crate::key::ObjectKey;
 use crate::metrics::STORE_METRICS;
 use originpull_config::S3Settings;
 use originpull_support::log_summary::SummarizedLog;
+
+/// Folders of originpull's own objects: never served, stored from an origin or listed.
+const RESERVED_FOLDERS: [&str; 3] = [LEASE_FOLDER, TAKEOVER_FOLDER, PRIVATE_FOLDER];
 
 /// Aborts that fail while the store fails: one per copy cut off then.
 static ABORT_FAILURES: SummarizedLog =
@@ -283,10 +288,17 @@ impl S3Store {
         })
     }
 
+    /// originpull's own objects of originpull bucket `bucket` (`store/s3_private.rs`).
+    pub fn private_objects(&self, bucket: &str) -> Result<PrivateObjects, StoreError> {
+        let leases = self.leases_of(&self.settings.s3_bucket_for(bucket))?;
+        Ok(PrivateObjects(leases))
+    }
+
     /// The S3 key of `key`; `None` for keys an S3 path cannot hold as is (empty segments, a
-    /// trailing `/`), which are then never stored, and for keys under the lease folders.
+    /// trailing `/`), which are then never stored, and for keys under the reserved folders
+    /// (leases, takeover markers, originpull's private objects).
     fn path_of(&self, key: &ObjectKey) -> Option<Path> {
-        if key.as_str().starts_with(LEASE_FOLDER) || key.as_str().starts_with(TAKEOVER_FOLDER) {
+        if RESERVED_FOLDERS.iter().any(|f| key.as_str().starts_with(f)) {
             return None;
         }
         let full = format!("{}{}", self.settings.prefix, key.as_str());
@@ -514,8 +526,7 @@ impl BucketStore for S3Store {
                 STORE_METRICS.errors.with_label_values(&["list"]).inc();
                 store_error(e)
             })?;
-        let reserved =
-            [LEASE_FOLDER, TAKEOVER_FOLDER].map(|f| format!("{}{f}", self.settings.prefix));
+        let reserved = RESERVED_FOLDERS.map(|f| format!("{}{f}", self.settings.prefix));
         Ok(objects
             .into_iter()
             .filter(|meta| {

@@ -14,7 +14,8 @@
 //!   copy, not for the slow client) and the slow client reads the rest from the bucket once the
 //!   object is committed. Memory per client is that buffer, whatever the object's size.
 //! - A HEAD asks the origin for a HEAD and stores nothing. 404/410 from the origin is
-//!   `404 NoSuchKey`, remembered for `fill.negative_ttl_secs`; a failing origin is `502
+//!   `404 NoSuchKey` (or the bucket's error document), remembered for
+//!   `fill.negative_ttl_secs`; a failing origin is `502
 //!   BadGateway`, a silent one `504 GatewayTimeout`; the origin's own error page never reaches
 //!   the client. Objects over `fill.max_object_bytes` are streamed and not stored.
 //!
@@ -37,8 +38,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::answer::compress::Compressor;
 use crate::answer::compressible::is_compressible_object;
+use crate::answer::error_document::write_error_plan;
+use crate::answer::plan::{no_such_key, ErrorPlan};
 use crate::answer::redirect::write_redirect;
-use crate::answer::respond::{response_header, write_error, ErrorCode, Reply};
+use crate::answer::respond::{response_header, ErrorCode, Reply};
 use crate::answer::serve::{serve_hit, stream_range};
 use crate::edge::connection::send_each_write;
 use crate::live::bucket::Bucket;
@@ -297,21 +300,22 @@ impl MirrorMiss<'_> {
         session: &mut Session,
         end: &CopyEnd,
     ) -> Result<(RequestResult, u64)> {
-        let (code, result) = match end {
+        let failed = |code| ErrorPlan::new(code, RequestResult::Error);
+        let error = match end {
             CopyEnd::Moved(to) => {
                 let location = self.client_location(to);
                 let n = write_redirect(session, to.status, location, self.reply).await?;
                 return Ok((RequestResult::Redirect, n));
             }
-            CopyEnd::OriginStatus(404 | 410) => (ErrorCode::NoSuchKey, RequestResult::NotFound),
-            CopyEnd::OriginStatus(401 | 403) => (ErrorCode::AccessDenied, RequestResult::Error),
-            CopyEnd::Timeout(_) => (ErrorCode::GatewayTimeout, RequestResult::Error),
-            CopyEnd::StoreFailed(_) => (ErrorCode::InternalError, RequestResult::Error),
-            CopyEnd::StoreUnavailable(_) => (ErrorCode::ServiceUnavailable, RequestResult::Error),
-            _ => (ErrorCode::BadGateway, RequestResult::Error),
+            CopyEnd::OriginStatus(404 | 410) => no_such_key(self.bucket),
+            CopyEnd::OriginStatus(401 | 403) => failed(ErrorCode::AccessDenied),
+            CopyEnd::Timeout(_) => failed(ErrorCode::GatewayTimeout),
+            CopyEnd::StoreFailed(_) => failed(ErrorCode::InternalError),
+            CopyEnd::StoreUnavailable(_) => failed(ErrorCode::ServiceUnavailable),
+            _ => failed(ErrorCode::BadGateway),
         };
-        let n = write_error(session, code, None, self.reply, &[]).await?;
-        Ok((result, n))
+        let bucket = self.bucket.config.name.as_str();
+        write_error_plan(session, self.store, bucket, &error, self.reply).await
     }
 
     /// Where the client is sent when the origin redirected to `to`: the same place on this

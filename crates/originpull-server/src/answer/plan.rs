@@ -2,7 +2,10 @@
 //! head, its bucket and what the store and the copy schedule said, to a [`Plan`] that
 //! [`super::proxy`] carries out. Each decision is unit-tested here without a socket.
 //!
-//! A request is decided in up to three steps, each taken only if the one before asks for it:
+//! Before routing, [`for_challenge`] answers an ACME server validating one of this node's
+//! orders, whatever the host. A routed request is then decided in up to three steps (four over
+//! plain HTTP), each taken only if the one before asks for it:
+//! 0. [`to_https`]: over plain HTTP, the redirect to HTTPS of a bucket with `https_redirect`;
 //! 1. [`for_request`]: from the head and the bucket alone: an error, a preflight, a folder's
 //!    redirect, or a look-up of a key in the store;
 //! 2. [`folder_page`]: a key not stored whose folder's index document might be (`/docs` when
@@ -10,6 +13,9 @@
 //!    answer is [`folder_redirect`];
 //! 3. [`for_miss`]: a key not in the store: a redirect to the origin (and whether to start a
 //!    copy), a mirrored miss, or an error.
+//!
+//! A `404 NoSuchKey` names the bucket's `website.error_document`, served in its place when it
+//! is stored ([`no_such_key`]).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -22,6 +28,7 @@ use super::cors::CorsReply;
 use super::preflight::is_preflight;
 use super::redirect::location;
 use super::respond::ErrorCode;
+use crate::acme::challenges::{is_challenge_path, Challenges};
 use crate::live::bucket::{Bucket, Unaddressed};
 use crate::metrics::RequestResult;
 use crate::pull::copy::{CopyDecision, CopySource};
@@ -52,6 +59,8 @@ pub enum Plan<'a> {
         pull: &'a Arc<BucketPull>,
         policy: &'a PullPolicy,
     },
+    /// An ACME HTTP-01 validation: the token's key authorization (RFC 8555 §8.3).
+    KeyAuthorization(String),
 }
 
 /// An error answer.
@@ -65,6 +74,9 @@ pub struct ErrorPlan {
     pub extra: Option<(HeaderName, &'static str)>,
     /// Whether the connection is closed after the answer.
     pub close: bool,
+    /// The stored object served with the error's status in place of the XML error, when the
+    /// store has it (`website.error_document`).
+    pub document: Option<ObjectKey>,
 }
 
 impl ErrorPlan {
@@ -73,13 +85,14 @@ impl ErrorPlan {
         ErrorPlan::new(ErrorCode::InternalError, RequestResult::Error)
     }
 
-    fn new(code: ErrorCode, result: RequestResult) -> ErrorPlan {
+    pub fn new(code: ErrorCode, result: RequestResult) -> ErrorPlan {
         ErrorPlan {
             code,
             detail: None,
             result,
             extra: None,
             close: false,
+            document: None,
         }
     }
 }
@@ -106,6 +119,8 @@ impl fmt::Debug for Plan<'_> {
                 .finish(),
             Plan::Redirect(r) => f.debug_tuple("Redirect").field(r).finish(),
             Plan::Mirror { pull, .. } => write!(f, "Mirror({})", pull.name),
+            // The key authorization is a credential of the order: not written out.
+            Plan::KeyAuthorization(_) => f.write_str("KeyAuthorization"),
         }
     }
 }
@@ -130,6 +145,52 @@ pub enum CopyAction {
     Start(CopySource),
     /// A copy would not start (one runs, or one failed lately): count it as asking would.
     NoteBlocked(CopyDecision),
+}
+
+/// Before routing: the answer to an ACME server's HTTP-01 validation of one of this node's
+/// orders, when the path is one of its pending tokens.
+pub fn for_challenge(req: &RequestHeader, challenges: &Challenges) -> Option<Plan<'static>> {
+    challenges
+        .answer(req.uri.path())
+        .map(Plan::KeyAuthorization)
+}
+
+/// Step 0, over plain HTTP: a bucket with `https_redirect` sends the request to `https://`, same
+/// host, path and query, at `https_port` (written only when not 443); never ACME's HTTP-01 path,
+/// which must be answered over plain HTTP. `None` without an HTTPS listener.
+pub fn to_https<'a>(
+    req: &RequestHeader,
+    bucket: &Bucket,
+    https_port: Option<u16>,
+) -> Option<Plan<'a>> {
+    let https_port = https_port?;
+    if !bucket.config.domains.https_redirect || is_challenge_path(req.uri.path()) {
+        return None;
+    }
+    let host = req
+        .uri
+        .authority()
+        .map(|a| a.host())
+        .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(']') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    };
+    let path_and_query = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if https_port == 443 {
+        format!("https://{host}{path_and_query}")
+    } else {
+        format!("https://{host}:{https_port}{path_and_query}")
+    };
+    Some(Plan::Redirect(RedirectPlan {
+        status: 301,
+        location,
+        origin: None,
+        copy: CopyAction::None,
+    }))
 }
 
 /// Step 1: what the request's head decides before the store is asked.
@@ -188,7 +249,7 @@ fn folder_at_origin<'a>(req: &RequestHeader, bucket: &'a Bucket, path: &str) -> 
         .filter(|p| p.enabled)
         .and_then(|p| Some((p, p.origins.first_choice(path)?)));
     let Some((policy, origin)) = chosen else {
-        return Plan::Error(no_such_key());
+        return Plan::Error(no_such_key(bucket));
     };
     Plan::Redirect(RedirectPlan {
         status: policy.redirect_code,
@@ -254,7 +315,7 @@ pub fn for_miss<'a>(
                 ..ErrorPlan::new(ErrorCode::ServiceUnavailable, RequestResult::Error)
             });
         }
-        return Plan::Error(no_such_key());
+        return Plan::Error(no_such_key(bucket));
     };
     // A browser would fail through the redirect (fonts, fetch(), stylesheets of the bucket's
     // pages): the miss is mirrored instead.
@@ -263,7 +324,7 @@ pub fn for_miss<'a>(
         return Plan::Mirror { pull, policy };
     }
     let Some(origin) = policy.origins.first_choice(key.as_str()) else {
-        return Plan::Error(no_such_key());
+        return Plan::Error(no_such_key(bucket));
     };
     let query = req.uri.query();
     let copy = match copy_blocked {
@@ -284,8 +345,13 @@ pub fn for_miss<'a>(
     })
 }
 
-fn no_such_key() -> ErrorPlan {
-    ErrorPlan::new(ErrorCode::NoSuchKey, RequestResult::NotFound)
+/// `404 NoSuchKey`, with the bucket's error document when it has one.
+pub fn no_such_key(bucket: &Bucket) -> ErrorPlan {
+    let document = bucket.config.error_document.as_deref();
+    ErrorPlan {
+        document: document.and_then(|key| ObjectKey::from_stored(key).ok()),
+        ..ErrorPlan::new(ErrorCode::NoSuchKey, RequestResult::NotFound)
+    }
 }
 
 fn has_body(req: &RequestHeader) -> bool {
@@ -472,6 +538,56 @@ mod tests {
         }
         let r = routes("  - name: b-1\n");
         assert_eq!(folder_page(bucket(&r), &key("docs"), None, false), None);
+    }
+
+    #[test]
+    fn plain_http_goes_to_https_where_the_bucket_asks_but_never_an_acme_challenge() {
+        let text = "listen: 127.0.0.1:8080\ndata_dir: d\ndomain_suffix: file.myqcloud.com\nhttps:\n  listen: 127.0.0.1:8443\n  certificates:\n    - {cert_file: c.pem, key_file: c.key}\nbuckets:\n  - name: b-1\n    domains: [static.shop.example]\n    https_redirect: true\n";
+        let r = Routes::new(&Config::parse(text).unwrap()).unwrap();
+        let b = bucket(&r);
+        let get = request("GET", "/a.txt?x=1", &[("host", "static.shop.example:8080")]);
+        let location = |port| match to_https(&get, b, Some(port)) {
+            Some(Plan::Redirect(r)) => (r.status, r.location),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            location(8443),
+            (
+                301,
+                "https://static.shop.example:8443/a.txt?x=1".to_string()
+            )
+        );
+        assert_eq!(
+            location(443),
+            (301, "https://static.shop.example/a.txt?x=1".to_string())
+        );
+        let challenge = request("GET", "/.well-known/acme-challenge/t", &[("host", "h")]);
+        assert!(to_https(&challenge, b, Some(8443)).is_none());
+        assert!(to_https(&get, b, None).is_none());
+        assert!(to_https(&get, bucket(&pulling("")), Some(8443)).is_none());
+    }
+
+    #[test]
+    fn a_missing_key_names_the_error_document_of_its_bucket() {
+        let r = routes("  - name: b-1\n    website:\n      error_document: errors/404.html\n");
+        let get = request("GET", "/a", &[]);
+        match for_miss(
+            &get,
+            bucket(&r),
+            &key("a"),
+            None,
+            false,
+            None,
+            &CorsReply::Off,
+        ) {
+            Plan::Error(e) => {
+                assert_eq!(e.code, ErrorCode::NoSuchKey);
+                let document = e.document.as_ref().map(ObjectKey::as_str);
+                assert_eq!(document, Some("errors/404.html"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(no_such_key(bucket(&pulling(""))).document, None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The data plane: originpull's Pingora `ProxyHttp` implementation, the executor of the
-//! [`super::plan`]s. Every request is answered in `request_filter` (route → plan → hit,
-//! redirect, mirror or error); nothing is proxied inline, so `upstream_peer` is never reached.
+//! [`super::plan`]s. Every request is answered in `request_filter` (an ACME validation, or
+//! route → plan → hit, redirect, mirror or error); nothing is proxied inline, so
+//! `upstream_peer` is never reached.
 //! `request_filter` counts each request in the metrics, and `logging` writes its access log
 //! line.
 
@@ -16,13 +17,17 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::compress::Compressor;
 use super::cors::CorsReply;
+use super::error_document::write_error_plan;
 use super::mirror::MirrorMiss;
 use super::plan::{self, CopyAction, ErrorPlan, Plan};
 use super::preflight::answer_preflight;
 use super::redirect::write_redirect;
-use super::respond::{refusal_response, write_error, ErrorCode, Reply, RequestId};
+use super::respond::{
+    refusal_response, response_header, write_complete, write_error, ErrorCode, Reply, RequestId,
+};
 use super::serve::{serve_hit, HitOutcome};
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::acme::challenges::{is_challenge_path, Challenges};
 use crate::edge::connection::{Refusal, RefusalResponse, Refusals};
 use crate::live::bucket::{Addressed, Bucket};
 use crate::live::reload::{ConfigHandle, LiveConfig};
@@ -54,6 +59,8 @@ pub struct OriginPull {
     pub copies: Copies,
     pub access_log: Arc<AccessLog>,
     pub compressor: Compressor,
+    /// The HTTP-01 challenges of running ACME orders.
+    pub challenges: Arc<Challenges>,
 }
 
 /// What one request became, for `logging`.
@@ -95,6 +102,18 @@ impl ProxyHttp for OriginPull {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(plan) = plan::for_challenge(session.req_header(), &self.challenges) {
+            // An ACME server validating this node's order: answered before any bucket routing.
+            let (result, body_bytes) = self.carry_out_unrouted(session, ctx, plan).await?;
+            BucketMetrics::unrouted().count_request(result, body_bytes);
+            if !self.access_log.is_off() {
+                let path = session.req_header().uri.path();
+                ctx.key = path.trim_start_matches('/').to_string();
+            }
+            ctx.result = result;
+            ctx.body_bytes = body_bytes;
+            return Ok(true);
+        }
         // One configuration generation for the whole request, even if a reload lands meanwhile.
         let live = self.config.for_request();
         let (bucket, answered) = match live.routes.route(session.req_header()) {
@@ -103,7 +122,7 @@ impl ProxyHttp for OriginPull {
             }
             Addressed::Nowhere(why) => (
                 None,
-                self.write_error_plan(session, ctx, &plan::for_unaddressed(why))
+                self.write_error_plan(session, ctx, "", &plan::for_unaddressed(why))
                     .await,
             ),
         };
@@ -179,10 +198,17 @@ impl ProxyHttp for OriginPull {
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
+            // HTTP/2 names the host in `:authority`.
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
             .unwrap_or("-");
         let status = session
             .response_written()
             .map_or(0, |resp| resp.status.as_u16());
+        let tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map_or("-", |d| d.version.as_ref());
+        let proto = if session.is_http2() { "h2" } else { "h1" };
         self.access_log.write(&AccessRecord {
             time: SystemTime::now(),
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
@@ -198,6 +224,8 @@ impl ProxyHttp for OriginPull {
                 .started
                 .map_or(Duration::ZERO, |started| started.elapsed()),
             request_id: ctx.reply.request_id.as_str(),
+            tls,
+            proto,
         });
     }
 }
@@ -216,6 +244,28 @@ impl OriginPull {
             ctx.bucket = Some(bucket.clone());
         }
         ctx.reply.cors = CorsReply::for_request(&bucket.config.cors, session.req_header());
+        let name = bucket.config.name.as_str();
+        let path = session.req_header().uri.path();
+        if is_challenge_path(path) {
+            if let Some(key_authorization) = self.challenges.shared_answer(name, path).await {
+                // Another node's order, validated through this node.
+                let plan = Plan::KeyAuthorization(key_authorization);
+                return self.carry_out(session, ctx, live, bucket, None, plan).await;
+            }
+        }
+        let over_tls = session
+            .digest()
+            .is_some_and(|digest| digest.ssl_digest.is_some());
+        if over_tls {
+            ctx.reply.set_hsts(bucket.config.domains.hsts_max_age_secs);
+        } else {
+            let https_port = live.config.https.as_ref().map(|https| https.listen.port());
+            if let Some(redirect) = plan::to_https(session.req_header(), bucket, https_port) {
+                return self
+                    .carry_out(session, ctx, live, bucket, None, redirect)
+                    .await;
+            }
+        }
         let (key, folder) = match plan::for_request(session.req_header(), bucket) {
             Plan::Lookup { key, folder } => (key, folder),
             other => {
@@ -228,7 +278,6 @@ impl OriginPull {
             // Only the access log reads it back.
             ctx.key = key.as_str().to_string();
         }
-        let name = bucket.config.name.as_str();
 
         // Memory first: a hit from memory needs neither the copy schedule nor a store look-up.
         let in_memory = self.store.open_in_memory(name, &key);
@@ -261,7 +310,7 @@ impl OriginPull {
                     STORE_READ_FAILURES
                         .note(|| format!("bucket {name}: opening {:?}: {e}", key.as_str()));
                     let failed = ErrorPlan::internal();
-                    return self.write_error_plan(session, ctx, &failed).await;
+                    return self.write_error_plan(session, ctx, name, &failed).await;
                 }
             }
         }
@@ -325,7 +374,10 @@ impl OriginPull {
         plan: Plan<'_>,
     ) -> Result<(RequestResult, u64)> {
         match plan {
-            Plan::Error(error) => self.write_error_plan(session, ctx, &error).await,
+            Plan::Error(error) => {
+                let name = bucket.config.name.as_str();
+                self.write_error_plan(session, ctx, name, &error).await
+            }
             Plan::Preflight => answer_preflight(session, &bucket.config.cors, &mut ctx.reply).await,
             Plan::Redirect(redirect) => {
                 if !self.access_log.is_off() {
@@ -374,31 +426,40 @@ impl OriginPull {
             Plan::Lookup { .. } => {
                 Error::e_explain(ErrorType::InternalError, "a look-up planned twice")
             }
+            plan @ Plan::KeyAuthorization(_) => self.carry_out_unrouted(session, ctx, plan).await,
         }
     }
 
+    /// Carries out a plan that needs no bucket: an ACME validation's answer.
+    async fn carry_out_unrouted(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        plan: Plan<'_>,
+    ) -> Result<(RequestResult, u64)> {
+        match plan {
+            Plan::KeyAuthorization(key_authorization) => {
+                let mut resp = response_header(http::StatusCode::OK, &ctx.reply)?;
+                resp.insert_header(header::CONTENT_TYPE, "application/octet-stream")?;
+                let n = write_complete(session, resp, key_authorization.into()).await?;
+                Ok((RequestResult::Hit, n))
+            }
+            other => Error::e_explain(
+                ErrorType::InternalError,
+                format!("{other:?} needs a bucket"),
+            ),
+        }
+    }
+
+    /// Writes `error` for a request to bucket `bucket` (`""`: routed to none).
     async fn write_error_plan(
         &self,
         session: &mut Session,
         ctx: &RequestCtx,
+        bucket: &str,
         error: &ErrorPlan,
     ) -> Result<(RequestResult, u64)> {
-        if error.close {
-            session.set_keepalive(None);
-        }
-        let extra: &[(http::HeaderName, &str)] = match &error.extra {
-            Some(header) => std::slice::from_ref(header),
-            None => &[],
-        };
-        let n = write_error(
-            session,
-            error.code,
-            error.detail.as_deref(),
-            &ctx.reply,
-            extra,
-        )
-        .await?;
-        Ok((error.result, n))
+        write_error_plan(session, self.store.as_ref(), bucket, error, &ctx.reply).await
     }
 }
 

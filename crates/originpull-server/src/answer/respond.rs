@@ -1,6 +1,7 @@
 //! Writing responses: the one S3/COS-style XML error builder and the one header policy that
 //! every response originpull writes passes through (`Server`, `Date`, request id, the request's
-//! CORS headers, an exact `Content-Length`; a 304 carries none).
+//! CORS headers, `Strict-Transport-Security` over HTTPS where the bucket asks for it, an exact
+//! `Content-Length`; a 304 carries none).
 //!
 //! Responses carry a `Content-Length` because without it Pingora's HTTP/1 writer falls back to
 //! chunked encoding and flushes each write, and `respond_error` would turn keep-alive off.
@@ -13,7 +14,6 @@ use pingora_proxy::Session;
 
 use crate::answer::cors::CorsReply;
 use crate::edge::connection::{Refusal, RefusalResponse};
-use pingora::protocols::http::date::get_cached_date;
 
 /// S3/COS error codes originpull answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,8 @@ pub enum ErrorCode {
     ServiceUnavailable,
     /// A request line with an HTTP major version other than 1.
     HttpVersionNotSupported,
+    /// HTTP/2: the connection's certificate does not cover the request's `:authority`.
+    MisdirectedRequest,
 }
 
 impl ErrorCode {
@@ -56,6 +58,7 @@ impl ErrorCode {
             ErrorCode::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::HttpVersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            ErrorCode::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -76,6 +79,7 @@ impl ErrorCode {
             ErrorCode::AccessDenied => "AccessDenied",
             ErrorCode::ServiceUnavailable => "ServiceUnavailable",
             ErrorCode::HttpVersionNotSupported => "HttpVersionNotSupported",
+            ErrorCode::MisdirectedRequest => "MisdirectedRequest",
         }
     }
 
@@ -104,6 +108,9 @@ impl ErrorCode {
             ErrorCode::ServiceUnavailable => "The bucket's store is unavailable. Please try again.",
             ErrorCode::HttpVersionNotSupported => {
                 "The HTTP version of the request is not supported."
+            }
+            ErrorCode::MisdirectedRequest => {
+                "This connection's certificate does not cover the requested host; open a new connection for it."
             }
         }
     }
@@ -188,12 +195,14 @@ impl std::fmt::Display for RequestId {
     }
 }
 
-/// What every response to one request carries besides its own headers: the request id and the
-/// CORS headers, decided once after routing.
+/// What every response to one request carries besides its own headers: the request id, the
+/// CORS headers and HSTS, decided once after routing.
 #[derive(Debug, Clone, Default)]
 pub struct Reply {
     pub request_id: RequestId,
     pub cors: CorsReply,
+    /// `Strict-Transport-Security` of an HTTPS answer of a bucket with `hsts_max_age_secs`.
+    pub hsts: Option<HeaderValue>,
 }
 
 impl Reply {
@@ -201,7 +210,26 @@ impl Reply {
         Reply {
             request_id,
             cors: CorsReply::Off,
+            hsts: None,
         }
+    }
+
+    /// Every response carries `Strict-Transport-Security: max-age=<secs>` (none for 0).
+    pub fn set_hsts(&mut self, max_age_secs: u64) {
+        // Digits after `max-age=` are always a valid header value.
+        self.hsts = (max_age_secs > 0).then(|| {
+            HeaderValue::from_str(&format!("max-age={max_age_secs}"))
+                .unwrap_or(HeaderValue::from_static("max-age=0"))
+        });
+    }
+
+    /// The per-request headers after the request id: CORS, then HSTS.
+    fn apply(&self, resp: &mut ResponseHeader) -> Result<()> {
+        self.cors.apply(resp)?;
+        if let Some(hsts) = &self.hsts {
+            resp.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+        }
+        Ok(())
     }
 }
 
@@ -219,7 +247,7 @@ pub fn base_header(status: StatusCode) -> Result<ResponseHeader> {
 /// writes; a response written without it must add its own.)
 pub fn finish_header(resp: &mut ResponseHeader, reply: &Reply) -> Result<()> {
     resp.insert_header(REQUEST_ID_HEADER, reply.request_id.0.clone())?;
-    reply.cors.apply(resp)
+    reply.apply(resp)
 }
 
 /// A response head built ahead of its requests, kept as plain `http` parts: each use clones
@@ -250,7 +278,7 @@ impl PreparedHead {
             parts.headers.insert(name, value);
         }
         let mut resp = ResponseHeader::from(parts);
-        reply.cors.apply(&mut resp)?;
+        reply.apply(&mut resp)?;
         Ok(resp)
     }
 
@@ -306,8 +334,8 @@ pub async fn write_error(
     write_complete(session, resp, Bytes::from(body)).await
 }
 
-/// The whole response to a request the connection gate refused before it was parsed: the XML
-/// error, the common headers (no bucket is known: no CORS), `Date` and `Connection: close`.
+/// The response to a request the connection gate refused before it was parsed: the XML error
+/// and the common headers (no bucket is known: no CORS); the gate adds the framing headers.
 pub fn refusal_response(refusal: Refusal, resource: &str) -> RefusalResponse {
     let (code, detail) = match refusal {
         Refusal::HeadTooLarge => (ErrorCode::RequestHeaderSectionTooLarge, None),
@@ -319,34 +347,18 @@ pub fn refusal_response(refusal: Refusal, resource: &str) -> RefusalResponse {
             ErrorCode::InvalidUri,
             Some("The request target holds a space; send it as %20."),
         ),
+        Refusal::Misdirected => (ErrorCode::MisdirectedRequest, None),
     };
     let request_id = RequestId::new();
     let body = error_xml(code, detail, resource, request_id.as_str());
-    let status = code.status();
-    let mut bytes = format!(
-        "HTTP/1.1 {} {}\r\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or_default()
-    )
-    .into_bytes();
-    let date = get_cached_date();
-    let headers = [
-        ("Server", "originpull"),
-        (REQUEST_ID_HEADER, request_id.as_str()),
-        ("Date", date.to_str().unwrap_or_default()),
-        ("Content-Type", "application/xml"),
-        ("Content-Length", &body.len().to_string()),
-        ("Connection", "close"),
-    ];
-    for (name, value) in headers {
-        bytes.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    bytes.extend_from_slice(b"\r\n");
-    bytes.extend_from_slice(body.as_bytes());
     RefusalResponse {
-        bytes,
-        status: status.as_u16(),
-        body_len: body.len() as u64,
+        status: code.status(),
+        headers: vec![
+            ("Server", HeaderValue::from_static("originpull")),
+            (REQUEST_ID_HEADER, request_id.0.clone()),
+            ("Content-Type", HeaderValue::from_static("application/xml")),
+        ],
+        body: Bytes::from(body),
         request_id: request_id.as_str().to_string(),
     }
 }

@@ -1,5 +1,6 @@
-//! Routing a request to its bucket: the `Host` (or an absolute request target's authority) must
-//! be `<bucket name>.<domain_suffix>`, compared case-insensitively with any `:port` ignored. An
+//! Routing a request to its bucket: the `Host` (or an absolute request target's authority, or
+//! HTTP/2's `:authority`) must be `<bucket name>.<domain_suffix>` or one of a bucket's own
+//! `domains`, compared case-insensitively with any `:port` and a trailing dot ignored. An
 //! HTTP/1.1 request without `Host` is addressed to nothing (RFC 9112 §3.2: 400).
 
 use std::sync::Arc;
@@ -47,6 +48,8 @@ pub struct Routes {
     /// the table is built from the configuration alone, so a client's host can only be looked
     /// up, never make the table degrade.
     buckets: HashMap<String, Arc<Bucket>>,
+    /// A bucket's own domains (lower-case, no trailing dot) → the bucket.
+    domains: HashMap<String, Arc<Bucket>>,
 }
 
 impl Routes {
@@ -55,6 +58,7 @@ impl Routes {
     pub fn new(config: &Config) -> Result<Routes, ConfigErrors> {
         let mut errors = Vec::new();
         let mut buckets = HashMap::new();
+        let mut domains = HashMap::new();
         for b in &config.buckets {
             let metrics = Arc::new(BucketMetrics::new(&b.name));
             let pull = BucketPull::new(b, &metrics).unwrap_or_else(|e| {
@@ -66,7 +70,11 @@ impl Routes {
                 pull: pull.map(Arc::new),
                 metrics,
             };
-            buckets.insert(b.name.clone(), Arc::new(bucket));
+            let bucket = Arc::new(bucket);
+            for domain in &b.domains.domains {
+                domains.insert(domain.clone(), bucket.clone());
+            }
+            buckets.insert(b.name.clone(), bucket);
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -74,6 +82,7 @@ impl Routes {
         Ok(Routes {
             dotted_suffix: format!(".{}", config.domain_suffix),
             buckets,
+            domains,
         })
     }
 
@@ -92,9 +101,11 @@ impl Routes {
         }
         let host = match raw_target_authority(req.raw_path()).authority() {
             Some(authority) => authority,
-            None => match header {
-                Some(host) => host.as_bytes(),
-                None => return Addressed::Nowhere(Unaddressed::NoSuchBucket),
+            None => match (header, req.uri.authority()) {
+                (Some(host), _) => host.as_bytes(),
+                // HTTP/2 names the host in `:authority`.
+                (None, Some(authority)) => authority.as_str().as_bytes(),
+                (None, None) => return Addressed::Nowhere(Unaddressed::NoSuchBucket),
             },
         };
         match self.bucket_for_host(host) {
@@ -107,20 +118,30 @@ impl Routes {
         let host = strip_port(host);
         let host = host.strip_suffix(b".").unwrap_or(host);
         let suffix = self.dotted_suffix.as_bytes();
-        if host.len() <= suffix.len() {
-            return None;
-        }
-        let (name, host_suffix) = host.split_at(host.len() - suffix.len());
-        if !host_suffix.eq_ignore_ascii_case(suffix) {
-            return None;
-        }
-        // Bucket names are lower-case ASCII; anything else cannot match.
-        let name = std::str::from_utf8(name).ok()?;
-        if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.buckets.get(&name.to_ascii_lowercase())
+        let under_suffix = host.len() > suffix.len()
+            && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix);
+        if under_suffix {
+            // Bucket names are lower-case ASCII; anything else cannot match.
+            lower_case_lookup(&self.buckets, &host[..host.len() - suffix.len()])
+        } else if self.domains.is_empty() {
+            None
         } else {
-            self.buckets.get(name)
+            lower_case_lookup(&self.domains, host)
         }
+    }
+}
+
+/// `table`'s entry for `name` compared lower-case (the keys are lower-case); lower-casing only
+/// names that need it, so the usual look-up copies nothing.
+fn lower_case_lookup<'a>(
+    table: &'a HashMap<String, Arc<Bucket>>,
+    name: &[u8],
+) -> Option<&'a Arc<Bucket>> {
+    let name = std::str::from_utf8(name).ok()?;
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        table.get(&name.to_ascii_lowercase())
+    } else {
+        table.get(name)
     }
 }
 
@@ -141,7 +162,7 @@ mod tests {
 
     fn routes() -> Routes {
         let config = Config::parse(
-            "listen: 127.0.0.1:1\ndata_dir: d\ndomain_suffix: File.MyQcloud.com\nbuckets:\n  - name: example-1250000000\n",
+            "listen: 127.0.0.1:1\ndata_dir: d\ndomain_suffix: File.MyQcloud.com\nbuckets:\n  - name: example-1250000000\n  - name: shop-1\n    domains: [static.shop.example]\n",
         )
         .unwrap();
         Routes::new(&config).unwrap()
@@ -165,6 +186,23 @@ mod tests {
     }
 
     #[test]
+    fn own_domains_route_to_their_bucket() {
+        let r = routes();
+        for host in [
+            "static.shop.example",
+            "STATIC.Shop.Example.:443",
+            "static.shop.example:8443",
+        ] {
+            assert_eq!(
+                r.bucket_for_host(host.as_bytes())
+                    .map(|b| b.config.name.as_str()),
+                Some("shop-1"),
+                "{host}"
+            );
+        }
+    }
+
+    #[test]
     fn other_hosts_match_nothing() {
         let r = routes();
         for host in [
@@ -175,6 +213,8 @@ mod tests {
             "a.example-1250000000.file.myqcloud.com",
             "example-1250000000.file.myqcloud.com.evil",
             "[::1]:80",
+            "x.static.shop.example",
+            "shop.example",
         ] {
             assert!(r.bucket_for_host(host.as_bytes()).is_none(), "{host}");
         }

@@ -7,7 +7,14 @@
 //! write-to-temp-then-rename is seen too. Listeners, `data_dir`, `server`, `memory_cache` and
 //! `access_log` are fixed at start: a reload that changes them warns and keeps the running
 //! values.
+//!
+//! What a generation needs beside its routes and that a layer above keeps (the HTTPS
+//! certificates, read and checked by `edge::tls`) joins in as a [`GenerationPart`]: it reads its
+//! share of each new configuration, can refuse it like a validation error, and is swapped in
+//! with it. Its files are watched too (a certificate rewritten in place or replaced by rename,
+//! as certbot's symlinks and cert-manager do): a change to one reloads the configuration.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +46,69 @@ impl LiveConfig {
     }
 }
 
+/// A share of each configuration generation kept outside [`LiveConfig`], by a layer above this
+/// one (see the module documentation).
+pub trait GenerationPart: Send + Sync {
+    /// Reads and checks this part of `config`; an error refuses the whole generation (a reload
+    /// then keeps the running one). The [`Commit`] swaps it in once the generation is accepted.
+    fn prepare(&self, config: &Config) -> Result<Commit, ConfigErrors>;
+
+    /// The files this part reads from `config`: a change to one reloads the configuration.
+    fn files(&self, _config: &Config) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Whether those files hold something else than the last commit read (or cannot be read).
+    fn files_changed(&self) -> bool {
+        false
+    }
+}
+
+/// Swaps a prepared [`GenerationPart`] in.
+pub type Commit = Box<dyn FnOnce() + Send>;
+
+/// Prepares every part for `config`, with the errors of all of them; commits nothing.
+fn prepare_parts(
+    parts: &[Arc<dyn GenerationPart>],
+    config: &Config,
+) -> Result<Vec<Commit>, ConfigErrors> {
+    let mut commits = Vec::new();
+    let mut errors = Vec::new();
+    for part in parts {
+        match part.prepare(config) {
+            Ok(commit) => commits.push(commit),
+            Err(ConfigErrors(found)) => errors.extend(found),
+        }
+    }
+    if errors.is_empty() {
+        Ok(commits)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// The generation of `config`, and its parts prepared; the errors of all of them.
+fn build(
+    config: Config,
+    parts: &[Arc<dyn GenerationPart>],
+) -> Result<(LiveConfig, Vec<Commit>), ConfigErrors> {
+    let prepared = prepare_parts(parts, &config);
+    match (LiveConfig::new(config), prepared) {
+        (Ok(live), Ok(commits)) => Ok((live, commits)),
+        (Err(ConfigErrors(mut first)), Err(ConfigErrors(second))) => {
+            first.extend(second);
+            Err(ConfigErrors(first))
+        }
+        (Err(errors), _) | (_, Err(errors)) => Err(errors),
+    }
+}
+
+/// Checks `config` as a generation with `parts` would be built from it, committing nothing
+/// (`originpull -t`).
+pub fn check(config: Config, parts: &[Arc<dyn GenerationPart>]) -> Result<(), ConfigErrors> {
+    build(config, parts).map(|_| ())
+}
+
 #[derive(Clone)]
 pub struct ConfigHandle {
     live: Arc<ArcSwap<LiveConfig>>,
@@ -46,17 +116,29 @@ pub struct ConfigHandle {
     /// Relative paths in the file are resolved against this directory, the working directory
     /// at start, also on reloads (daemon mode changes the working directory to `/`).
     base_dir: Arc<PathBuf>,
+    /// Built, checked and swapped with every generation.
+    parts: Arc<[Arc<dyn GenerationPart>]>,
 }
 
 impl ConfigHandle {
-    /// `live` must have been built from a configuration whose relative paths were resolved
-    /// against `base_dir`.
-    pub fn new(live: LiveConfig, path: &Path, base_dir: &Path) -> ConfigHandle {
-        ConfigHandle {
+    /// The first generation, built from `config` (its relative paths resolved against
+    /// `base_dir`) with `parts`, which are committed.
+    pub fn start(
+        config: Config,
+        path: &Path,
+        base_dir: &Path,
+        parts: Vec<Arc<dyn GenerationPart>>,
+    ) -> Result<ConfigHandle, ConfigErrors> {
+        let (live, commits) = build(config, &parts)?;
+        for commit in commits {
+            commit();
+        }
+        Ok(ConfigHandle {
             live: Arc::new(ArcSwap::from_pointee(live)),
             path: Arc::new(base_dir.join(path)),
             base_dir: Arc::new(base_dir.to_path_buf()),
-        }
+            parts: parts.into(),
+        })
     }
 
     pub fn current(&self) -> Arc<LiveConfig> {
@@ -78,7 +160,8 @@ impl ConfigHandle {
             let running = self.current();
             let restart_only = new.keep_restart_only_settings(&running.config);
             let changed = new != running.config;
-            Ok((LiveConfig::new(new)?, restart_only, changed))
+            let (live, commits) = build(new, &self.parts)?;
+            Ok((live, commits, restart_only, changed))
         });
         match built {
             Err(errors) => {
@@ -89,13 +172,16 @@ impl ConfigHandle {
                 METRICS.config_last_reload_successful.set(0.0);
                 false
             }
-            Ok((live, restart_only, changed)) => {
+            Ok((live, commits, restart_only, changed)) => {
                 for field in restart_only {
                     log::warn!(
                         "config reload: `{field}` changed; it takes effect only after a restart"
                     );
                 }
                 self.live.store(Arc::new(live));
+                for commit in commits {
+                    commit();
+                }
                 METRICS.config_reloads.with_label_values(&["ok"]).inc();
                 METRICS.config_last_reload_successful.set(1.0);
                 log::info!(
@@ -112,7 +198,7 @@ impl ConfigHandle {
     /// they run for the process's life. Called from [`ReloadWatcher`], after Pingora has
     /// daemonized (threads do not survive a fork).
     pub fn watch(&self, sighup: Option<Signals>) -> std::io::Result<()> {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel::<Trigger>();
 
         if let Some(mut signals) = sighup {
             let sighup_tx = tx.clone();
@@ -121,7 +207,7 @@ impl ConfigHandle {
                 .spawn(move || {
                     for _ in signals.forever() {
                         log::info!("SIGHUP: reloading configuration");
-                        let _ = sighup_tx.send(());
+                        let _ = sighup_tx.send(Trigger::File);
                     }
                 })?;
         }
@@ -132,6 +218,10 @@ impl ConfigHandle {
             _ => PathBuf::from("."),
         };
         let file_name = file.file_name().map(|n| n.to_os_string());
+        // The directories of the parts' files: a file rewritten in place or replaced by
+        // rename changes an entry there.
+        let part_dirs: Arc<Mutex<BTreeSet<PathBuf>>> = Arc::default();
+        let event_dirs = part_dirs.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let Ok(event) = event else { return };
@@ -143,28 +233,86 @@ impl ConfigHandle {
                     .iter()
                     .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name);
                 if touches_file {
-                    let _ = tx.send(());
+                    let _ = tx.send(Trigger::File);
+                    return;
+                }
+                let dirs = event_dirs.lock().unwrap_or_else(|e| e.into_inner());
+                if event
+                    .paths
+                    .iter()
+                    .any(|p| p.parent().is_some_and(|d| dirs.contains(d)))
+                {
+                    let _ = tx.send(Trigger::PartFiles);
                 }
             })
             .map_err(std::io::Error::other)?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(std::io::Error::other)?;
+        self.watch_part_dirs(&mut watcher, &part_dirs, &dir);
 
         let handle = self.clone();
         std::thread::Builder::new()
             .name("originpull-reload".into())
             .spawn(move || {
                 // The watcher lives as long as this thread, which lives as long as the process.
-                let _watcher = watcher;
-                while rx.recv().is_ok() {
+                let mut watcher = watcher;
+                while let Ok(first) = rx.recv() {
                     std::thread::sleep(SETTLE);
-                    while rx.try_recv().is_ok() {}
-                    handle.reload();
+                    let mut file_changed = first == Trigger::File;
+                    while let Ok(more) = rx.try_recv() {
+                        file_changed |= more == Trigger::File;
+                    }
+                    // Other files in a part's directory come and go: only a change of the
+                    // part's own files reloads.
+                    if file_changed || handle.parts.iter().any(|part| part.files_changed()) {
+                        handle.reload();
+                        handle.watch_part_dirs(&mut watcher, &part_dirs, &dir);
+                    }
                 }
             })?;
         Ok(())
     }
+
+    /// Watches the directories of the running generation's part files (`config_dir` is
+    /// watched already), and no longer those it does not name; `watched` is what events are
+    /// matched against.
+    fn watch_part_dirs(
+        &self,
+        watcher: &mut notify::RecommendedWatcher,
+        watched: &Mutex<BTreeSet<PathBuf>>,
+        config_dir: &Path,
+    ) {
+        let live = self.current();
+        let wanted: BTreeSet<PathBuf> = self
+            .parts
+            .iter()
+            .flat_map(|part| part.files(&live.config))
+            .filter_map(|file| file.parent().map(Path::to_path_buf))
+            .collect();
+        let mut watched = watched.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in watched.difference(&wanted).filter(|d| *d != config_dir) {
+            let _ = watcher.unwatch(gone);
+        }
+        for new in wanted.difference(&watched).filter(|d| *d != config_dir) {
+            if let Err(e) = watcher.watch(new, RecursiveMode::NonRecursive) {
+                log::warn!(
+                    "cannot watch {} for changes ({e}); SIGHUP reloads its files",
+                    new.display()
+                );
+            }
+        }
+        *watched = wanted;
+    }
+}
+
+/// What woke the reload thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// The configuration file changed, or SIGHUP.
+    File,
+    /// Something changed in the directory of a part's file.
+    PartFiles,
 }
 
 /// Pingora background service that starts the reload watchers once the server runs.

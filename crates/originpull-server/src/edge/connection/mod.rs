@@ -19,9 +19,14 @@
 //!
 //! A request the gate refuses itself (a head too large, an unsupported version, a space in the
 //! target) is answered in the application's words ([`Refusals`]) and the connection closed.
+//!
+//! On the HTTPS listener the gate first runs the TLS handshake (`edge::tls`, within the header
+//! timeout); a connection whose ALPN chose HTTP/2 is served by [`http2`] instead, one Pingora
+//! session per stream, and HTTP/1.1 over TLS goes through the same head reading as plain HTTP.
 
 mod framed;
 mod head;
+mod http2;
 mod request_line;
 
 use std::pin::Pin;
@@ -30,8 +35,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, StatusCode};
 use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::date::get_cached_date;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -39,10 +47,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::edge::tls::EdgeTls;
 use crate::metrics::{BucketMetrics, RequestResult, METRICS};
 use framed::FramedStream;
 pub use framed::{send_each_write, WRITE_BUFFER};
 use head::{head_length, request_line};
+use http2::H2Connection;
+pub use http2::H2Limits;
 use originpull_config::ServerSettings;
 use originpull_support::clock::coarse_now;
 use originpull_support::log_summary::SummarizedLog;
@@ -141,9 +152,23 @@ impl ConnectionCounts {
     }
 
     fn enter_busy(&self, worker: usize) -> BusyGuard<'_> {
-        let count = &self.busy_by_worker[worker % self.busy_by_worker.len()].0;
+        let count = self.busy_count(worker);
         count.fetch_add(1, Ordering::AcqRel);
         BusyGuard(count)
+    }
+
+    fn busy_count(&self, worker: usize) -> &AtomicUsize {
+        &self.busy_by_worker[worker % self.busy_by_worker.len()].0
+    }
+
+    /// [`Self::enter_busy`] for a guard that outlives a borrow (an HTTP/2 stream's task); the
+    /// guard calls [`Self::leave_busy`].
+    fn enter_busy_owned(&self, worker: usize) {
+        self.busy_count(worker).fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn leave_busy(&self, worker: usize) {
+        self.busy_count(worker).fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -175,6 +200,8 @@ pub struct ConnectionGate<A> {
     access_log: Arc<AccessLog>,
     /// The application's answers to the requests refused here.
     answers: Arc<dyn Refusals>,
+    /// On the HTTPS listener: the handshake, and the HTTP/2 settings.
+    tls: Option<(Arc<EdgeTls>, H2Limits)>,
 }
 
 impl<A> ConnectionGate<A> {
@@ -193,7 +220,14 @@ impl<A> ConnectionGate<A> {
             counts,
             worker,
             access_log,
+            tls: None,
         }
+    }
+
+    /// The gate of the HTTPS listener: each connection starts with `tls`'s handshake.
+    pub fn with_tls(mut self, tls: Arc<EdgeTls>, h2: H2Limits) -> ConnectionGate<A> {
+        self.tls = Some((tls, h2));
+        self
     }
 }
 
@@ -215,6 +249,26 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
                 )
             });
             return None;
+        };
+        let stream: Stream = match &self.tls {
+            None => stream,
+            Some((tls, h2)) => {
+                let tls_stream = tls.handshake(stream).await?;
+                if tls_stream.is_h2() {
+                    let connection = H2Connection {
+                        app: &self.app,
+                        answers: &self.answers,
+                        limits: self.limits,
+                        h2: *h2,
+                        counts: &self.counts,
+                        worker: self.worker,
+                        access_log: &self.access_log,
+                    };
+                    connection.serve(tls_stream, shutdown).await;
+                    return None;
+                }
+                Box::new(tls_stream)
+            }
         };
         self.serve(stream, shutdown).await;
         None
@@ -450,25 +504,19 @@ impl Connection {
         let response = answers.refusal_response(refusal, &resource);
         let request_id = response.request_id.as_str();
         log::debug!("request {request_id}: refused before Pingora ({refusal:?}); closing");
-        BucketMetrics::unrouted().count_request(RequestResult::BadRequest, response.body_len);
-        let sent = self.stream.write_all(&response.bytes).await.is_ok();
-        access_log.write(&AccessRecord {
-            time: SystemTime::now(),
+        let sent = self.stream.write_all(&response.http1()).await.is_ok();
+        let ssl_digest = self.stream.get_ssl_digest();
+        let request = RefusedRequest {
             client: self
                 .stream
                 .get_socket_digest()
                 .and_then(|digest| digest.peer_addr().and_then(|a| a.as_inet()).copied()),
             host: "-",
-            bucket: "",
             method: &method,
-            key: "",
-            origin: "-",
-            status: if sent { response.status } else { 0 },
-            result: RequestResult::BadRequest.as_str(),
-            bytes: if sent { response.body_len } else { 0 },
-            duration: started.elapsed(),
-            request_id,
-        });
+            tls: ssl_digest.as_ref().map_or("-", |d| d.version.as_ref()),
+            proto: "h1",
+        };
+        response.record(&request, sent, started.elapsed(), access_log);
         if !sent {
             return;
         }
@@ -488,7 +536,8 @@ impl Connection {
     }
 }
 
-/// Why the gate answers a request itself, before Pingora parses it (and then closes).
+/// Why the gate answers a request itself, before Pingora parses it: on HTTP/1 it then closes
+/// the connection; on HTTP/2 only the stream ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// The head is larger than `server.max_header_bytes` (431).
@@ -497,16 +546,98 @@ pub enum Refusal {
     UnsupportedVersion,
     /// A raw space inside the request target (400).
     SpaceInTarget,
+    /// HTTP/2: the stream's `:authority` is a name the connection's certificate does not cover
+    /// (421).
+    Misdirected,
 }
 
-/// A whole response to a refused request, as the application words it.
+/// A whole response to a refused request, as the application words it; the gate adds `Date`,
+/// `Content-Length` and (HTTP/1) `Connection: close`.
 pub struct RefusalResponse {
-    /// Status line, headers (with `Connection: close` and `Date`) and body.
-    pub bytes: Vec<u8>,
-    pub status: u16,
-    pub body_len: u64,
+    pub status: StatusCode,
+    /// In order, from `Server` to `Content-Type`, named as HTTP/1 writes them.
+    pub headers: Vec<(&'static str, HeaderValue)>,
+    pub body: Bytes,
     /// For the access log.
     pub request_id: String,
+}
+
+impl RefusalResponse {
+    /// The response as HTTP/1.1 bytes, closing the connection.
+    fn http1(&self) -> Vec<u8> {
+        let status = self.status;
+        let mut bytes = format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or_default()
+        )
+        .into_bytes();
+        let added = [
+            ("Date", get_cached_date()),
+            ("Content-Length", HeaderValue::from(self.body.len())),
+            ("Connection", HeaderValue::from_static("close")),
+        ];
+        for (name, value) in self.headers.iter().chain(&added) {
+            bytes.extend_from_slice(name.as_bytes());
+            bytes.extend_from_slice(b": ");
+            bytes.extend_from_slice(value.as_bytes());
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(b"\r\n");
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+
+    /// Counts `request`, answered with this response after `duration` (`sent`: whether it all
+    /// went out), under `bucket=""`, and writes its access log line.
+    fn record(
+        &self,
+        request: &RefusedRequest<'_>,
+        sent: bool,
+        duration: Duration,
+        access_log: &AccessLog,
+    ) {
+        let bytes = if sent { self.body.len() as u64 } else { 0 };
+        BucketMetrics::unrouted().count_request(RequestResult::BadRequest, bytes);
+        access_log.write(&AccessRecord {
+            time: SystemTime::now(),
+            client: request.client,
+            host: request.host,
+            bucket: "",
+            method: request.method,
+            key: "",
+            origin: "-",
+            status: if sent { self.status.as_u16() } else { 0 },
+            result: RequestResult::BadRequest.as_str(),
+            bytes,
+            duration,
+            request_id: &self.request_id,
+            tls: request.tls,
+            proto: request.proto,
+        });
+    }
+
+    /// The response head for an HTTP/2 stream.
+    fn head(&self) -> pingora::Result<ResponseHeader> {
+        let mut head = ResponseHeader::build(self.status, Some(self.headers.len() + 2))?;
+        for (name, value) in &self.headers {
+            head.insert_header(*name, value.clone())?;
+        }
+        head.insert_header("Date", get_cached_date())?;
+        head.insert_header("Content-Length", self.body.len())?;
+        Ok(head)
+    }
+}
+
+/// A request refused here, as the access log names it.
+struct RefusedRequest<'a> {
+    client: Option<std::net::SocketAddr>,
+    host: &'a str,
+    method: &'a str,
+    /// The TLS version, or `-` over plain HTTP.
+    tls: &'a str,
+    /// `h1` or `h2`.
+    proto: &'a str,
 }
 
 /// How the application answers the gate's refusals: the gate knows when to refuse, the
