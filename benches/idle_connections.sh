@@ -67,58 +67,12 @@ EOF
 "$ORIGINPULL_BIN" -c "$WORK/originpull.yaml" 2>"$WORK/stderr.log" &
 PID=$!
 
-CONNECTIONS=$CONNECTIONS SETTLE=$SETTLE PORT=$PORT PID=$PID python3 - <<'EOF'
-import os, socket, time
-
-port, pid = int(os.environ["PORT"]), int(os.environ["PID"])
-n, settle = int(os.environ["CONNECTIONS"]), float(os.environ["SETTLE"])
-request = (b"GET /missing.txt HTTP/1.1\r\n"
-           b"Host: example-1250000000.file.myqcloud.com\r\n\r\n")
-
-def rss_kib():
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise SystemExit("no VmRSS")
-
-def open_one():
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(request)
-    data = b""
-    while b"</Error>\n" not in data:
-        chunk = s.recv(4096)
-        if not chunk:
-            raise SystemExit("connection closed before the answer")
-        data += chunk
-    assert data.startswith(b"HTTP/1.1 404"), data[:80]
-    return s
-
-deadline = time.time() + 20
-while True:
-    try:
-        open_one().close()
-        break
-    except OSError:
-        if time.time() > deadline:
-            raise SystemExit("originpull did not start")
-        time.sleep(0.1)
-
-# Warm-up: the first requests on each worker allocate once-only state.
-for _ in range(50):
-    open_one().close()
-time.sleep(settle)
-before = rss_kib()
-held = [open_one() for _ in range(n)]
-time.sleep(settle)
-after = rss_kib()
-print(f"idle connections:   {n}")
-print(f"RSS before:         {before} KiB")
-print(f"RSS after:          {after} KiB")
-print(f"per idle connection: {(after - before) / n:.1f} KiB")
-for s in held:
-    s.close()
-time.sleep(settle)
-closed = rss_kib()
-print(f"RSS after closing:  {closed} KiB ({(closed - before) / n:.1f} KiB per connection kept)")
-EOF
+res=$(python3 "$SCRIPT_DIR/side_by_side_load.py" idle \
+  example-1250000000.file.myqcloud.com "$PORT" /missing.txt 404 "$CONNECTIONS" "$SETTLE" "$PID")
+read -r before after closed <<<"$res"
+echo "idle connections:   $CONNECTIONS"
+echo "RSS before:         $before KiB"
+echo "RSS after:          $after KiB"
+awk -v a="$after" -v b="$before" -v n="$CONNECTIONS" 'BEGIN { printf "per idle connection: %.1f KiB\n", (a - b) / n }'
+awk -v c="$closed" -v b="$before" -v n="$CONNECTIONS" \
+  'BEGIN { printf "RSS after closing:  %d KiB (%.1f KiB per connection kept)\n", c, (c - b) / n }'

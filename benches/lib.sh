@@ -1,6 +1,8 @@
+# shellcheck shell=bash
 # Shared by the benchmark scripts in benches/ (source it; it defines functions only):
-# logging, installing a missing tool, free loopback ports, resident memory, the originpull
-# binary and the head of its config, and an nginx on loopback with a given server block.
+# logging, installing a missing tool, free loopback ports, resident memory and CPU time of a
+# process tree, the originpull binary and the head of its config, and an nginx on loopback with
+# a given server block.
 #
 # A script sets BENCH (its name, for log lines) and WORK (its temp dir) before using these.
 
@@ -14,6 +16,23 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # rss_kib PID: resident memory now, in KiB.
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# proc_tree PID: PID and all its descendants (an nginx master and its workers, varnishd's
+# manager and its child), one a line.
+proc_tree() {
+  local child
+  echo "$1"
+  for child in $(pgrep -P "$1" || true); do proc_tree "$child"; done
+}
+
+# cpu_ticks PID...: "user system" CPU time of the processes so far, in clock ticks
+# (getconf CLK_TCK), all threads included; fields 14 and 15 of /proc/PID/stat, counted after
+# the command name, which may hold spaces. A process gone meanwhile counts nothing.
+cpu_ticks() {
+  local pid
+  for pid in "$@"; do sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null || true; done |
+    awk '{ u += $12; s += $13 } END { print u + 0, s + 0 }'
+}
 
 # Sets OP_BIN: $ORIGINPULL_BIN, or a fresh release build of this checkout.
 originpull_bin() {
