@@ -123,7 +123,8 @@ def fmt(x, digits=2):
 
 
 def ratio(a, b):
-    if a is None or b is None or b == 0:
+    # A growth of zero or less (nginx's preallocated connections) has no meaningful ratio.
+    if a is None or b is None or b <= 0:
         return "n/a"
     return f"{a / b:.2f}x"
 
