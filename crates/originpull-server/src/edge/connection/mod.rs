@@ -253,7 +253,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
         let stream: Stream = match &self.tls {
             None => stream,
             Some((tls, h2)) => {
-                let tls_stream = tls.handshake(stream).await?;
+                // The handshake's and HTTP/2's futures are boxed: inline, every connection's
+                // future would be as large as theirs for its whole life, plain HTTP included
+                // (docs/benchmarks.md, idle connections).
+                let tls_stream = Box::pin(tls.handshake(stream)).await?;
                 if tls_stream.is_h2() {
                     let connection = H2Connection {
                         app: &self.app,
@@ -264,7 +267,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
                         worker: self.worker,
                         access_log: &self.access_log,
                     };
-                    connection.serve(tls_stream, shutdown).await;
+                    Box::pin(connection.serve(tls_stream, shutdown)).await;
                     return None;
                 }
                 Box::new(tls_stream)
@@ -341,11 +344,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
             {
                 Ok(len) => len,
                 Err(NoHead::TooLarge) => {
-                    conn.refuse(
+                    Box::pin(conn.refuse(
                         Refusal::HeadTooLarge,
                         self.answers.as_ref(),
                         &self.access_log,
-                    )
+                    ))
                     .await;
                     return;
                 }
@@ -365,8 +368,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionGate<A> {
             if let Err(refusal) = prepare_head(&mut head) {
                 head.unsplit(std::mem::take(&mut conn.buf));
                 conn.buf = head;
-                conn.refuse(refusal, self.answers.as_ref(), &self.access_log)
-                    .await;
+                Box::pin(conn.refuse(refusal, self.answers.as_ref(), &self.access_log)).await;
                 return;
             }
             let framed =
@@ -497,7 +499,8 @@ impl Connection {
     }
 
     /// Answers the request at the start of `buf` with the application's words for `refusal`
-    /// and closes. The head is not parsed any further.
+    /// and closes. The head is not parsed any further. Callers box this future: its drain
+    /// buffer would otherwise make every connection's future 4 KiB larger for its whole life.
     async fn refuse(mut self, refusal: Refusal, answers: &dyn Refusals, access_log: &AccessLog) {
         let started = Instant::now();
         let (method, resource) = request_line(&self.buf);
