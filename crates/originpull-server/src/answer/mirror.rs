@@ -163,14 +163,22 @@ impl MirrorMiss<'_> {
             .write_response_header(Box::new(self.head_header(&head)?), false)
             .await?;
         let mut sent = 0u64;
+        let mut ended = false;
         loop {
             match events.recv().await {
                 Some(MirrorEvent::Chunk(chunk)) => {
                     sent += chunk.len() as u64;
-                    session.write_response_body(Some(chunk), false).await?;
+                    // The piece that completes the announced length ends the answer: an HTTP/2
+                    // stream may be closed once the client has that many bytes, and an empty
+                    // end written after that fails (the answer was whole, but logged an error).
+                    let last = head.length == Some(sent);
+                    session.write_response_body(Some(chunk), last).await?;
+                    ended |= last;
                 }
                 Some(MirrorEvent::End) => {
-                    session.write_response_body(None, true).await?;
+                    if !ended {
+                        session.write_response_body(None, true).await?;
+                    }
                     return Ok((RequestResult::Mirror, sent));
                 }
                 Some(MirrorEvent::Failed(end)) => {
