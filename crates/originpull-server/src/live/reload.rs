@@ -290,11 +290,20 @@ impl ConfigHandle {
             .flat_map(|part| part.files(&live.config))
             .filter_map(|file| file.parent().map(Path::to_path_buf))
             .collect();
-        let mut watched = watched.lock().unwrap_or_else(|e| e.into_inner());
-        for gone in watched.difference(&wanted).filter(|d| *d != config_dir) {
+        let (gone, new): (Vec<PathBuf>, Vec<PathBuf>) = {
+            let mut watched = watched.lock().unwrap_or_else(|e| e.into_inner());
+            let gone = watched.difference(&wanted).filter(|d| *d != config_dir);
+            let new = wanted.difference(&watched).filter(|d| *d != config_dir);
+            let diff = (gone.cloned().collect(), new.cloned().collect());
+            *watched = wanted;
+            diff
+        };
+        // Not under the lock: the watcher's calls wait for its event thread, whose handler
+        // takes that lock for an event arriving meanwhile (a start-up hung on it).
+        for gone in &gone {
             let _ = watcher.unwatch(gone);
         }
-        for new in wanted.difference(&watched).filter(|d| *d != config_dir) {
+        for new in &new {
             if let Err(e) = watcher.watch(new, RecursiveMode::NonRecursive) {
                 log::warn!(
                     "cannot watch {} for changes ({e}); SIGHUP reloads its files",
@@ -302,7 +311,6 @@ impl ConfigHandle {
                 );
             }
         }
-        *watched = wanted;
     }
 }
 
