@@ -546,33 +546,6 @@ impl<S: BucketStore> crate::StoreLayer for LocalTier<S> {
         self.shared.inner.create(bucket, key).await
     }
 
-    async fn open_variant(
-        &self,
-        bucket: &str,
-        key: &ObjectKey,
-        of: &ObjectMeta,
-        variant: &str,
-    ) -> Result<Option<Box<dyn StoredObject>>, StoreError> {
-        self.shared
-            .inner
-            .open_variant(bucket, key, of, variant)
-            .await
-    }
-
-    async fn put_variant(
-        &self,
-        bucket: &str,
-        key: &ObjectKey,
-        of: &ObjectMeta,
-        variant: &str,
-        body: Bytes,
-    ) -> Result<(), StoreError> {
-        self.shared
-            .inner
-            .put_variant(bucket, key, of, variant, body)
-            .await
-    }
-
     async fn delete(
         &self,
         bucket: &str,
