@@ -8,11 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
-use pingora::services::listening::Service as ListeningService;
 use pingora_proxy::HttpProxy;
 
 use crate::access_log::AccessLog;
@@ -43,11 +41,14 @@ use originpull_store::{
 /// How often a graceful stop checks whether anything is still running.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
-/// Process flags Pingora itself understands.
+/// Process flags Pingora itself understands, and what the binary lends the server.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcessFlags {
     pub daemon: bool,
     pub upgrade: bool,
+    /// Returns the calling thread's freed memory to the system (the binary's allocator
+    /// chooses how); each worker calls it once connections have closed.
+    pub release_memory: Option<fn()>,
 }
 
 /// Builds the server. Relative paths in `config` are taken against the current working
@@ -169,11 +170,13 @@ pub fn build(
         },
     ));
     for worker in 0..threads {
-        let plain = worker_listener(&server, &app, limits, &connections, worker, listen, None);
+        let plain = worker_listener(&server, &app, limits, &connections, worker, listen, None)
+            .releasing_memory(flags.release_memory);
         let mut listeners = vec![plain];
         if let Some((addr, tls, h2)) = &https_listener {
             let tls = Some((tls.clone(), *h2));
-            let secure = worker_listener(&server, &app, limits, &connections, worker, *addr, tls);
+            let secure = worker_listener(&server, &app, limits, &connections, worker, *addr, tls)
+                .releasing_memory(flags.release_memory);
             listeners.push(secure);
         }
         for listener in listeners {
@@ -307,12 +310,7 @@ fn worker_listener(
         ),
         None => (gate, format!("originpull worker {worker}")),
     };
-    let service = ListeningService::new(name, gate);
-    // No socket buffers for the connection's whole life (Pingora's default is 64 KiB to read and
-    // one MSS to write): the gate buffers each request head and response itself, and only while
-    // the request runs, so an idle connection costs little memory.
-    let buffers = L4BufferSettings::unbuffered();
-    WorkerListener::new(service, listen, buffers, worker)
+    WorkerListener::new(gate, name, listen, worker)
 }
 
 /// The memory tier in front of `store`, unless it is turned off (`max_bytes: 0`).
