@@ -462,6 +462,59 @@ window.addEventListener('load', () => {
     );
 }
 
+/// A mirrored miss streams over HTTPS as over plain HTTP: the origin's first piece reaches the
+/// client while the origin is still silent, over HTTP/2 and over HTTP/1.1. (The TLS stream
+/// holds encrypted bytes until a flush, and HTTP/2's flushes are deferred to the connection's
+/// next poll: neither may hold a streamed piece back.)
+#[tokio::test]
+async fn a_mirrored_miss_reaches_the_client_piece_by_piece_over_http2_and_http1() {
+    let site = start_site("", "");
+    let body = generated_bytes(256 * 1024);
+    for (http2, path) in [(true, "/paused-h2.bin"), (false, "/paused-h1.bin")] {
+        site.origin.route(
+            path,
+            Behavior::Stall {
+                headers_then_stall: true,
+                partial: body[..10_000].to_vec(),
+            },
+        );
+        let Some(curl) = require_program("curl", None) else {
+            return;
+        };
+        let mut child = std::process::Command::new(curl)
+            .args(["-sS", "-N", "--max-time", "15"])
+            .arg(if http2 { "--http2" } else { "--http1.1" })
+            .arg("--cacert")
+            .arg(&site.ca_file)
+            .arg("--resolve")
+            .arg(format!("{HOST}:{}:127.0.0.1", site.https_port))
+            .arg(format!("https://{HOST}:{}{path}", site.https_port))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run curl");
+        let mut stdout = child.stdout.take().expect("curl's output");
+        let (first_piece, arrived) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut received = Vec::new();
+            let mut buf = [0u8; 16 * 1024];
+            while received.len() < 10_000 {
+                match std::io::Read::read(&mut stdout, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = first_piece.send(received);
+        });
+        let received = arrived
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("http2={http2}: the origin's first 10 KB were held back"));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(received, body[..10_000], "http2={http2}");
+    }
+}
+
 /// The Python with the `h2` package (`.ci/setup` makes the venv, `ORIGINPULL_H2_VENV`, by
 /// default `~/.local/share/originpull/h2-venv`). Missing: a CI run fails, others skip.
 fn h2_python() -> Option<PathBuf> {

@@ -245,17 +245,30 @@ impl AsyncWrite for FramedStream {
         if !this.out.has_room_for(buf.len()) {
             ready!(this.poll_send_buffered(cx))?;
         }
+        let sends_each_write = this.sends_each_write.load(Ordering::Relaxed);
         if buf.len() >= WRITE_BUFFER {
             // Large pieces (a big object's body) go straight to the socket.
             let outcome = Pin::new(&mut this.stream).poll_write(cx, buf);
-            return this.send_timer.watch(cx, outcome, |n| *n);
+            let outcome = this.send_timer.watch(cx, outcome, |n| *n);
+            if sends_each_write && matches!(outcome, Poll::Ready(Ok(_))) {
+                // A TLS stream holds what it encrypted until flushed; a failed flush shows
+                // again on the next write.
+                let _ = Pin::new(&mut this.stream).poll_flush(cx);
+            }
+            return outcome;
         }
         this.out.bytes.extend_from_slice(buf);
-        if this.sends_each_write.load(Ordering::Relaxed) {
+        if sends_each_write {
             // Sent now if the socket takes it; if the client is not reading, it waits in the
             // buffer (the socket's is full anyway) for the next write or flush.
-            if let Poll::Ready(Err(e)) = this.poll_send_buffered(cx) {
-                return Poll::Ready(Err(e));
+            match this.poll_send_buffered(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut this.stream).poll_flush(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                Poll::Pending => {}
             }
         }
         Poll::Ready(Ok(buf.len()))

@@ -2,10 +2,18 @@
 //! implements its `IO` traits): reads and writes go through rustls; the TLS version and cipher
 //! are in its `SslDigest` (for the access log), the ALPN choice decides HTTP/2 or HTTP/1.1, and
 //! the certificate the handshake used is kept for the HTTP/2 `421` check.
+//!
+//! Writes are encrypted into rustls's output buffer and sent to the socket when a flush asks
+//! for it, when the buffer is full (rustls's limit, 64 KiB), or before the next read. On an
+//! HTTP/2 connection a flush is deferred ([`EdgeTlsStream::defer_flushes`]): the h2 crate
+//! flushes after every DATA frame it writes, which sent each 4 KiB response in a `writev` of
+//! its own; deferred, what the connection wrote goes out in one send when its task is polled
+//! next, after the worker's other ready tasks (`docs/benchmarks.md`, HTTPS).
 
+use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +32,10 @@ pub struct EdgeTlsStream {
     inner: tokio_rustls::server::TlsStream<Stream>,
     digest: Arc<SslDigest>,
     certificate: Option<Arc<LoadedCertificate>>,
+    /// A flush leaves the bytes for the task's next poll (see the module doc).
+    defer_flushes: bool,
+    /// The last send found the socket full: the socket wakes the task when it has room.
+    send_blocked: bool,
 }
 
 impl EdgeTlsStream {
@@ -44,7 +56,16 @@ impl EdgeTlsStream {
             inner,
             digest,
             certificate,
+            defer_flushes: false,
+            send_blocked: false,
         }
+    }
+
+    /// Makes a flush send at the task's next poll instead of at once, for a caller that flushes
+    /// far more often than it needs to and polls the stream's reads whenever its task runs
+    /// (HTTP/2's connection). Shutting down still sends everything.
+    pub fn defer_flushes(&mut self) {
+        self.defer_flushes = true;
     }
 
     /// The certificate this connection's handshake sent (by the SNI name it asked for).
@@ -68,13 +89,68 @@ fn tls_version_name(rustls_name: Option<&'static str>) -> &'static str {
     }
 }
 
+impl EdgeTlsStream {
+    /// Sends every encrypted byte rustls holds to the socket.
+    fn poll_send_encrypted(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let (socket, session) = self.inner.get_mut();
+        while session.wants_write() {
+            match session.write_tls(&mut SocketWriter { socket, cx }) {
+                Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.send_blocked = true;
+                    return Poll::Pending;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        self.send_blocked = false;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The socket as rustls writes to it: a write that would wait is `WouldBlock` (the task is
+/// woken when the socket can take more).
+struct SocketWriter<'a, 'b> {
+    socket: &'a mut Stream,
+    cx: &'a mut Context<'b>,
+}
+
+impl std::io::Write for SocketWriter<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match Pin::new(&mut *self.socket).poll_write(self.cx, buf) {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        match Pin::new(&mut *self.socket).poll_write_vectored(self.cx, bufs) {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl AsyncRead for EdgeTlsStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        // Whatever a writer left unflushed goes out before waiting for the client, who may be
+        // waiting for it.
+        if this.inner.get_ref().1.wants_write() {
+            if let Poll::Ready(Err(e)) = this.poll_send_encrypted(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
@@ -84,14 +160,24 @@ impl AsyncWrite for EdgeTlsStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        if this.defer_flushes {
+            // The next poll's read sends it; a full socket wakes the task itself.
+            if this.inner.get_ref().1.wants_write() && !this.send_blocked {
+                cx.waker().wake_by_ref();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        ready!(this.poll_send_encrypted(cx))?;
+        Pin::new(this.inner.get_mut().0).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // tokio-rustls sends what is buffered, then the close_notify alert.
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 
@@ -100,7 +186,18 @@ impl AsyncWrite for EdgeTlsStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if bufs.iter().all(|buf| buf.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            let accepted = this.inner.get_mut().1.writer().write_vectored(bufs)?;
+            if accepted > 0 {
+                return Poll::Ready(Ok(accepted));
+            }
+            // rustls's output buffer is full: send it to make room.
+            ready!(this.poll_send_encrypted(cx))?;
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
