@@ -53,10 +53,10 @@
 # logged per request.
 #
 # The floor: examples/bare_pingora (a constant 4 KiB body or a constant 302, with originpull's
-# header names and value lengths, on mimalloc) runs on originpull's own listener code
-# (originpull_server::edge::listener::WorkerListener: one SO_REUSEPORT socket and one
-# single-threaded Pingora runtime per worker, 2 workers), but without originpull's connection
-# gate (edge/connection) in front of Pingora's HTTP/1 session, and with Pingora's default
+# header names and value lengths, on mimalloc) has originpull's listening arrangement (one
+# SO_REUSEPORT socket and one single-threaded Pingora runtime per worker, 2 workers) with
+# Pingora's own accept loop and HTTP/1 session on each: not originpull's accept loop
+# (edge::listener) and connection gate (edge::connection), and with Pingora's default
 # per-connection socket buffers (64 KiB read, 16 KiB write) where originpull's gate buffers
 # each request itself. It answers every path alike, so it stands in the 4 KiB-hit and 302 rows:
 # the floor of our own stack, separating our code from Pingora's.
@@ -905,7 +905,7 @@ CMDLINE=$(printf '%q ' "$0" "${ORIG_ARGS[@]}")
   echo "- command: \`SCENARIOS='${SELECTED[*]}' ROUNDS=$ROUNDS DURATION=$DURATION THREADS=$THREADS CONNECTIONS=$CONNECTIONS WARMUP=$WARMUP LOGS=$LOGS OBJECTS=$OBJECTS DISK_OBJECTS=$DISK_OBJECTS MIRROR_KEYS=$MIRROR_KEYS MIRROR_SIZE=$MIRROR_SIZE MIRROR_CLIENTS=$MIRROR_CLIENTS IDLE_CONNECTIONS=$IDLE_CONNECTIONS ORIGINPULL_SKIP=$ORIGINPULL_SKIP BARE=$BARE${ORIGINPULL_BIN:+ ORIGINPULL_BIN=$ORIGINPULL_BIN}${BARE_PINGORA_BIN:+ BARE_PINGORA_BIN=$BARE_PINGORA_BIN} ${CMDLINE% }\`"
   echo "- wrk: \`wrk -t $THREADS -c $CONNECTIONS -d ${DURATION}s --timeout 5s --latency -H 'Host: $HOST_HDR' -s benches/wrk/SCRIPT URL [-- ARGS]\` ($(wrk -v 2>&1 | head -n 1 | awk '{ print $1, $2 }'))"
   echo "- nginx: $("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //'), worker_processes 2, sendfile, open_file_cache max=$OPEN_FILE_CACHE (errors cached), gzip_static, brotli_static: $([ "$NGINX_BROTLI" = 1 ] && echo yes || echo no)$([ "$HAVE_VARNISH" = 1 ] && echo "; Varnish: $("$VARNISHD" -V 2>&1 | head -n 1 | sed 's/^varnishd (\(.*\) revision.*/\1/'), -s malloc,256m")"
-  echo "- originpull: server.threads 2, serving defaults otherwise, default log level (RUST_LOG unset), objects copied in by \`originpull prefetch\` from a loopback nginx origin; the floor: examples/bare_pingora on originpull's WorkerListener (2 workers, no connection gate); access logs: $LOGS"
+  echo "- originpull: server.threads 2, serving defaults otherwise, default log level (RUST_LOG unset), objects copied in by \`originpull prefetch\` from a loopback nginx origin; the floor: examples/bare_pingora, Pingora's own listening service on a SO_REUSEPORT socket per worker (2 workers); access logs: $LOGS"
   if [ "$ORIGINPULL_SKIP" = 1 ]; then
     echo "- **ORIGINPULL_SKIP=1: debugging run, originpull was not benchmarked**"
   fi

@@ -5,8 +5,10 @@
 //! lengths as originpull and uses the same allocator (mimalloc), so the two put the same bytes
 //! on the wire through the same stack. Same thread count and the same listening
 //! arrangement as originpull (one `SO_REUSEPORT` socket and one single-threaded runtime per
-//! worker, `originpull_server::edge::listener::WorkerListener`), so the difference between the two is our
-//! request code, not how connections are spread over threads.
+//! worker), so the difference between the two is not how connections are spread over threads.
+//! Each worker is Pingora's own listening service with its default socket buffers (64 KiB to
+//! read, 16 KiB to write): Pingora's accept loop and connection handling, where originpull has
+//! its own (`edge::listener`, `edge::connection`).
 //!
 //! `cargo run --release --example bare_pingora -- MODE LISTEN THREADS [CERT KEY]`, MODE `302`
 //! (a redirect with an empty body), `4k` (a 4 KiB body) or `1m` (1 MiB), e.g.
@@ -19,15 +21,52 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use originpull_server::edge::listener::WorkerListener;
+use originpull_server::edge::listener::bind_reuseport;
 use pingora::http::ResponseHeader;
 use pingora::listeners::tls::TlsSettings;
-use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{Fds, ListenFds, Server, ShutdownWatch};
+use pingora::services::listening::Service as ListeningService;
+use pingora::services::Service;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
+use pingora_proxy::HttpProxy;
 use pingora_proxy::{ProxyHttp, Session};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// One worker: Pingora's listening service (its accept loop, its default socket buffers) on a
+/// `SO_REUSEPORT` socket of its own, in a runtime of one thread.
+struct PingoraWorker {
+    inner: ListeningService<HttpProxy<Constant>>,
+    listen: SocketAddr,
+}
+
+#[async_trait]
+impl Service for PingoraWorker {
+    async fn start_service(
+        &mut self,
+        _inherited: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        let fd = bind_reuseport(self.listen).expect("bind the worker's socket");
+        // Pingora's service looks its address up in this table and adopts the socket.
+        let own: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
+        own.lock().add(self.listen.to_string(), fd);
+        self.inner
+            .start_service(Some(own), shutdown, listeners_per_fd)
+            .await;
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(1)
+    }
+}
 
 // The allocator originpull uses: part of the stack, so part of its floor.
 #[global_allocator]
@@ -137,14 +176,17 @@ fn main() {
         server.run_forever();
     }
     for worker in 0..threads {
-        let service = pingora_proxy::http_proxy_service_with_name(
+        let mut service = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,
             app.clone(),
             &format!("bare worker {worker}"),
         );
-        // Pingora's default socket buffers (64 KiB read, one write buffer of 16 KiB).
-        let buffers = L4BufferSettings::new(64 * 1024, 16 * 1024);
-        server.add_service(WorkerListener::new(service, listen, buffers, worker));
+        // Found in the table `PingoraWorker` hands it: the worker's own socket.
+        service.add_tcp(&listen.to_string());
+        server.add_service(PingoraWorker {
+            inner: service,
+            listen,
+        });
     }
     server.run_forever();
 }

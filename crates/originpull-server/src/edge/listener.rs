@@ -93,7 +93,7 @@ impl<A> WorkerListener<A> {
 }
 
 /// A listening socket on `addr` that other sockets of this user may share.
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<RawFd> {
+pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<RawFd> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
