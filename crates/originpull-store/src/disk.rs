@@ -12,6 +12,7 @@
 //!
 //! Reads use plain positional reads on the calling thread, as nginx does without `aio`: hot
 //! objects come from the page cache, and a thread hop per read would cost more than it saves.
+//! A small object file is read whole when it is opened (one read for trailer and body).
 //!
 //! A variant of an object sits beside it as `<object file>.<variant>` (e.g. `….br`), in the
 //! same format, its metadata naming the version it was made from; one of an older version is
@@ -41,6 +42,9 @@ const MAGIC: &[u8; 8] = b"OPOBJv1\n";
 const TRAILER_FIXED: usize = 16;
 /// One read usually fetches the whole trailer.
 const TRAILER_READ: usize = 4096;
+/// Object files up to this size are read whole when opened: one read gives the trailer and the
+/// body, where a small hit read the trailer and then the body (`docs/benchmarks.md`, disk hits).
+const READ_WHOLE_UP_TO: u64 = 32 * 1024;
 
 /// The file holding `key` of `bucket` in a store rooted at `root` (the layout in the module
 /// documentation; `bucket` is a configured name, one DNS label); also used by tests to find,
@@ -148,13 +152,25 @@ impl BucketStore for DiskStore {
         let Some(file) = open_existing(&path)? else {
             return Ok(None);
         };
-        let mut meta = read_trailer(&file, Some(key))?;
-        meta.checked_at = modified_secs(&file)?;
+        // One fstat for the length and the check time.
+        let stat = file.metadata()?;
+        let file_len = stat.len();
+        let (mut meta, body) = if file_len <= READ_WHOLE_UP_TO {
+            let mut whole = BytesMut::zeroed(file_len as usize);
+            file.read_exact_at(&mut whole, 0)?;
+            let meta = meta_from_tail(&file, file_len, &whole, Some(key))?;
+            whole.truncate(meta.size as usize);
+            (meta, Some(whole.freeze()))
+        } else {
+            (read_trailer_of(&file, file_len, Some(key))?, None)
+        };
+        meta.checked_at = secs_since_epoch(stat.modified()?);
         Ok(Some(Box::new(DiskObject {
             check: SequentialCheck::new(meta.crc64, meta.size),
             file,
             path,
             meta,
+            body,
         })))
     }
 
@@ -245,6 +261,7 @@ impl BucketStore for DiskStore {
                 meta,
                 // A variant's metadata carries its object's CRC, not its own.
                 check: None,
+                body: None,
             }))),
             // Made from an older version: as good as absent.
             Ok(_) => Ok(None),
@@ -331,12 +348,10 @@ fn writer_is_alive(path: &Path) -> bool {
 
 /// The file's modification time in seconds since the Unix epoch: when the object was last
 /// committed or confirmed by its origin.
-fn modified_secs(file: &File) -> io::Result<u64> {
-    Ok(file
-        .metadata()?
-        .modified()?
+fn secs_since_epoch(modified: SystemTime) -> u64 {
+    modified
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()))
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Walks `<bucket>/objects/`, reading each file's trailer (a few KiB) for its key and size.
@@ -400,14 +415,34 @@ fn list_objects(objects: &Path, prefix: &str) -> Result<Vec<ListedObject>, Store
 
 /// Reads an object file's metadata; with `key`, also checks that the file holds that key.
 fn read_trailer(file: &File, key: Option<&ObjectKey>) -> Result<ObjectMeta, StoreError> {
-    let corrupt = |why: &str| StoreError::Corrupt(format!("object {key:?}: {why}"));
-    let file_len = file.metadata()?.len();
-    if file_len < TRAILER_FIXED as u64 {
-        return Err(corrupt("shorter than its trailer"));
-    }
+    read_trailer_of(file, file.metadata()?.len(), key)
+}
+
+/// [`read_trailer`] of a file whose length is known.
+fn read_trailer_of(
+    file: &File,
+    file_len: u64,
+    key: Option<&ObjectKey>,
+) -> Result<ObjectMeta, StoreError> {
     let tail_len = file_len.min(TRAILER_READ as u64) as usize;
     let mut tail = vec![0u8; tail_len];
     file.read_exact_at(&mut tail, file_len - tail_len as u64)?;
+    meta_from_tail(file, file_len, &tail, key)
+}
+
+/// The metadata of an object file of `file_len` bytes whose last bytes are `tail` (the file's
+/// own, read already); the rest of the trailer is read if `tail` does not hold all of it.
+fn meta_from_tail(
+    file: &File,
+    file_len: u64,
+    tail: &[u8],
+    key: Option<&ObjectKey>,
+) -> Result<ObjectMeta, StoreError> {
+    let corrupt = |why: &str| StoreError::Corrupt(format!("object {key:?}: {why}"));
+    let tail_len = tail.len();
+    if file_len < TRAILER_FIXED as u64 || tail_len < TRAILER_FIXED {
+        return Err(corrupt("shorter than its trailer"));
+    }
     let fixed = &tail[tail_len - TRAILER_FIXED..];
     if &fixed[8..] != MAGIC {
         return Err(corrupt("no trailer"));
@@ -451,6 +486,8 @@ struct DiskObject {
     /// The stored CRC, checked while the object is read whole (`None` for variants and for
     /// objects stored before CRCs were kept).
     check: Option<SequentialCheck>,
+    /// A small object's body, read with its trailer when the file was opened.
+    body: Option<Bytes>,
 }
 
 impl DiskObject {
@@ -483,8 +520,14 @@ impl StoredObject for DiskObject {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let mut buf = BytesMut::zeroed(len);
-        self.file.read_exact_at(&mut buf, offset)?;
+        let buf = match &self.body {
+            Some(body) => body.slice(offset as usize..offset as usize + len),
+            None => {
+                let mut buf = BytesMut::zeroed(len);
+                self.file.read_exact_at(&mut buf, offset)?;
+                buf.freeze()
+            }
+        };
         if let Some(check) = &mut self.check {
             if let Err(why) = check.check(offset, &buf) {
                 self.discard();
@@ -494,7 +537,7 @@ impl StoredObject for DiskObject {
                 )));
             }
         }
-        Ok(buf.freeze())
+        Ok(buf)
     }
 }
 
