@@ -80,6 +80,9 @@ pub enum MirrorTicket {
 /// Lines about copies, which a client asking for many keys makes many of.
 static COPY_FAILURES: SummarizedLog =
     SummarizedLog::new(log::Level::Warn, module_path!(), "copy failures");
+/// A crawler (or a prefetch) of a large origin makes one copy per object.
+static COPIES: SummarizedLog =
+    SummarizedLog::new(log::Level::Info, module_path!(), "objects copied");
 static QUEUE_FULL: SummarizedLog = SummarizedLog::new(
     log::Level::Warn,
     module_path!(),
@@ -557,13 +560,15 @@ impl Copies {
         let end = match result {
             Ok(meta) => {
                 metrics.fill_bytes.inc_by(meta.size);
-                log::info!(
-                    "copied {:?} from {origin_label}{} into {bucket}: {} bytes in {:?}",
-                    key.as_str(),
-                    request.path_and_query,
-                    meta.size,
-                    started.elapsed()
-                );
+                COPIES.note(|| {
+                    format!(
+                        "copied {:?} from {origin_label}{} into {bucket}: {} bytes in {:?}",
+                        key.as_str(),
+                        request.path_and_query,
+                        meta.size,
+                        started.elapsed()
+                    )
+                });
                 failures::record_success(bucket, key.as_str());
                 CopyEnd::Stored { bytes: meta.size }
             }
