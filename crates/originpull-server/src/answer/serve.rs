@@ -17,7 +17,7 @@ use pingora_proxy::{range_header_filter, RangeType, Session};
 use crate::answer::compress::Representation;
 use crate::answer::object_head::ObjectHead;
 use crate::answer::respond::{write_error, ErrorCode, Reply};
-use crate::edge::connection::{send_each_write, WRITE_BUFFER};
+use crate::edge::connection::send_each_write;
 use originpull_store::checksum::CRC64_HEADER;
 use originpull_store::StoredObject;
 
@@ -83,8 +83,9 @@ pub async fn serve_hit(
         session.write_response_header(Box::new(resp), true).await?;
         return Ok((HitOutcome::Served, 0));
     }
-    if object.is_remote() || range.end - range.start > WRITE_BUFFER as u64 {
-        // Not one small piece read at once: each piece goes out as it is read.
+    if object.is_remote() {
+        // Pieces that may keep the client waiting: each goes out as it arrives. A local
+        // object's pieces are read at once; its head leaves with the first piece (one send).
         send_each_write(session);
     }
     session.write_response_header(Box::new(resp), false).await?;

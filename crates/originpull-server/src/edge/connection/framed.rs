@@ -242,12 +242,34 @@ impl AsyncWrite for FramedStream {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if !this.out.has_room_for(buf.len()) {
+        if buf.len() < WRITE_BUFFER && !this.out.has_room_for(buf.len()) {
             ready!(this.poll_send_buffered(cx))?;
         }
         let sends_each_write = this.sends_each_write.load(Ordering::Relaxed);
         if buf.len() >= WRITE_BUFFER {
-            // Large pieces (a big object's body) go straight to the socket.
+            // Large pieces (a big object's body) go straight to the socket, in the same send
+            // as what is buffered before them (the head): two sends cost a hit of a 20 KB
+            // compressed script a quarter more CPU (docs/benchmarks.md).
+            while this.out.sent < this.out.bytes.len() {
+                let buffered = &this.out.bytes[this.out.sent..];
+                let buffered_len = buffered.len();
+                let both = [std::io::IoSlice::new(buffered), std::io::IoSlice::new(buf)];
+                let outcome = Pin::new(&mut this.stream).poll_write_vectored(cx, &both);
+                match ready!(this.send_timer.watch(cx, outcome, |n| *n))? {
+                    0 => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                    n if n < buffered_len => this.out.sent += n,
+                    n => {
+                        this.out.bytes.clear();
+                        this.out.sent = 0;
+                        if n > buffered_len {
+                            if sends_each_write {
+                                let _ = Pin::new(&mut this.stream).poll_flush(cx);
+                            }
+                            return Poll::Ready(Ok(n - buffered_len));
+                        }
+                    }
+                }
+            }
             let outcome = Pin::new(&mut this.stream).poll_write(cx, buf);
             let outcome = this.send_timer.watch(cx, outcome, |n| *n);
             if sends_each_write && matches!(outcome, Poll::Ready(Ok(_))) {
