@@ -13,7 +13,7 @@
 use std::future::{poll_fn, Future};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use http::header;
@@ -24,9 +24,8 @@ use pingora::protocols::http::v2::server::{
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Digest, GetSocketDigest, GetTimingDigest, Ssl};
 use pingora::server::ShutdownWatch;
-use tokio::sync::Notify;
 
-use super::{ConnectionCounts, ConnectionLimits, Refusal, Refusals, RefusedRequest};
+use super::{BusyGuard, ConnectionCounts, ConnectionLimits, Refusal, Refusals, RefusedRequest};
 use crate::access_log::AccessLog;
 use crate::edge::tls::{certificate_covers, EdgeTlsStream, LoadedCertificate};
 use originpull_config::normalize_name;
@@ -54,48 +53,6 @@ fn h2_options(limits: &ConnectionLimits, h2: H2Limits) -> H2Options {
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
     options
-}
-
-/// Streams being answered on one connection; the connection is idle when there are none.
-#[derive(Default)]
-struct ActiveStreams {
-    count: std::sync::atomic::AtomicUsize,
-    idle: Notify,
-}
-
-struct StreamGuard {
-    active: Arc<ActiveStreams>,
-    counts: Arc<ConnectionCounts>,
-    worker: usize,
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        use std::sync::atomic::Ordering;
-        self.counts.leave_busy(self.worker);
-        if self.active.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.active.idle.notify_one();
-        }
-    }
-}
-
-impl ActiveStreams {
-    fn start(self: &Arc<Self>, counts: &Arc<ConnectionCounts>, worker: usize) -> StreamGuard {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        counts.enter_busy_owned(worker);
-        StreamGuard {
-            active: self.clone(),
-            counts: counts.clone(),
-            worker,
-        }
-    }
-
-    async fn idle_for(&self, timeout: Duration) {
-        while self.count.load(std::sync::atomic::Ordering::Acquire) != 0 {
-            self.idle.notified().await;
-        }
-        tokio::time::sleep(timeout).await;
-    }
 }
 
 /// One HTTP/2 connection, from the h2 handshake to its close.
@@ -133,7 +90,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> H2Connection<'_, A> {
                 return;
             }
         };
-        let active = Arc::new(ActiveStreams::default());
         let mut stop_signal = shutdown.clone();
         let mut stopping = *stop_signal.borrow();
         if stopping {
@@ -157,7 +113,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> H2Connection<'_, A> {
                 }
                 accepted = HttpSession::from_h2_conn(&mut conn, digest.clone()) => accepted,
                 () = poll_fn(|cx| run_ready_streams(&mut streams, cx)) => continue,
-                () = active.idle_for(self.limits.keepalive_timeout), if !stopping => break,
+                // Idle: no stream is being answered (a new timer each time round the loop).
+                () = tokio::time::sleep(self.limits.keepalive_timeout),
+                    if !stopping && streams.is_empty() => break,
             };
             let session = match accepted {
                 // Clients often close without a GOAWAY: not worth more than debug.
@@ -176,8 +134,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> H2Connection<'_, A> {
                 }
                 Ok(Some(H2Accept::Session(session))) => session,
             };
-            let guard = active.start(self.counts, self.worker);
-            streams.push(self.answer_stream(session, guard, certificate.as_deref(), shutdown));
+            // Busy from its acceptance, so a graceful stop waits for it.
+            let busy = self.counts.enter_busy(self.worker);
+            streams.push(self.answer_stream(session, busy, certificate.as_deref(), shutdown));
         }
         // Streams still answering finish (their writes fail at once if the client is gone),
         // within the send timeout.
@@ -192,7 +151,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> H2Connection<'_, A> {
     async fn answer_stream(
         &self,
         mut session: HttpSession,
-        _guard: StreamGuard,
+        _busy: BusyGuard<'_>,
         certificate: Option<&LoadedCertificate>,
         shutdown: &ShutdownWatch,
     ) {

@@ -152,23 +152,9 @@ impl ConnectionCounts {
     }
 
     fn enter_busy(&self, worker: usize) -> BusyGuard<'_> {
-        let count = self.busy_count(worker);
+        let count = &self.busy_by_worker[worker % self.busy_by_worker.len()].0;
         count.fetch_add(1, Ordering::AcqRel);
         BusyGuard(count)
-    }
-
-    fn busy_count(&self, worker: usize) -> &AtomicUsize {
-        &self.busy_by_worker[worker % self.busy_by_worker.len()].0
-    }
-
-    /// [`Self::enter_busy`] for a guard that outlives a borrow (an HTTP/2 stream's task); the
-    /// guard calls [`Self::leave_busy`].
-    fn enter_busy_owned(&self, worker: usize) {
-        self.busy_count(worker).fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn leave_busy(&self, worker: usize) {
-        self.busy_count(worker).fetch_sub(1, Ordering::AcqRel);
     }
 }
 
