@@ -96,6 +96,20 @@ impl WriteBuffer {
     fn has_room_for(&self, len: usize) -> bool {
         self.bytes.len() + len <= WRITE_BUFFER
     }
+
+    /// The bytes not yet sent.
+    fn unsent(&self) -> &[u8] {
+        &self.bytes[self.sent..]
+    }
+
+    /// Notes that the socket took `n` more bytes; an all-sent buffer starts again empty.
+    fn advance(&mut self, n: usize) {
+        self.sent += n;
+        if self.sent == self.bytes.len() {
+            self.bytes.clear();
+            self.sent = 0;
+        }
+    }
 }
 
 /// The send timeout, on the connection's one timer: armed only when a write has to wait for
@@ -195,21 +209,43 @@ impl FramedStream {
 
     /// Sends what is buffered, under the send timeout.
     fn poll_send_buffered(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let out = &mut self.out;
-        while out.sent < out.bytes.len() {
-            let outcome = Pin::new(&mut self.stream).poll_write(cx, &out.bytes[out.sent..]);
-            match self.send_timer.watch(cx, outcome, |n| *n) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
-                }
-                Poll::Ready(Ok(n)) => out.sent += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+        while !self.out.unsent().is_empty() {
+            let outcome = Pin::new(&mut self.stream).poll_write(cx, self.out.unsent());
+            match ready!(self.send_timer.watch(cx, outcome, |n| *n))? {
+                0 => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                n => self.out.advance(n),
             }
         }
-        out.bytes.clear();
-        out.sent = 0;
         Poll::Ready(Ok(()))
+    }
+
+    /// Sends a large piece (`WRITE_BUFFER` or more) straight to the socket, in the same send
+    /// as what is buffered before it (the head): two sends cost a hit of a 20 KB compressed
+    /// script a quarter more CPU (docs/benchmarks.md). Returns how much of `piece` was sent.
+    fn poll_send_large(
+        &mut self,
+        cx: &mut Context<'_>,
+        piece: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        while !self.out.unsent().is_empty() {
+            let buffered = self.out.unsent().len();
+            let both = [
+                std::io::IoSlice::new(self.out.unsent()),
+                std::io::IoSlice::new(piece),
+            ];
+            let outcome = Pin::new(&mut self.stream).poll_write_vectored(cx, &both);
+            match ready!(self.send_timer.watch(cx, outcome, |n| *n))? {
+                0 => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                n => {
+                    self.out.advance(n.min(buffered));
+                    if n > buffered {
+                        return Poll::Ready(Ok(n - buffered));
+                    }
+                }
+            }
+        }
+        let outcome = Pin::new(&mut self.stream).poll_write(cx, piece);
+        self.send_timer.watch(cx, outcome, |n| *n)
     }
 }
 
@@ -242,42 +278,19 @@ impl AsyncWrite for FramedStream {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if buf.len() < WRITE_BUFFER && !this.out.has_room_for(buf.len()) {
-            ready!(this.poll_send_buffered(cx))?;
-        }
         let sends_each_write = this.sends_each_write.load(Ordering::Relaxed);
         if buf.len() >= WRITE_BUFFER {
-            // Large pieces (a big object's body) go straight to the socket, in the same send
-            // as what is buffered before them (the head): two sends cost a hit of a 20 KB
-            // compressed script a quarter more CPU (docs/benchmarks.md).
-            while this.out.sent < this.out.bytes.len() {
-                let buffered = &this.out.bytes[this.out.sent..];
-                let buffered_len = buffered.len();
-                let both = [std::io::IoSlice::new(buffered), std::io::IoSlice::new(buf)];
-                let outcome = Pin::new(&mut this.stream).poll_write_vectored(cx, &both);
-                match ready!(this.send_timer.watch(cx, outcome, |n| *n))? {
-                    0 => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-                    n if n < buffered_len => this.out.sent += n,
-                    n => {
-                        this.out.bytes.clear();
-                        this.out.sent = 0;
-                        if n > buffered_len {
-                            if sends_each_write {
-                                let _ = Pin::new(&mut this.stream).poll_flush(cx);
-                            }
-                            return Poll::Ready(Ok(n - buffered_len));
-                        }
-                    }
-                }
-            }
-            let outcome = Pin::new(&mut this.stream).poll_write(cx, buf);
-            let outcome = this.send_timer.watch(cx, outcome, |n| *n);
+            // Large pieces (a big object's body) go straight to the socket.
+            let outcome = this.poll_send_large(cx, buf);
             if sends_each_write && matches!(outcome, Poll::Ready(Ok(_))) {
                 // A TLS stream holds what it encrypted until flushed; a failed flush shows
                 // again on the next write.
                 let _ = Pin::new(&mut this.stream).poll_flush(cx);
             }
             return outcome;
+        }
+        if !this.out.has_room_for(buf.len()) {
+            ready!(this.poll_send_buffered(cx))?;
         }
         this.out.bytes.extend_from_slice(buf);
         if sends_each_write {
