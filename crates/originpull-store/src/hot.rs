@@ -13,6 +13,10 @@
 //! meanwhile are served the entry, so a hot object due for revalidation costs the store one
 //! request, not one per request in flight (a burst of HEADs on an S3 store).
 //!
+//! Once the tier is full, an object is read into memory only when it was asked for recently
+//! ([`Doorkeeper`]): objects asked for once (most keys of a large bucket under random or
+//! scanning traffic) cost no copy into memory, admission and eviction each.
+//!
 //! Variants (see [`super`]) of up to `max_object_bytes` share the cache. They are keyed by the
 //! version they were made from, so they need no revalidation: a new version simply looks up a
 //! variant that is not there.
@@ -27,6 +31,7 @@ use bytes::Bytes;
 use tinyufo::TinyUfo;
 
 use super::{BucketStore, Derived, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject};
+use crate::doorkeeper::Doorkeeper;
 use crate::in_flight::InFlight;
 use crate::key::ObjectKey;
 use originpull_support::clock::coarse_now;
@@ -77,6 +82,8 @@ struct Shared<S> {
     /// Entries past their revalidation time being checked against the store right now.
     revalidating: InFlight<u64>,
     limits: HotTierLimits,
+    /// Once the tier is full, takes in only objects asked for recently.
+    doorkeeper: Doorkeeper,
     /// Seeded per process; a collision of two keys' ids only makes them share a slot (a look-up
     /// checks bucket and key), so a fast hash is enough.
     hasher: hashbrown::DefaultHashBuilder,
@@ -99,6 +106,7 @@ impl<S: BucketStore> HotTier<S> {
                 loading: InFlight::new(),
                 revalidating: InFlight::new(),
                 limits,
+                doorkeeper: Doorkeeper::new(estimated_entries),
                 hasher: Default::default(),
             }),
         }
@@ -145,9 +153,8 @@ impl<S> Shared<S> {
         meta: ObjectMeta,
         body: Bytes,
     ) -> Arc<HotObject> {
-        let weight = Self::weight(meta.size);
         let hot = Arc::new(HotObject::new(bucket, Some(variant), meta, body));
-        self.cache.put(id, hot.clone(), weight);
+        self.put_weighed(id, hot.clone());
         hot
     }
 
@@ -167,8 +174,14 @@ impl<S> Shared<S> {
     /// Caches `hot` unless a commit happened since `commits_before` (what was read may be old).
     fn put(&self, id: u64, hot: &Arc<HotObject>, commits_before: u64) {
         if self.commits.load(Ordering::Acquire) == commits_before {
-            self.cache.put(id, hot.clone(), Self::weight(hot.meta.size));
+            self.put_weighed(id, hot.clone());
         }
+    }
+
+    fn put_weighed(&self, id: u64, hot: Arc<HotObject>) {
+        let weight = Self::weight(hot.meta.size);
+        let evicted = self.cache.put(id, hot, weight);
+        self.doorkeeper.note_evictions(evicted.len());
     }
 }
 
@@ -221,6 +234,9 @@ impl<S: BucketStore> crate::StoreLayer for HotTier<S> {
             shared.put(id, &renewed, commits_before);
             return Ok(Some(Box::new(MemoryObject(renewed))));
         }
+        if !shared.doorkeeper.admits(id) {
+            return Ok(Some(object));
+        }
         let Some(_loading) = shared.loading.try_claim(&id) else {
             return Ok(Some(object));
         };
@@ -259,7 +275,7 @@ impl<S: BucketStore> crate::StoreLayer for HotTier<S> {
             return Ok(None);
         };
         let size = object.meta().size;
-        if size > shared.limits.max_object_bytes as u64 {
+        if size > shared.limits.max_object_bytes as u64 || !shared.doorkeeper.admits(id) {
             return Ok(Some(object));
         }
         // Small, and read by one request or a few at worst: no loading claim needed.
@@ -540,6 +556,42 @@ mod tests {
             1,
             "one revalidation"
         );
+    }
+
+    #[tokio::test]
+    async fn once_full_the_tier_takes_in_only_objects_asked_for_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let hot = HotTier::new(
+            DiskStore::open(dir.path()).unwrap(),
+            HotTierLimits {
+                max_bytes: 64 * 1024,
+                ..limits(Duration::from_secs(60))
+            },
+        );
+        let body = vec![1u8; 2000];
+        let in_memory = |k: &str| hot.open_in_memory("b-1", &key(k)).is_some();
+        // While it has room, a first read is kept.
+        put(&hot, "first", &body).await;
+        hot.open("b-1", &key("first")).await.unwrap().unwrap();
+        assert!(in_memory("first"));
+        // Fill it past its size: evictions make it full.
+        let mut n = 0;
+        while !hot.shared.doorkeeper.is_on() {
+            let k = format!("fill{n}");
+            put(&hot, &k, &body).await;
+            hot.open("b-1", &key(&k)).await.unwrap().unwrap();
+            n += 1;
+            assert!(n < 1000, "never full");
+        }
+        put(&hot, "new", &body).await;
+        let mut once = hot.open("b-1", &key("new")).await.unwrap().unwrap();
+        assert_eq!(once.read_at(0, 4000).await.unwrap().len(), 2000);
+        assert!(!in_memory("new"), "read once: served from the store only");
+        // Read again, it is up to TinyUFO's own admission (frequency against the victim's).
+        for _ in 0..5 {
+            hot.open("b-1", &key("new")).await.unwrap().unwrap();
+        }
+        assert!(in_memory("new"), "read again: kept");
     }
 
     #[tokio::test]

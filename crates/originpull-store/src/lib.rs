@@ -14,6 +14,7 @@
 pub mod checksum;
 pub mod counted;
 pub mod disk;
+mod doorkeeper;
 pub mod hot;
 mod in_flight;
 pub mod key;
