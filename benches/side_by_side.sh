@@ -47,8 +47,10 @@
 # open_file_cache sized for OBJECTS (max=OBJECTS+10000, errors cached, valid 60 s; capped, with
 # a note in the report, where the open-files limit cannot be raised that far),
 # worker_rlimit_nofile to match, gzip_static (gzip on as fallback), brotli_static when the
-# module is there, try_files $uri @origin and return 302. originpull runs server.threads: 2
-# with its serving defaults otherwise, at its default log level (RUST_LOG is unset for it),
+# module is there, try_files $uri @origin and return 302. originpull runs server.threads: 2,
+# keeps as many files open as nginx's open_file_cache (memory_cache.open_files; with
+# server.max_connections at nginx's worker_connections, so the same descriptor limit leaves it
+# about as many), with its serving defaults otherwise, at its default log level (RUST_LOG is unset for it),
 # stderr to a file whose growth is reported per run and in total: a check that nothing is
 # logged per request.
 #
@@ -428,8 +430,10 @@ umask_before=$(umask); umask 077
 echo bench-token >"$WORK/admin.token"
 umask "$umask_before"
 
-# start_originpull NAME ORIGIN_PORT MODE [EXTRA_YAML]: originpull with the bench bucket whose
-# origin is 127.0.0.1:ORIGIN_PORT, an admin listener for prefetch, at the default log level.
+# start_originpull NAME ORIGIN_PORT MODE [EXTRA_YAML] [MEMORY_CACHE_YAML]: originpull with the
+# bench bucket whose origin is 127.0.0.1:ORIGIN_PORT, an admin listener for prefetch, at the
+# default log level; its open files kept and its connections as nginx's (open_file_cache max,
+# worker_connections), MEMORY_CACHE_YAML one more line of memory_cache.
 start_originpull() {
   local name=$1 dir="$WORK/$1"
   ADMIN[$name]=$(free_port)
@@ -443,11 +447,14 @@ domain_suffix: $DOMAIN_SUFFIX
 access_log: "$(access_log_to "$dir/access.log")"
 server:
   threads: 2
-  max_connections: $((IDLE_CONNECTIONS + 10000))
+  max_connections: $NGINX_WORKER_CONNECTIONS
   grace_period_secs: 0
   graceful_shutdown_timeout_secs: 1
   pid_file: $dir/originpull.pid
   upgrade_sock: $dir/upgrade.sock
+memory_cache:
+  open_files: $OPEN_FILE_CACHE
+${5:+  $5}
 ${4:-}
 buckets:
   - name: $BUCKET
@@ -547,7 +554,7 @@ if [ $((NEED_OP + NEED_OP_DISK + NEED_OP_S3)) -gt 0 ]; then
   fi
   if [ "$NEED_OP_DISK" = 1 ]; then
     log "starting originpull with the memory tier off on $(url op_disk)"
-    start_originpull op_disk "$ORIGIN_PORT" redirect "memory_cache: {max_bytes: 0}"
+    start_originpull op_disk "$ORIGIN_PORT" redirect "" "max_bytes: 0"
     prefetch op_disk "$WORK/keys-disk.txt"
   fi
   if [ "$NEED_OP_S3" = 1 ]; then

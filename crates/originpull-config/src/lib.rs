@@ -36,7 +36,7 @@ pub use errors::{ConfigError, ConfigErrors};
 pub use fill::FillSettings;
 pub use hostname::{is_valid_hostname, normalize_name};
 pub use https::{AcmeSettings, CertificateFiles, HttpsSettings, MinTlsVersion};
-pub use memory_cache::MemoryCacheSettings;
+pub use memory_cache::{MemoryCacheSettings, DEFAULT_OPEN_FILES};
 pub use origin_pull::{OriginPullConfig, PullMode, PullRule};
 pub use origins::{
     parse_origin, parse_origin_with, OriginAddr, OriginConfig, OriginHost, Protocol,

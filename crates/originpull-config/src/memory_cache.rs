@@ -1,4 +1,5 @@
-//! `memory_cache:`: the memory tier for hot small objects; fixed at start.
+//! `memory_cache:`: the memory tier for hot small objects, and the object files kept open
+//! between requests; fixed at start.
 
 use super::errors::Errors;
 use super::section::Section;
@@ -10,6 +11,11 @@ pub struct MemoryCacheSettings {
     pub max_bytes: u64,
     pub max_object_bytes: u64,
     pub revalidate_secs: u64,
+    /// Object files the disk store keeps open between requests, with their metadata (as nginx's
+    /// `open_file_cache`), each trusted for `revalidate_secs`; 0: none. Lowered at start to what
+    /// the descriptor limit leaves; `None`
+    /// (not set): [`DEFAULT_OPEN_FILES`], or what the limit leaves, without a warning.
+    pub open_files: Option<u64>,
 }
 
 impl Default for MemoryCacheSettings {
@@ -20,11 +26,17 @@ impl Default for MemoryCacheSettings {
             // from disk twice (Pingora has no sendfile), which is most of a 1 MiB hit's cost.
             max_object_bytes: 1024 * 1024,
             revalidate_secs: 5,
+            open_files: None,
         }
     }
 }
 
-const MEMORY_CACHE_KEYS: &[&str] = &["max_bytes", "max_object_bytes", "revalidate_secs"];
+const MEMORY_CACHE_KEYS: &[&str] = &[
+    "max_bytes",
+    "max_object_bytes",
+    "revalidate_secs",
+    "open_files",
+];
 
 pub(crate) fn parse_memory_cache(top: &Section<'_>, errors: &mut Errors) -> MemoryCacheSettings {
     let d = MemoryCacheSettings::default();
@@ -39,6 +51,7 @@ pub(crate) fn parse_memory_cache(top: &Section<'_>, errors: &mut Errors) -> Memo
         revalidate_secs: cache
             .typed("revalidate_secs", errors)
             .unwrap_or(d.revalidate_secs),
+        open_files: cache.at_most("open_files", MAX_OPEN_FILES, errors),
     };
     // TinyUFO weighs an entry in u16 units of 1 KiB.
     if settings.max_object_bytes > 32 * 1024 * 1024 {
@@ -50,6 +63,12 @@ pub(crate) fn parse_memory_cache(top: &Section<'_>, errors: &mut Errors) -> Memo
     }
     settings
 }
+
+/// `memory_cache.open_files` when not set.
+pub const DEFAULT_OPEN_FILES: u64 = 20_000;
+
+/// Each kept file holds a descriptor and about a KiB of memory.
+const MAX_OPEN_FILES: u64 = 1 << 20;
 
 /// The memory tier's bookkeeping grows with its size; beyond this, use the page cache.
 const MAX_MEMORY_CACHE_BYTES: u64 = 64 * 1024 * 1024 * 1024;

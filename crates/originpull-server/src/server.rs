@@ -27,7 +27,7 @@ use crate::live::probes::OriginProbes;
 use crate::live::reload::{self, ConfigHandle, GenerationPart, ReloadWatcher};
 use crate::pull::copy::Copies;
 use originpull_config::ConditionalPut;
-use originpull_config::{Config, ConfigErrors, S3Settings, StoreSettings};
+use originpull_config::{Config, ConfigErrors, S3Settings, StoreSettings, DEFAULT_OPEN_FILES};
 use originpull_store::local_tier::LocalTier;
 use originpull_store::s3::S3Store;
 use originpull_store::s3_cleanup::UploadCleanup;
@@ -221,10 +221,15 @@ fn open_store(config: &Config, counts: BucketCounts) -> Result<OpenedStore, Star
     };
     match &config.store {
         StoreSettings::Disk => {
-            let store = DiskStore::open(&config.data_dir).map_err(|source| StartError::Store {
-                path: config.data_dir.clone(),
-                source,
-            })?;
+            let store = DiskStore::open(&config.data_dir)
+                .map_err(|source| StartError::Store {
+                    path: config.data_dir.clone(),
+                    source,
+                })?
+                .keeping_open_files(
+                    open_files_within_descriptor_limit(config),
+                    limits.revalidate,
+                );
             Ok(OpenedStore {
                 store: with_tiers(store, limits, counts),
                 upload_cleanup: None,
@@ -315,6 +320,53 @@ fn worker_listener(
 
 /// The memory tier in front of `store`, unless it is turned off (`max_bytes: 0`).
 /// `store` behind the memory tier (unless it is off), counted per bucket.
+/// Descriptors kept for everything but client connections and kept files: origin and store
+/// connections, copies being written, logs, listeners.
+const DESCRIPTORS_RESERVED: u64 = 1024;
+
+/// `memory_cache.open_files`, lowered to what the descriptor limit leaves beside
+/// `server.max_connections` (with a warning when it was set), once the soft limit is raised to
+/// the hard one (as nginx's `worker_rlimit_nofile` does).
+fn open_files_within_descriptor_limit(config: &Config) -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let wanted = config.memory_cache.open_files;
+    let wanted_or_default = wanted.unwrap_or(DEFAULT_OPEN_FILES);
+    if wanted_or_default == 0 {
+        return 0;
+    }
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            ..limit
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = raised;
+        }
+    }
+    // `None` is no limit at all.
+    let Some(descriptors) = limit.current else {
+        return wanted_or_default as usize;
+    };
+    let left = descriptors
+        .saturating_sub(config.server.max_connections as u64)
+        .saturating_sub(DESCRIPTORS_RESERVED);
+    if wanted_or_default > left {
+        let why = format!(
+            "the open files limit is {descriptors} and server.max_connections {}",
+            config.server.max_connections
+        );
+        match wanted {
+            Some(wanted) => log::warn!(
+                "memory_cache.open_files: keeping {left} files open, not {wanted}: {why} \
+                 (raise LimitNOFILE)"
+            ),
+            None => log::info!("keeping up to {left} object files open: {why}"),
+        }
+    }
+    wanted_or_default.min(left) as usize
+}
+
 fn with_tiers<S: BucketStore>(
     store: S,
     limits: HotTierLimits,

@@ -12,7 +12,9 @@
 //!
 //! Reads use plain positional reads on the calling thread, as nginx does without `aio`: hot
 //! objects come from the page cache, and a thread hop per read would cost more than it saves.
-//! A small object file is read whole when it is opened (one read for trailer and body).
+//! A small object file is read whole when it is opened (one read for trailer and body). Files
+//! may be kept open between requests ([`super::open_files`]); every change made here to an
+//! object's file drops it from there.
 //!
 //! A variant of an object sits beside it as `<object file>.<variant>` (e.g. `….br`), in the
 //! same format, its metadata naming the version it was made from; one of an older version is
@@ -23,16 +25,20 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
+use std::sync::Arc;
+
 use super::checksum::SequentialCheck;
+use super::open_files::{FileState, OpenFile, OpenFiles};
 use super::write_behind::WriteBehind;
 use super::{
-    BucketStore, ListedObject, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject,
+    BucketStore, Derived, ListedObject, NewObject, ObjectMeta, ObjectWriter, StoreError,
+    StoredObject,
 };
 use crate::key::ObjectKey;
 
@@ -61,6 +67,8 @@ pub fn object_path_under(root: &Path, bucket: &str, key: &ObjectKey) -> PathBuf 
 #[derive(Debug, Clone)]
 pub struct DiskStore {
     root: PathBuf,
+    /// Object files kept open between requests; `None`: each open opens the file.
+    open_files: Option<Arc<OpenFiles>>,
 }
 
 impl DiskStore {
@@ -85,7 +93,54 @@ impl DiskStore {
         }
         Ok(DiskStore {
             root: root.to_path_buf(),
+            open_files: None,
         })
+    }
+
+    /// This store, keeping up to `max_files` object files open between requests (0: none),
+    /// each served for `trusted_for` at most before its name is opened again (changes made
+    /// through this store are seen at once).
+    pub fn keeping_open_files(self, max_files: usize, trusted_for: Duration) -> DiskStore {
+        let keep = max_files > 0 && !trusted_for.is_zero();
+        DiskStore {
+            open_files: keep.then(|| Arc::new(OpenFiles::new(max_files, trusted_for))),
+            ..self
+        }
+    }
+
+    /// Drops what is kept of `key`'s file after this process changed it.
+    fn changed(&self, bucket: &str, key: &ObjectKey) {
+        if let Some(files) = &self.open_files {
+            files.forget(files.id(bucket, key));
+        }
+    }
+
+    /// Opens `key`'s file and reads its metadata (and a small object's body, read with it);
+    /// `None` when there is no such file.
+    fn open_file(
+        &self,
+        bucket: &str,
+        key: &ObjectKey,
+    ) -> Result<Option<(OpenFile, Option<Bytes>)>, StoreError> {
+        let path = self.object_path(bucket, key);
+        let Some(file) = open_existing(&path)? else {
+            return Ok(None);
+        };
+        // One fstat for the length and the check time.
+        let stat = file.metadata()?;
+        let file_len = stat.len();
+        let (mut meta, body) = if file_len <= READ_WHOLE_UP_TO {
+            let mut whole = BytesMut::zeroed(file_len as usize);
+            file.read_exact_at(&mut whole, 0)?;
+            let meta = meta_from_tail(&file, file_len, &whole, Some(key))?;
+            whole.truncate(meta.size as usize);
+            (meta, Some(whole.freeze()))
+        } else {
+            (read_trailer_of(&file, file_len, Some(key))?, None)
+        };
+        meta.checked_at = secs_since_epoch(stat.modified()?);
+        let seen = FileState::of(&stat)?;
+        Ok(Some((OpenFile::new(bucket, file, path, meta, seen), body)))
     }
 
     fn bucket_dir(&self, bucket: &str) -> PathBuf {
@@ -148,30 +203,31 @@ impl BucketStore for DiskStore {
         bucket: &str,
         key: &ObjectKey,
     ) -> Result<Option<Box<dyn StoredObject>>, StoreError> {
-        let path = self.object_path(bucket, key);
-        let Some(file) = open_existing(&path)? else {
+        let Some(files) = &self.open_files else {
+            let opened = self.open_file(bucket, key)?;
+            return Ok(opened.map(|(open, body)| -> Box<dyn StoredObject> {
+                DiskObject::boxed(Arc::new(open), body, None)
+            }));
+        };
+        let id = files.id(bucket, key);
+        if let Some(open) = files.get(id, bucket, key) {
+            return Ok(Some(DiskObject::boxed(
+                open,
+                None,
+                Some((files.clone(), id)),
+            )));
+        }
+        let changes_before = files.changes();
+        let Some((open, body)) = self.open_file(bucket, key)? else {
             return Ok(None);
         };
-        // One fstat for the length and the check time.
-        let stat = file.metadata()?;
-        let file_len = stat.len();
-        let (mut meta, body) = if file_len <= READ_WHOLE_UP_TO {
-            let mut whole = BytesMut::zeroed(file_len as usize);
-            file.read_exact_at(&mut whole, 0)?;
-            let meta = meta_from_tail(&file, file_len, &whole, Some(key))?;
-            whole.truncate(meta.size as usize);
-            (meta, Some(whole.freeze()))
-        } else {
-            (read_trailer_of(&file, file_len, Some(key))?, None)
-        };
-        meta.checked_at = secs_since_epoch(stat.modified()?);
-        Ok(Some(Box::new(DiskObject {
-            check: SequentialCheck::new(meta.crc64, meta.size),
-            file,
-            path,
-            meta,
+        let open = Arc::new(open);
+        files.keep(id, &open, changes_before);
+        Ok(Some(DiskObject::boxed(
+            open,
             body,
-        })))
+            Some((files.clone(), id)),
+        )))
     }
 
     async fn delete(
@@ -186,7 +242,9 @@ impl BucketStore for DiskStore {
         // A damaged file is removed too, but was never an object: nothing to report.
         let meta = read_trailer(&file, Some(key)).ok();
         remove_variants(&path);
-        match std::fs::remove_file(&path) {
+        let removed = std::fs::remove_file(&path);
+        self.changed(bucket, key);
+        match removed {
             Ok(()) => Ok(meta),
             // Removed meanwhile by another purge: that one reports it.
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -210,7 +268,9 @@ impl BucketStore for DiskStore {
             .open(self.object_path(bucket, key))
         {
             Ok(file) => {
-                file.set_modified(SystemTime::now())?;
+                let set = file.set_modified(SystemTime::now());
+                self.changed(bucket, key);
+                set?;
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -240,6 +300,10 @@ impl BucketStore for DiskStore {
             final_path: self.object_path(bucket, key),
             key: key.as_str().to_string(),
             written: 0,
+            kept_in: self
+                .open_files
+                .as_ref()
+                .map(|files| (files.clone(), files.id(bucket, key))),
         }))
     }
 
@@ -254,15 +318,16 @@ impl BucketStore for DiskStore {
         let Some(file) = open_existing(&path)? else {
             return Ok(None);
         };
-        match read_trailer(&file, Some(key)) {
-            Ok(meta) if meta.is_variant_of(of) => Ok(Some(Box::new(DiskObject {
-                file,
-                path,
-                meta,
+        let stat = file.metadata()?;
+        match read_trailer_of(&file, stat.len(), Some(key)) {
+            Ok(meta) if meta.is_variant_of(of) => {
+                let seen = FileState::of(&stat)?;
+                let open = Arc::new(OpenFile::new(bucket, file, path, meta, seen));
+                let mut variant = DiskObject::boxed(open, None, None);
                 // A variant's metadata carries its object's CRC, not its own.
-                check: None,
-                body: None,
-            }))),
+                variant.check = None;
+                Ok(Some(variant))
+            }
             // Made from an older version: as good as absent.
             Ok(_) => Ok(None),
             Err(StoreError::Corrupt(why)) => {
@@ -480,9 +545,9 @@ fn open_existing(path: &Path) -> io::Result<Option<File>> {
 }
 
 struct DiskObject {
-    file: File,
-    path: PathBuf,
-    meta: ObjectMeta,
+    open: Arc<OpenFile>,
+    /// Where `open` is kept between requests, and its id there.
+    kept_in: Option<(Arc<OpenFiles>, u64)>,
     /// The stored CRC, checked while the object is read whole (`None` for variants and for
     /// objects stored before CRCs were kept).
     check: Option<SequentialCheck>,
@@ -491,19 +556,36 @@ struct DiskObject {
 }
 
 impl DiskObject {
+    fn boxed(
+        open: Arc<OpenFile>,
+        body: Option<Bytes>,
+        kept_in: Option<(Arc<OpenFiles>, u64)>,
+    ) -> Box<DiskObject> {
+        Box::new(DiskObject {
+            check: SequentialCheck::new(open.meta.crc64, open.meta.size),
+            open,
+            kept_in,
+            body,
+        })
+    }
+
     /// Removes this object's file, found damaged, so the next request is a miss and a new copy
     /// replaces it; unless a new version has been renamed into its place meanwhile.
     fn discard(&self) {
         use std::os::unix::fs::MetadataExt;
-        let (Ok(open), Ok(named)) = (self.file.metadata(), std::fs::metadata(&self.path)) else {
+        if let Some((files, id)) = &self.kept_in {
+            files.forget(*id);
+        }
+        let path = &self.open.path;
+        let (Ok(open), Ok(named)) = (self.open.file.metadata(), std::fs::metadata(path)) else {
             return;
         };
         if (open.dev(), open.ino()) != (named.dev(), named.ino()) {
             return;
         }
-        remove_variants(&self.path);
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            log::warn!("cannot remove damaged {}: {e}", self.path.display());
+        remove_variants(path);
+        if let Err(e) = std::fs::remove_file(path) {
+            log::warn!("cannot remove damaged {}: {e}", path.display());
         }
     }
 }
@@ -511,11 +593,16 @@ impl DiskObject {
 #[async_trait]
 impl StoredObject for DiskObject {
     fn meta(&self) -> &ObjectMeta {
-        &self.meta
+        &self.open.meta
+    }
+
+    fn derived(&self) -> Option<&Derived> {
+        // Only a file kept open outlives the request: then the head is made once.
+        self.kept_in.as_ref().map(|_| &self.open.derived)
     }
 
     async fn read_at(&mut self, offset: u64, max: usize) -> Result<Bytes, StoreError> {
-        let remaining = self.meta.size.saturating_sub(offset);
+        let remaining = self.open.meta.size.saturating_sub(offset);
         let len = remaining.min(max as u64) as usize;
         if len == 0 {
             return Ok(Bytes::new());
@@ -524,7 +611,7 @@ impl StoredObject for DiskObject {
             Some(body) => body.slice(offset as usize..offset as usize + len),
             None => {
                 let mut buf = BytesMut::zeroed(len);
-                self.file.read_exact_at(&mut buf, offset)?;
+                self.open.file.read_exact_at(&mut buf, offset)?;
                 buf.freeze()
             }
         };
@@ -533,7 +620,7 @@ impl StoredObject for DiskObject {
                 self.discard();
                 return Err(StoreError::Corrupt(format!(
                     "object {:?}: {why}; removed",
-                    self.meta.key
+                    self.open.meta.key
                 )));
             }
         }
@@ -548,6 +635,9 @@ struct DiskWriter {
     final_path: PathBuf,
     key: String,
     written: u64,
+    /// Where the key's file may be kept open, and its id there: dropped once a new version
+    /// replaces it.
+    kept_in: Option<(Arc<OpenFiles>, u64)>,
 }
 
 #[async_trait]
@@ -585,9 +675,14 @@ impl ObjectWriter for DiskWriter {
 
         let tmp_path = self.tmp_path.clone().unwrap_or_default();
         let final_path = self.final_path.clone();
-        tokio::task::spawn_blocking(move || publish(&tmp_path, &final_path))
+        let published = tokio::task::spawn_blocking(move || publish(&tmp_path, &final_path))
             .await
-            .map_err(|e| StoreError::Io(io::Error::other(e)))??;
+            .map_err(|e| StoreError::Io(io::Error::other(e)))?;
+        // Even a failed publish may have renamed the new version into place.
+        if let Some((files, id)) = &self.kept_in {
+            files.forget(*id);
+        }
+        published?;
         // Published: nothing left for drop to clean up.
         self.tmp_path = None;
         Ok(meta)
@@ -717,6 +812,96 @@ mod tests {
             .open_variant("b-1", &key("a"), &v1, "../x")
             .await
             .is_err());
+    }
+
+    async fn body_of(store: &DiskStore, k: &str) -> Option<Vec<u8>> {
+        let mut object = store.open("b-1", &key(k)).await.unwrap()?;
+        Some(object.read_whole().await.unwrap().to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_kept_open_file_gives_way_to_every_change_made_through_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path())
+            .unwrap()
+            .keeping_open_files(100, Duration::from_secs(60));
+        let put = |body: &'static [u8]| {
+            let store = store.clone();
+            async move {
+                let mut w = store.create("b-1", &key("a")).await.unwrap();
+                w.write(Bytes::from_static(body)).await.unwrap();
+                w.commit(NewObject::default()).await.unwrap()
+            }
+        };
+        put(b"one").await;
+        assert_eq!(body_of(&store, "a").await.as_deref(), Some(&b"one"[..]));
+        // Changes made behind the store's back are seen on the next hit: removed,
+        let path = store.object_path("b-1", &key("a"));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(body_of(&store, "a").await, None);
+        // replaced by a rename (another process's commit),
+        put(b"one").await;
+        assert_eq!(body_of(&store, "a").await.as_deref(), Some(&b"one"[..]));
+        let other = DiskStore::open(dir.path()).unwrap();
+        let mut w = other.create("b-1", &key("a")).await.unwrap();
+        w.write(Bytes::from_static(b"uno")).await.unwrap();
+        w.commit(NewObject::default()).await.unwrap();
+        assert_eq!(body_of(&store, "a").await.as_deref(), Some(&b"uno"[..]));
+        // truncated in place.
+        let len = std::fs::metadata(&path).unwrap().len();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
+        assert!(store.open("b-1", &key("a")).await.is_err(), "no trailer");
+        // Changes made through the store are seen at once: a new version,
+        put(b"two").await;
+        assert_eq!(body_of(&store, "a").await.as_deref(), Some(&b"two"[..]));
+        // a new check time too (kept while it said an hour ago),
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        let checked = |o: Box<dyn StoredObject>| o.meta().checked_at;
+        let kept_check = checked(store.open("b-1", &key("a")).await.unwrap().unwrap());
+        assert_eq!(kept_check, secs_since_epoch(hour_ago));
+        assert!(store.mark_checked("b-1", &key("a")).await.unwrap());
+        let new_check = checked(store.open("b-1", &key("a")).await.unwrap().unwrap());
+        assert!(new_check >= kept_check + 3000, "{new_check} {kept_check}");
+        // and a purge.
+        store.delete("b-1", &key("a")).await.unwrap();
+        assert_eq!(body_of(&store, "a").await, None);
+    }
+
+    #[tokio::test]
+    async fn a_kept_open_file_found_damaged_is_dropped_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path())
+            .unwrap()
+            .keeping_open_files(100, Duration::from_secs(60));
+        let body = vec![b'x'; 64 * 1024];
+        let mut w = store.create("b-1", &key("big")).await.unwrap();
+        w.write(Bytes::from(body.clone())).await.unwrap();
+        w.commit(NewObject::default()).await.unwrap();
+        assert_eq!(body_of(&store, "big").await, Some(body));
+        // Damaged in place (the kept descriptor sees it): the read fails its CRC...
+        let path = store.object_path("b-1", &key("big"));
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all_at(b"y", 10)
+            .unwrap();
+        let mut object = store.open("b-1", &key("big")).await.unwrap().unwrap();
+        assert!(object.read_whole().await.is_err());
+        // ...and the object is gone, from disk and from the kept files.
+        assert!(!path.exists());
+        assert!(store.open("b-1", &key("big")).await.unwrap().is_none());
     }
 
     #[tokio::test]

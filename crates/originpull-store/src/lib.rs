@@ -21,6 +21,7 @@ pub mod key;
 pub mod local_tier;
 pub mod md5;
 pub mod metrics;
+mod open_files;
 #[cfg(feature = "properties")]
 pub mod properties;
 #[cfg(feature = "s3")]
