@@ -158,8 +158,9 @@ pub trait StoredObject: Send {
     fn meta(&self) -> &ObjectMeta;
 
     /// Where a layer above keeps what it derives from this version of the object (the head of
-    /// its answer), when the store keeps the object between requests (the memory tier): it is
-    /// then derived once per version instead of once per request. `None` for the others.
+    /// its answer), when the store keeps the object between requests (the memory tier, a file
+    /// the disk store keeps open): it is then derived once per version instead of once per
+    /// request. `None` for the others.
     fn derived(&self) -> Option<&Derived> {
         None
     }

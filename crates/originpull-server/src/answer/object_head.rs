@@ -54,7 +54,7 @@ impl ObjectHead {
     }
 
     /// The head of `object`'s hits: kept in the store's slot for this version when it has one
-    /// (the memory tier), else made now.
+    /// (the memory tier, a file the disk store keeps open), else made now.
     pub fn of_object(object: &dyn StoredObject) -> Result<Cow<'_, ObjectHead>> {
         let meta = object.meta();
         let kept = object
