@@ -770,15 +770,7 @@ mod tests {
     async fn a_variant_is_kept_beside_its_version_and_ignored_for_another() {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(dir.path()).unwrap();
-        let put = |body: &'static [u8]| {
-            let store = store.clone();
-            async move {
-                let mut w = store.create("b-1", &key("a")).await.unwrap();
-                w.write(Bytes::from_static(body)).await.unwrap();
-                w.commit(NewObject::default()).await.unwrap()
-            }
-        };
-        let v1 = put(b"one").await;
+        let v1 = put(&store, "a", b"one").await;
         assert!(store
             .open_variant("b-1", &key("a"), &v1, "br")
             .await
@@ -802,7 +794,7 @@ mod tests {
             .unwrap()
             .is_none());
 
-        let v2 = put(b"two").await;
+        let v2 = put(&store, "a", b"two").await;
         assert!(store
             .open_variant("b-1", &key("a"), &v2, "br")
             .await
@@ -814,6 +806,19 @@ mod tests {
             .is_err());
     }
 
+    /// A store in `dir` keeping up to 100 files open.
+    fn keeping_files(dir: &tempfile::TempDir) -> DiskStore {
+        DiskStore::open(dir.path())
+            .unwrap()
+            .keeping_open_files(100, Duration::from_secs(60))
+    }
+
+    async fn put(store: &DiskStore, k: &str, body: &[u8]) -> ObjectMeta {
+        let mut w = store.create("b-1", &key(k)).await.unwrap();
+        w.write(Bytes::copy_from_slice(body)).await.unwrap();
+        w.commit(NewObject::default()).await.unwrap()
+    }
+
     async fn body_of(store: &DiskStore, k: &str) -> Option<Vec<u8>> {
         let mut object = store.open("b-1", &key(k)).await.unwrap()?;
         Some(object.read_whole().await.unwrap().to_vec())
@@ -822,30 +827,17 @@ mod tests {
     #[tokio::test]
     async fn a_kept_open_file_gives_way_to_every_change_made_through_the_store() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DiskStore::open(dir.path())
-            .unwrap()
-            .keeping_open_files(100, Duration::from_secs(60));
-        let put = |body: &'static [u8]| {
-            let store = store.clone();
-            async move {
-                let mut w = store.create("b-1", &key("a")).await.unwrap();
-                w.write(Bytes::from_static(body)).await.unwrap();
-                w.commit(NewObject::default()).await.unwrap()
-            }
-        };
-        put(b"one").await;
+        let store = keeping_files(&dir);
+        put(&store, "a", b"one").await;
         assert_eq!(body_of(&store, "a").await.as_deref(), Some(&b"one"[..]));
         // Changes made behind the store's back are seen on the next hit: removed,
         let path = store.object_path("b-1", &key("a"));
         std::fs::remove_file(&path).unwrap();
         assert_eq!(body_of(&store, "a").await, None);
         // replaced by a rename (another process's commit),
-        put(b"one").await;
+        put(&store, "a", b"one").await;
         assert_eq!(body_of(&store, "a").await.as_deref(), Some(&b"one"[..]));
-        let other = DiskStore::open(dir.path()).unwrap();
-        let mut w = other.create("b-1", &key("a")).await.unwrap();
-        w.write(Bytes::from_static(b"uno")).await.unwrap();
-        w.commit(NewObject::default()).await.unwrap();
+        put(&DiskStore::open(dir.path()).unwrap(), "a", b"uno").await;
         assert_eq!(body_of(&store, "a").await.as_deref(), Some(&b"uno"[..]));
         // truncated in place.
         let len = std::fs::metadata(&path).unwrap().len();
@@ -857,7 +849,7 @@ mod tests {
             .unwrap();
         assert!(store.open("b-1", &key("a")).await.is_err(), "no trailer");
         // Changes made through the store are seen at once: a new version,
-        put(b"two").await;
+        put(&store, "a", b"two").await;
         assert_eq!(body_of(&store, "a").await.as_deref(), Some(&b"two"[..]));
         // a new check time too (kept while it said an hour ago),
         let hour_ago = SystemTime::now() - Duration::from_secs(3600);
@@ -881,13 +873,9 @@ mod tests {
     #[tokio::test]
     async fn a_kept_open_file_found_damaged_is_dropped_and_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DiskStore::open(dir.path())
-            .unwrap()
-            .keeping_open_files(100, Duration::from_secs(60));
+        let store = keeping_files(&dir);
         let body = vec![b'x'; 64 * 1024];
-        let mut w = store.create("b-1", &key("big")).await.unwrap();
-        w.write(Bytes::from(body.clone())).await.unwrap();
-        w.commit(NewObject::default()).await.unwrap();
+        put(&store, "big", &body).await;
         assert_eq!(body_of(&store, "big").await, Some(body));
         // Damaged in place (the kept descriptor sees it): the read fails its CRC...
         let path = store.object_path("b-1", &key("big"));
