@@ -6,8 +6,11 @@
 # nginx: `ssl_protocols TLSv1.2 TLSv1.3`, `http2 on`, `ssl_session_cache shared:SSL:10m`,
 # `keepalive_requests 1000000` (its default of 1000 ends h2load's connections mid-run),
 # the same worker count as originpull's threads, access log off, sendfile and open_file_cache.
-# originpull: the same objects stored in its bucket (copied once from a throw-away loopback
-# origin over plain HTTP), access log off.
+# Both keep as many files open (nginx open_file_cache max, originpull memory_cache.open_files:
+# MANY + 1000), and nginx serves app.js.gz with gzip_static. originpull: the same objects
+# stored in its bucket (`originpull prefetch` from a throw-away loopback origin over plain
+# HTTP; the gzip variant made by a first request), access log off. The origin is then stopped:
+# its closed port is where both servers send misses (nginx `return 302`).
 #
 # Scenarios (each server in turn, ROUNDS rounds, the median reported):
 #   h2_4k       4 KiB hits over HTTP/2: h2load -c 16 -m 32                  -> req/s
@@ -15,6 +18,14 @@
 #   handshakes  a new TLS connection per request: wrk -H 'Connection: close' -> req/s
 #   h2_1m       1 MiB hits over HTTP/2: h2load -c 16 -m 4                    -> MiB/s
 #   idle_tls    memory per idle TLS connection (IDLE connections, one request each) -> KiB
+# And issue #23's loads over TLS (not the floor's: it answers one constant body):
+#   h1_many     4 KiB hits over MANY objects, a random key per request: wrk, keep-alive
+#               (benches/wrk/random_keys.lua; h2load walks one URI list in the same order on
+#               every connection, so it has no random-key load)               -> req/s, p99
+#   h1_302_distinct  a distinct missing key per request over HTTPS/1.1 -> 302
+#               (benches/wrk/distinct_misses.lua)                             -> req/s, p99
+#   h2_js_gzip  100 KB of JavaScript, Accept-Encoding: gzip, over HTTP/2: originpull's kept
+#               gzip variant against gzip_static: h2load -c 16 -m 32          -> req/s
 # Target: at least nginx's figure on each (KiB: at most nginx's).
 #
 # Usage:  benches/https_side_by_side.sh [--quick] [--help]
@@ -22,6 +33,7 @@
 # Environment knobs:
 #   ROUNDS=3  DURATION=10 (seconds per run)  THREADS=2 (originpull threads = nginx workers)
 #   IDLE=2000 (idle TLS connections)  BARE=1 (0: leave the bare Pingora floor out)
+#   MANY=10000 (objects of h1_many; both servers keep them all open)
 #   ORIGINPULL_BIN=, BARE_PINGORA_BIN=  prebuilt binaries (default: cargo build --release)
 #   KEEP_WORK=0  1: keep the work dir
 #
@@ -43,9 +55,10 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 THREADS=${THREADS:-2}
 IDLE=${IDLE:-2000}
+MANY=${MANY:-10000}
 BARE=${BARE:-1}
 KEEP_WORK=${KEEP_WORK:-0}
-for knob in ROUNDS DURATION THREADS IDLE; do
+for knob in ROUNDS DURATION THREADS IDLE MANY; do
   [[ ${!knob} =~ ^[0-9]+$ ]] && [ "${!knob}" -ge 1 ] || { echo "$knob must be >= 1" >&2; exit 2; }
 done
 
@@ -86,6 +99,11 @@ chmod 600 "$WORK/edge.key"
 mkdir -p "$WORK/root" "$WORK/data"
 head -c 4096 /dev/urandom >"$WORK/root/obj4k"
 head -c 1048576 /dev/urandom >"$WORK/root/obj1m"
+python3 "$SCRIPT_DIR/side_by_side_load.py" js >"$WORK/root/app.js"
+gzip -9 -k -n "$WORK/root/app.js"
+python3 "$SCRIPT_DIR/side_by_side_load.py" objects "$WORK/root" o/ "$MANY" 4096 >"$WORK/keys.txt"
+printf '%s\n' obj4k obj1m app.js >>"$WORK/keys.txt"
+echo bench-token >"$WORK/admin.token"; chmod 600 "$WORK/admin.token"
 
 originpull_bin
 if [ "$BARE" = 1 ]; then
@@ -96,7 +114,7 @@ if [ "$BARE" = 1 ]; then
 fi
 
 # ------------------------------------------------------------- servers
-OP_PORT=$(free_port); METRICS_PORT=$(free_port); OP_TLS=$(free_port)
+OP_PORT=$(free_port); METRICS_PORT=$(free_port); OP_TLS=$(free_port); ADMIN_PORT=$(free_port)
 NGINX_TLS=$(free_port); BARE_TLS=$(free_port); ORIGIN_PORT=$(free_port)
 
 python3 -m http.server "$ORIGIN_PORT" --bind 127.0.0.1 --directory "$WORK/root" >/dev/null 2>&1 &
@@ -105,6 +123,9 @@ for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$ORIGIN_PORT/obj4
 {
   originpull_config_head
   cat <<EOF
+admin_listen: 127.0.0.1:$ADMIN_PORT
+admin_token_file: $WORK/admin.token
+memory_cache: {open_files: $((MANY + 1000))}
 https:
   listen: 127.0.0.1:$OP_TLS
   certificates:
@@ -112,18 +133,23 @@ https:
       key_file: $WORK/edge.key
 buckets:
   - name: $BUCKET
-    origin_pull: {enabled: true, mode: mirror, origin: "127.0.0.1:$ORIGIN_PORT"}
+    origin_pull: {enabled: true, origin: "127.0.0.1:$ORIGIN_PORT"}
 EOF
 } | sed "s/server: {threads: 2,/server: {threads: $THREADS, max_connections: $((IDLE + 1000)),/" >"$WORK/originpull.yaml"
 "$OP_BIN" -c "$WORK/originpull.yaml" 2>"$WORK/originpull.log" &
 OP_PID=$!
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$OP_PORT/" && break; sleep 0.1; done
-for obj in obj4k obj1m; do
-  curl -sf -o /dev/null -H "Host: $HOST" "http://127.0.0.1:$OP_PORT/$obj" || die "cannot store $obj"
+log "copying $(wc -l <"$WORK/keys.txt") objects into originpull (originpull prefetch)"
+"$OP_BIN" prefetch --admin "http://127.0.0.1:$ADMIN_PORT" --token-file "$WORK/admin.token" \
+  --bucket "$BUCKET" "$WORK/keys.txt" 2>"$WORK/prefetch.log" || die "prefetch failed: $(tail -n 3 "$WORK/prefetch.log")"
+# The gzip variant is made in the background after the first request that asks for it.
+for _ in $(seq 100); do
+  curl -s -o /dev/null -D - -H "Host: $HOST" -H 'Accept-Encoding: gzip' "http://127.0.0.1:$OP_PORT/app.js" |
+    grep -qi '^content-encoding: gzip' && break
+  sleep 0.1
 done
-sleep 1
 kill "$ORIGIN_PID"; wait "$ORIGIN_PID" 2>/dev/null || true; ORIGIN_PID=""
-for obj in obj4k obj1m; do
+for obj in obj4k obj1m app.js o/000/000000.bin; do
   code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$WORK/edge.pem" --resolve "$HOST:$OP_TLS:127.0.0.1" "https://$HOST:$OP_TLS/$obj")
   [ "$code" = 200 ] || die "originpull does not serve $obj over HTTPS ($code)"
 done
@@ -134,13 +160,25 @@ if nginx -V 2>&1 | awk -F/ '/nginx version/ {split($2, v, "."); exit !(v[1] > 1 
 else
   H2_LISTEN=" http2"; H2_ON=""
 fi
-start_nginx "sendfile on; tcp_nopush on; access_log off; keepalive_requests 1000000; open_file_cache max=1000; open_file_cache_errors on;
-  ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_timeout 10m;" \
+start_nginx "sendfile on; tcp_nopush on; access_log off; keepalive_requests 1000000;
+  open_file_cache max=$((MANY + 1000)) inactive=60s; open_file_cache_valid 60s; open_file_cache_errors on;
+  gzip_static on; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_timeout 10m;" \
   "server { listen 127.0.0.1:$NGINX_TLS ssl$H2_LISTEN; $H2_ON server_name $HOST;
-    ssl_certificate $WORK/edge.pem; ssl_certificate_key $WORK/edge.key; root $WORK/root; }"
+    ssl_certificate $WORK/edge.pem; ssl_certificate_key $WORK/edge.key; root $WORK/root;
+    location / { try_files \$uri @origin; }
+    location @origin { return 302 http://127.0.0.1:$ORIGIN_PORT\$request_uri; } }"
 sed -i "s/^worker_processes 1;/worker_processes $THREADS;/" "$WORK/nginx.conf"
 "$NGINX_BIN" -p "$WORK" -c "$WORK/nginx.conf" -s reload 2>/dev/null || true
 for _ in $(seq 50); do curl -sk -o /dev/null "https://127.0.0.1:$NGINX_TLS/obj4k" && break; sleep 0.1; done
+
+# Both answer the compressed script with gzip, and a missing key with a 302.
+for port in "$OP_TLS" "$NGINX_TLS"; do
+  curl -s -o /dev/null -D - --cacert "$WORK/edge.pem" --resolve "$HOST:$port:127.0.0.1" \
+    -H 'Accept-Encoding: gzip' "https://$HOST:$port/app.js" | grep -qi '^content-encoding: gzip' ||
+    die "the server on port $port does not answer app.js with gzip"
+  code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$WORK/edge.pem" --resolve "$HOST:$port:127.0.0.1" "https://$HOST:$port/no/such/key")
+  [ "$code" = 302 ] || die "the server on port $port answers a missing key with $code, not 302"
+done
 
 start_bare() { # MODE
   stop_bare
@@ -153,10 +191,12 @@ start_bare() { # MODE
 # ------------------------------------------------------------- load
 port_of() { case "$1" in originpull) echo "$OP_TLS" ;; nginx) echo "$NGINX_TLS" ;; bare) echo "$BARE_TLS" ;; esac; }
 
-h2load_rps() { # SERVER PATH STREAMS -> "req/s MiB/s", or FAILED (why on stderr)
+h2load_rps() { # SERVER PATH STREAMS [HEADER] -> "req/s MiB/s", or FAILED (why on stderr)
   local port out; port=$(port_of "$1")
+  local extra=()
+  [ -n "${4:-}" ] && extra=(-H "$4")
   out=$(h2load -c 16 -m "$3" -t 2 -D "$DURATION" --warm-up-time=1 --connect-to="127.0.0.1:$port" \
-    "https://$HOST:$port$2" 2>&1) || true
+    "${extra[@]}" "https://$HOST:$port$2" 2>&1) || true
   printf '%s\n' "$out" >>"$WORK/h2load.log"
   # finished in 2.00s, 12345.50 req/s, 50.23MB/s
   # requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout
@@ -172,11 +212,18 @@ h2load_rps() { # SERVER PATH STREAMS -> "req/s MiB/s", or FAILED (why on stderr)
   fi
 }
 
-wrk_rps() { # SERVER PATH [EXTRA_HEADER] -> "req/s p99_ms"
-  local port; port=$(port_of "$1")
-  local extra=()
+wrk_rps() { # SERVER PATH [EXTRA_HEADER [SCRIPT SCRIPT_ARG...]] -> "req/s p99_ms"
+  local port path=$2; port=$(port_of "$1")
+  local extra=() script=()
   [ -n "${3:-}" ] && extra=(-H "$3")
-  wrk -t 2 -c 64 -d "${DURATION}s" --latency -H "Host: $HOST" "${extra[@]}" "https://127.0.0.1:$port$2" 2>&1 |
+  if [ -n "${4:-}" ]; then
+    script=(-s "$SCRIPT_DIR/wrk/$4")
+    shift 4
+    script+=("https://127.0.0.1:$port$path" -- "$@")
+  else
+    script=("https://127.0.0.1:$port$path")
+  fi
+  wrk -t 2 -c 64 -d "${DURATION}s" --latency -H "Host: $HOST" "${extra[@]}" "${script[@]}" 2>&1 |
     tee -a "$WORK/wrk.log" | awk '
       /Requests\/sec/ { rps=$2 }
       / 99%/ { v=$2; ms=v+0; if (v ~ /us$/) ms=v/1000; else if (v ~ /[^m]s$/) ms=v*1000; p99=ms }
@@ -227,6 +274,10 @@ for round in $(seq "$ROUNDS"); do
     record handshakes "$server" "$(wrk_rps "$server" /obj4k 'Connection: close')"
     [ "$server" = bare ] && start_bare 1m
     record h2_1m "$server" "$(h2load_rps "$server" /obj1m 4)"
+    [ "$server" = bare ] && continue
+    record h1_many "$server" "$(wrk_rps "$server" / "" random_keys.lua o/ "$MANY")"
+    record h1_302_distinct "$server" "$(wrk_rps "$server" / "" distinct_misses.lua "$server$round")"
+    record h2_js_gzip "$server" "$(h2load_rps "$server" /app.js 32 'accept-encoding: gzip')"
   done
 done
 stop_bare
@@ -239,7 +290,7 @@ echo "# HTTPS side by side, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, THREADS
 echo
 echo "| scenario | originpull | nginx | bare Pingora | originpull / nginx |"
 echo "|---|---|---|---|---|"
-for scenario in h2_4k h1_4k handshakes h2_1m idle_tls; do
+for scenario in h2_4k h1_4k handshakes h2_1m h1_many h1_302_distinct h2_js_gzip idle_tls; do
   column=1; unit="req/s"
   # h2load prints its byte rate with three digits (1.00GB/s); the objects are 1 MiB, so its
   # req/s is the MiB/s, exactly.

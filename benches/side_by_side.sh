@@ -495,10 +495,7 @@ chmod 755 "$WWW"
 head -c 4096 /dev/urandom >"$WWW/obj4k"
 head -c 1048576 /dev/urandom >"$WWW/obj1m"
 # 100 KB of JavaScript-like text, and nginx's precompressed copies of it.
-python3 -c '
-import sys
-sys.stdout.write("".join("function f%d(a, b) { return a * %d + b; } // %x\n" % (i, i, i * 2654435761 % 4294967296) for i in range(1800)))
-' | head -c 102400 >"$WWW/app.js"
+python3 "$LOAD_PY" js >"$WWW/app.js"
 gzip -9 -k -n "$WWW/app.js"
 [ "$HAVE_BROTLI_CLI" = 1 ] && brotli -q 11 -k "$WWW/app.js"
 chmod 644 "$WWW"/obj4k "$WWW"/obj1m "$WWW"/app.js*

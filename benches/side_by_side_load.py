@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Helper for benches/side_by_side.sh (not meant to be run by hand): the object sets, the
-cold pass of the mirror scenario and the idle-connection memory measurement.
+"""Helper for benches/side_by_side.sh and benches/https_side_by_side.sh (not meant to be run
+by hand): the object sets, the script, the cold pass of the mirror scenario and the
+idle-connection memory measurement.
 
   side_by_side_load.py objects ROOT PREFIX COUNT SIZE
       Write COUNT files of SIZE random bytes under ROOT, named as benches/wrk/summary.lua's
       object_path (PREFIX000/000000.bin, ...), and print their keys, one a line: the list
       `originpull prefetch` reads.
+
+  side_by_side_load.py js
+      Print 100 KB of JavaScript-like text (the compressed-hit scenarios' app.js).
 
   side_by_side_load.py cold URL HOST PREFIX COUNT SIZE CLIENTS
       Ask for each of the COUNT objects once, CLIENTS keep-alive connections at a time, each
@@ -44,6 +48,14 @@ def cmd_objects(root, prefix, count, size):
             f.write(os.urandom(size))
         os.chmod(path, 0o644)
         out.write(key + "\n")
+
+
+def cmd_js():
+    lines = "".join(
+        "function f%d(a, b) { return a * %d + b; } // %x\n" % (i, i, i * 2654435761 % 4294967296)
+        for i in range(1800)
+    )
+    sys.stdout.write(lines[:102400])
 
 
 def cmd_cold(url, host, prefix, count, size, clients):
@@ -160,6 +172,8 @@ def main(argv):
     cmd, args = (argv[1], argv[2:]) if len(argv) > 1 else ("", [])
     if cmd == "objects" and len(args) == 4:
         cmd_objects(args[0], args[1], int(args[2]), int(args[3]))
+    elif cmd == "js" and not args:
+        cmd_js()
     elif cmd == "cold" and len(args) == 6:
         cmd_cold(args[0], args[1], args[2], int(args[3]), int(args[4]), int(args[5]))
     elif cmd == "idle" and len(args) >= 7:
