@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 use originpull_cli::{demo, prefetch};
 use originpull_config::{Config, ConfigErrors};
+use originpull_server::metrics;
 use originpull_server::server::{self, ProcessFlags};
+use originpull_support::library_log::SummarizingLogger;
 
 /// A request allocates many small, short-lived buffers across threads; mimalloc's per-thread
 /// free lists handle that with less work than glibc malloc (see docs/benchmarks.md).
@@ -90,8 +92,20 @@ enum Command {
     },
 }
 
+/// env_logger (`RUST_LOG`, default `info`) behind the logger that summarizes the libraries'
+/// warnings (originpull_support::library_log).
+fn install_logger() {
+    let logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+    let max_level = logger.filter();
+    let logger = SummarizingLogger::new(Box::new(logger), metrics::count_library_log_line);
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(max_level);
+    }
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    install_logger();
     let cli = Cli::parse();
     let flags = ProcessFlags {
         daemon: cli.daemon,

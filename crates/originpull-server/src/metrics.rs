@@ -104,6 +104,7 @@ pub struct Metrics {
     pub certificate_expiry: GaugeVec,
     pub acme_orders: IntCounterVec,
     pub tls_handshake_failures: IntCounterVec,
+    pub library_log_lines: IntCounterVec,
 }
 
 // The macros only fail on a duplicate or malformed name, which is a bug caught by any test run.
@@ -220,6 +221,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["reason"]
         )
         .expect("register originpull_tls_handshake_failures_total"),
+        library_log_lines: register_int_counter_vec!(
+            "originpull_library_log_lines_total",
+            "WARN and ERROR lines from the libraries originpull runs on (Pingora, rustls...), by level; past the first of a burst they are summarized in the log, not written one by one.",
+            &["level"]
+        )
+        .expect("register originpull_library_log_lines_total"),
     };
     m.config_last_reload_successful.set(1.0);
     // Both outcomes exported from zero, so an alert on `increase(...{outcome="error"})` works
@@ -233,8 +240,19 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for reason in ["error", "timeout"] {
         m.tls_handshake_failures.with_label_values(&[reason]);
     }
+    for level in [log::Level::Error, log::Level::Warn] {
+        m.library_log_lines.with_label_values(&[level.as_str()]);
+    }
     m
 });
+
+/// Counts one WARN or ERROR line from a library (the process logger's hook).
+pub fn count_library_log_line(level: log::Level) {
+    METRICS
+        .library_log_lines
+        .with_label_values(&[level.as_str()])
+        .inc();
+}
 
 /// Registers everything once at start, so every series family is visible before traffic.
 /// (Process metrics come with the `prometheus` crate's `process` feature, on the default

@@ -4,6 +4,7 @@
 //! line with a few examples, so a scanner or an outage cannot fill the disk with log lines.
 //! Each kind of event is a [`SummarizedLog`] static; the metrics count every event.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -62,7 +63,7 @@ impl SummarizedLog {
                 .is_ok()
         {
             self.write_summary();
-            log::log!(target: self.target, self.level, "{}", message());
+            write_line(self.target, self.level, format_args!("{}", message()));
             return;
         }
         if self.unwritten.fetch_add(1, Ordering::Relaxed) < EXAMPLES as u64 {
@@ -81,13 +82,15 @@ impl SummarizedLog {
         if count == 0 {
             return;
         }
-        log::log!(
-            target: self.target,
+        write_line(
+            self.target,
             self.level,
-            "{count} more {} in the last {}s (not logged one by one), e.g. {}",
-            self.what,
-            SUMMARY_EVERY.as_secs(),
-            examples.join(" | ")
+            format_args!(
+                "{count} more {} in the last {}s (not logged one by one), e.g. {}",
+                self.what,
+                SUMMARY_EVERY.as_secs(),
+                examples.join(" | ")
+            ),
         );
     }
 
@@ -130,6 +133,35 @@ impl SummarizedLog {
             Mutex::new(Vec::new())
         });
         ticker.lock().unwrap_or_else(|p| p.into_inner()).push(self);
+    }
+}
+
+thread_local! {
+    /// Set while this thread writes a summarized log's line, so the process's logger
+    /// ([`crate::library_log`]) passes it on instead of summarizing it again.
+    static WRITING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn write_line(target: &str, level: log::Level, line: std::fmt::Arguments<'_>) {
+    WRITING.with(|writing| writing.set(true));
+    log::log!(target: target, level, "{line}");
+    WRITING.with(|writing| writing.set(false));
+}
+
+/// Whether the line being logged on this thread is a summarized log's own.
+pub(crate) fn writing_summarized_line() -> bool {
+    WRITING.with(Cell::get)
+}
+
+/// Writes every summary due now, whatever the time (tests).
+#[cfg(test)]
+pub(crate) fn write_all_summaries() {
+    let logs = TICKER
+        .get()
+        .map(|logs| logs.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        .unwrap_or_default();
+    for log in logs {
+        log.write_summary();
     }
 }
 
