@@ -421,7 +421,9 @@ impl OriginPull {
                     limits: &live.config.fill,
                     reply: &ctx.reply,
                 };
-                miss.answer(session).await
+                // Boxed: a mirror miss holds the origin connection's state (14 KiB), which
+                // would otherwise be part of every request's future, copied per request.
+                Box::pin(miss.answer(session)).await
             }
             Plan::Lookup { .. } => {
                 Error::e_explain(ErrorType::InternalError, "a look-up planned twice")
