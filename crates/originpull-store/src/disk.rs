@@ -56,12 +56,22 @@ const READ_WHOLE_UP_TO: u64 = 32 * 1024;
 /// documentation; `bucket` is a configured name, one DNS label); also used by tests to find,
 /// and damage, an object's file.
 pub fn object_path_under(root: &Path, bucket: &str, key: &ObjectKey) -> PathBuf {
-    let hash = hex::encode(Sha256::digest(key.as_str().as_bytes()));
-    root.join(bucket)
-        .join("objects")
-        .join(&hash[0..2])
-        .join(&hash[2..4])
-        .join(hash)
+    // Built in one allocation: every miss builds it (`hex::encode` and five joins cost about
+    // half a microsecond, a sixth of a miss's own work).
+    let mut hash = [0u8; 64];
+    let digest = Sha256::digest(key.as_str().as_bytes());
+    if hex::encode_to_slice(digest, &mut hash).is_err() {
+        unreachable!("a SHA-256 digest is 32 bytes, 64 hex digits");
+    }
+    let hash = String::from_utf8_lossy(&hash);
+    let mut path = PathBuf::with_capacity(root.as_os_str().len() + bucket.len() + 84);
+    path.push(root);
+    path.push(bucket);
+    path.push("objects");
+    path.push(&hash[0..2]);
+    path.push(&hash[2..4]);
+    path.push(&*hash);
+    path
 }
 
 #[derive(Debug, Clone)]
