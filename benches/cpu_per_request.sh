@@ -10,6 +10,9 @@
 #   ROUNDS  wrk runs (default 3), each DURATION seconds (default 5), THREADS (2) and
 #           CONNECTIONS (64) as in benches/side_by_side.sh
 #
+# SCRIPT=FILE runs wrk with that Lua script (e.g. benches/wrk/distinct_misses.lua, given a tag
+# unique to each round).
+#
 # Output: one line per round: req/s, user µs/request, system µs/request.
 # To compare two servers, alternate calls (A, B, A, B...) and compare medians.
 set -euo pipefail
@@ -25,7 +28,8 @@ host_args=()
 cpu() { awk '{print $14, $15}' "/proc/$PID/stat"; }
 for _ in $(seq "$ROUNDS"); do
   read -r user0 sys0 < <(cpu)
-  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" "${host_args[@]}" "$URL")
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" "${host_args[@]}" \
+    ${SCRIPT:+-s "$SCRIPT"} "$URL" ${SCRIPT:+-- "r$$-$RANDOM"})
   read -r user1 sys1 < <(cpu)
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   rate=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
