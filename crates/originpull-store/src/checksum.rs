@@ -79,6 +79,11 @@ impl SequentialCheck {
         }
         Ok(())
     }
+
+    /// Whether every byte was read in order and the whole matched the stored CRC.
+    pub fn passed(&self) -> bool {
+        self.next == Some(self.size) && self.crc.value() == self.expected
+    }
 }
 
 #[cfg(test)]
@@ -102,7 +107,9 @@ mod tests {
 
         let mut whole = SequentialCheck::new(Some(stored), 12).unwrap();
         assert!(whole.check(0, b"hello").is_ok());
+        assert!(!whole.passed());
         assert!(whole.check(5, b", world").is_ok());
+        assert!(whole.passed());
 
         let mut damaged = SequentialCheck::new(Some(stored), 12).unwrap();
         assert!(damaged.check(0, b"hellO").is_ok());
@@ -112,6 +119,7 @@ mod tests {
         let mut ranged = SequentialCheck::new(Some(stored), 12).unwrap();
         assert!(ranged.check(5, b", wOrld").is_ok());
         assert!(ranged.check(0, b"hellO, world").is_ok());
+        assert!(!ranged.passed());
 
         assert!(SequentialCheck::new(None, 12).is_none());
     }

@@ -558,8 +558,8 @@ struct DiskObject {
     open: Arc<OpenFile>,
     /// Where `open` is kept between requests, and its id there.
     kept_in: Option<(Arc<OpenFiles>, u64)>,
-    /// The stored CRC, checked while the object is read whole (`None` for variants and for
-    /// objects stored before CRCs were kept).
+    /// The stored CRC, checked while the object is read whole (`None` for variants, for
+    /// objects stored before CRCs were kept, and for a kept file already checked whole).
     check: Option<SequentialCheck>,
     /// A small object's body, read with its trailer when the file was opened.
     body: Option<Bytes>,
@@ -571,8 +571,13 @@ impl DiskObject {
         body: Option<Bytes>,
         kept_in: Option<(Arc<OpenFiles>, u64)>,
     ) -> Box<DiskObject> {
+        let check = if kept_in.is_some() && open.is_verified() {
+            None
+        } else {
+            SequentialCheck::new(open.meta.crc64, open.meta.size)
+        };
         Box::new(DiskObject {
-            check: SequentialCheck::new(open.meta.crc64, open.meta.size),
+            check,
             open,
             kept_in,
             body,
@@ -632,6 +637,9 @@ impl StoredObject for DiskObject {
                     "object {:?}: {why}; removed",
                     self.open.meta.key
                 )));
+            }
+            if check.passed() {
+                self.open.mark_verified();
             }
         }
         Ok(buf)
@@ -887,19 +895,50 @@ mod tests {
         let body = vec![b'x'; 64 * 1024];
         put(&store, "big", &body).await;
         assert_eq!(body_of(&store, "big").await, Some(body));
-        // Damaged in place (the kept descriptor sees it): the read fails its CRC...
+        // Damaged in place (the kept descriptor's fstat sees a new modification time): the
+        // file is opened again and its read fails its CRC...
         let path = store.object_path("b-1", &key("big"));
-        File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .write_all_at(b"y", 10)
-            .unwrap();
+        let file = File::options().write(true).open(&path).unwrap();
+        let modified = file.metadata().unwrap().modified().unwrap();
+        file.write_all_at(b"y", 10).unwrap();
+        file.set_modified(modified + Duration::from_secs(1)).unwrap();
         let mut object = store.open("b-1", &key("big")).await.unwrap().unwrap();
         assert!(object.read_whole().await.is_err());
         // ...and the object is gone, from disk and from the kept files.
         assert!(!path.exists());
         assert!(store.open("b-1", &key("big")).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_kept_file_is_checked_until_it_has_been_read_whole_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = keeping_files(&dir);
+        let body = vec![b'x'; 64 * 1024];
+        put(&store, "big", &body).await;
+        let path = store.object_path("b-1", &key("big"));
+        // A change fstat cannot see: same length, modification time put back.
+        let damage_unseen = |byte: &[u8]| {
+            let file = File::options().write(true).open(&path).unwrap();
+            let modified = file.metadata().unwrap().modified().unwrap();
+            file.write_all_at(byte, 10).unwrap();
+            file.set_modified(modified).unwrap();
+        };
+        // Kept after a range read only: not yet checked, so still checked.
+        let mut object = store.open("b-1", &key("big")).await.unwrap().unwrap();
+        assert_eq!(object.read_at(100, 10).await.unwrap().len(), 10);
+        drop(object);
+        damage_unseen(b"y");
+        let mut object = store.open("b-1", &key("big")).await.unwrap().unwrap();
+        assert!(object.read_whole().await.is_err(), "not checked yet");
+
+        // Read whole once and found sound: hits of the same kept file are not checked again
+        // (as the memory tier serves what it checked once).
+        put(&store, "big", &body).await;
+        assert_eq!(body_of(&store, "big").await, Some(body.clone()));
+        damage_unseen(b"z");
+        let served = body_of(&store, "big").await.unwrap();
+        assert_eq!(served.len(), body.len());
+        assert_eq!(served[10], b'z', "served from the kept file without a check");
     }
 
     #[tokio::test]
