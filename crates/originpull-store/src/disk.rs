@@ -901,7 +901,8 @@ mod tests {
         let file = File::options().write(true).open(&path).unwrap();
         let modified = file.metadata().unwrap().modified().unwrap();
         file.write_all_at(b"y", 10).unwrap();
-        file.set_modified(modified + Duration::from_secs(1)).unwrap();
+        file.set_modified(modified + Duration::from_secs(1))
+            .unwrap();
         let mut object = store.open("b-1", &key("big")).await.unwrap().unwrap();
         assert!(object.read_whole().await.is_err());
         // ...and the object is gone, from disk and from the kept files.
@@ -938,7 +939,10 @@ mod tests {
         damage_unseen(b"z");
         let served = body_of(&store, "big").await.unwrap();
         assert_eq!(served.len(), body.len());
-        assert_eq!(served[10], b'z', "served from the kept file without a check");
+        assert_eq!(
+            served[10], b'z',
+            "served from the kept file without a check"
+        );
     }
 
     #[tokio::test]
