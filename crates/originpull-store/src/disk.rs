@@ -837,6 +837,23 @@ mod tests {
         w.commit(NewObject::default()).await.unwrap()
     }
 
+    /// A store keeping files open, holding a 64 KiB object "big" (returned with its body).
+    async fn keeping_a_big_object() -> (tempfile::TempDir, DiskStore, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = keeping_files(&dir);
+        let body = vec![b'x'; 64 * 1024];
+        put(&store, "big", &body).await;
+        (dir, store, body)
+    }
+
+    /// Writes `byte` at offset 10 of `path` and sets its modification time `later` than it was.
+    fn damage_in_place(path: &Path, byte: &[u8], later: Duration) {
+        let file = File::options().write(true).open(path).unwrap();
+        let modified = file.metadata().unwrap().modified().unwrap();
+        file.write_all_at(byte, 10).unwrap();
+        file.set_modified(modified + later).unwrap();
+    }
+
     async fn body_of(store: &DiskStore, k: &str) -> Option<Vec<u8>> {
         let mut object = store.open("b-1", &key(k)).await.unwrap()?;
         Some(object.read_whole().await.unwrap().to_vec())
@@ -890,19 +907,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_kept_open_file_found_damaged_is_dropped_and_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = keeping_files(&dir);
-        let body = vec![b'x'; 64 * 1024];
-        put(&store, "big", &body).await;
+        let (_dir, store, body) = keeping_a_big_object().await;
         assert_eq!(body_of(&store, "big").await, Some(body));
         // Damaged in place (the kept descriptor's fstat sees a new modification time): the
         // file is opened again and its read fails its CRC...
         let path = store.object_path("b-1", &key("big"));
-        let file = File::options().write(true).open(&path).unwrap();
-        let modified = file.metadata().unwrap().modified().unwrap();
-        file.write_all_at(b"y", 10).unwrap();
-        file.set_modified(modified + Duration::from_secs(1))
-            .unwrap();
+        damage_in_place(&path, b"y", Duration::from_secs(1));
         let mut object = store.open("b-1", &key("big")).await.unwrap().unwrap();
         assert!(object.read_whole().await.is_err());
         // ...and the object is gone, from disk and from the kept files.
@@ -912,18 +922,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_kept_file_is_checked_until_it_has_been_read_whole_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = keeping_files(&dir);
-        let body = vec![b'x'; 64 * 1024];
-        put(&store, "big", &body).await;
+        let (_dir, store, body) = keeping_a_big_object().await;
         let path = store.object_path("b-1", &key("big"));
-        // A change fstat cannot see: same length, modification time put back.
-        let damage_unseen = |byte: &[u8]| {
-            let file = File::options().write(true).open(&path).unwrap();
-            let modified = file.metadata().unwrap().modified().unwrap();
-            file.write_all_at(byte, 10).unwrap();
-            file.set_modified(modified).unwrap();
-        };
+        // A change fstat cannot see: same length, same modification time.
+        let damage_unseen = |byte: &[u8]| damage_in_place(&path, byte, Duration::ZERO);
         // Kept after a range read only: not yet checked, so still checked.
         let mut object = store.open("b-1", &key("big")).await.unwrap().unwrap();
         assert_eq!(object.read_at(100, 10).await.unwrap().len(), 10);

@@ -120,11 +120,7 @@ impl SummarizedLog {
                 .name("log-summary".into())
                 .spawn(|| loop {
                     std::thread::sleep(SUMMARY_EVERY);
-                    let logs = TICKER
-                        .get()
-                        .map(|logs| logs.lock().unwrap_or_else(|p| p.into_inner()).clone())
-                        .unwrap_or_default();
-                    for log in logs {
+                    for log in logs_with_events() {
                         log.write_summary_if_due();
                     }
                 })
@@ -156,17 +152,20 @@ pub(crate) fn writing_summarized_line() -> bool {
 /// Writes every summary due now, whatever the time (tests).
 #[cfg(test)]
 pub(crate) fn write_all_summaries() {
-    let logs = TICKER
-        .get()
-        .map(|logs| logs.lock().unwrap_or_else(|p| p.into_inner()).clone())
-        .unwrap_or_default();
-    for log in logs {
+    for log in logs_with_events() {
         log.write_summary();
     }
 }
 
 /// The logs with events, for the thread that writes their summaries.
 static TICKER: OnceLock<Mutex<Vec<&'static SummarizedLog>>> = OnceLock::new();
+
+fn logs_with_events() -> Vec<&'static SummarizedLog> {
+    TICKER
+        .get()
+        .map(|logs| logs.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        .unwrap_or_default()
+}
 
 /// The coarse monotonic clock in whole seconds, never 0 (0 means "never written").
 fn now_secs() -> u64 {
