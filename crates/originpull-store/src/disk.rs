@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use std::sync::Arc;
@@ -140,11 +140,10 @@ impl DiskStore {
         let stat = file.metadata()?;
         let file_len = stat.len();
         let (mut meta, body) = if file_len <= READ_WHOLE_UP_TO {
-            let mut whole = BytesMut::zeroed(file_len as usize);
-            file.read_exact_at(&mut whole, 0)?;
+            let mut whole = read_new_buffer_at(&file, file_len as usize, 0)?;
             let meta = meta_from_tail(&file, file_len, &whole, Some(key))?;
             whole.truncate(meta.size as usize);
-            (meta, Some(whole.freeze()))
+            (meta, Some(whole))
         } else {
             (read_trailer_of(&file, file_len, Some(key))?, None)
         };
@@ -546,6 +545,24 @@ fn meta_from_tail(
 }
 
 /// The file at `path` opened for reading, `None` when there is none.
+/// Reads exactly `len` bytes of `file` at `offset` into a new buffer, which is not zeroed
+/// first (zeroing was 5% of a 1 MiB hit's CPU).
+fn read_new_buffer_at(file: &File, len: usize, offset: u64) -> io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The spare capacity may have been larger than asked for.
+    buf.truncate(len);
+    Ok(Bytes::from(buf))
+}
+
 fn open_existing(path: &Path) -> io::Result<Option<File>> {
     match File::open(path) {
         Ok(file) => Ok(Some(file)),
@@ -624,11 +641,7 @@ impl StoredObject for DiskObject {
         }
         let buf = match &self.body {
             Some(body) => body.slice(offset as usize..offset as usize + len),
-            None => {
-                let mut buf = BytesMut::zeroed(len);
-                self.open.file.read_exact_at(&mut buf, offset)?;
-                buf.freeze()
-            }
+            None => read_new_buffer_at(&self.open.file, len, offset)?,
         };
         if let Some(check) = &mut self.check {
             if let Err(why) = check.check(offset, &buf) {
@@ -945,6 +958,18 @@ mod tests {
             served[10], b'z',
             "served from the kept file without a check"
         );
+    }
+
+    #[test]
+    fn a_read_into_a_new_buffer_gives_exactly_the_bytes_asked_for_or_fails_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let file = File::open(&path).unwrap();
+        assert_eq!(&read_new_buffer_at(&file, 5, 3).unwrap()[..], b"34567");
+        assert_eq!(read_new_buffer_at(&file, 0, 10).unwrap().len(), 0);
+        let short = read_new_buffer_at(&file, 20, 0).unwrap_err();
+        assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[tokio::test]
