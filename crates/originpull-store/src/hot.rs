@@ -21,7 +21,6 @@
 //! version they were made from, so they need no revalidation: a new version simply looks up a
 //! variant that is not there.
 
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +32,7 @@ use tinyufo::TinyUfo;
 use super::{BucketStore, Derived, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject};
 use crate::doorkeeper::Doorkeeper;
 use crate::in_flight::InFlight;
-use crate::key::ObjectKey;
+use crate::key::{ObjectIds, ObjectKey};
 use originpull_support::clock::coarse_now;
 
 /// TinyUFO weighs entries in u16 units; ours are KiB, plus one for the entry's own overhead.
@@ -84,9 +83,7 @@ struct Shared<S> {
     limits: HotTierLimits,
     /// Once the tier is full, takes in only objects asked for recently.
     doorkeeper: Doorkeeper,
-    /// Seeded per process; a collision of two keys' ids only makes them share a slot (a look-up
-    /// checks bucket and key), so a fast hash is enough.
-    hasher: hashbrown::DefaultHashBuilder,
+    ids: ObjectIds,
 }
 
 pub struct HotTier<S> {
@@ -107,7 +104,7 @@ impl<S: BucketStore> HotTier<S> {
                 revalidating: InFlight::new(),
                 limits,
                 doorkeeper: Doorkeeper::new(estimated_entries),
-                hasher: Default::default(),
+                ids: ObjectIds::default(),
             }),
         }
     }
@@ -115,18 +112,11 @@ impl<S: BucketStore> HotTier<S> {
 
 impl<S> Shared<S> {
     fn id(&self, bucket: &str, key: &ObjectKey) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        bucket.hash(&mut h);
-        key.as_str().hash(&mut h);
-        h.finish()
+        self.ids.of(bucket, key)
     }
 
     fn variant_id(&self, bucket: &str, key: &ObjectKey, variant: &str) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        bucket.hash(&mut h);
-        key.as_str().hash(&mut h);
-        variant.hash(&mut h);
-        h.finish()
+        self.ids.of_variant(bucket, key, variant)
     }
 
     /// The cached `variant` made from version `of`, if any.

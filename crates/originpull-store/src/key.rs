@@ -1,10 +1,12 @@
-//! Object keys: the one parser from a request path to a key, and the one encoder from a key back
-//! to a URL path for the origin.
+//! Object keys: the one parser from a request path to a key, the one encoder from a key back
+//! to a URL path for the origin, and the ids the in-process caches file objects under.
 //!
 //! A key is the request path without its leading `/`, percent-decoded, valid UTF-8 (as S3 and
 //! COS keys are), at most 1024 bytes, and free of control characters and `.`/`..` segments. Keys
 //! never name files directly (the disk store hashes them), so this parser is about what a valid
 //! key is, not about file system safety; the store does not rely on it for that.
+
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use percent_encoding::{percent_decode, percent_encode, AsciiSet, CONTROLS, NON_ALPHANUMERIC};
 
@@ -208,6 +210,31 @@ fn percent_escapes_are_complete(bytes: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// The ids the in-process caches (the memory tier, the files kept open) file an object, or one
+/// of its variants, under: a hash of bucket, key (and variant), seeded per process. Two objects
+/// sharing an id only share a slot (a look-up checks bucket and key), so a fast hash is enough.
+#[derive(Default)]
+pub(crate) struct ObjectIds(hashbrown::DefaultHashBuilder);
+
+impl ObjectIds {
+    pub(crate) fn of(&self, bucket: &str, key: &ObjectKey) -> u64 {
+        self.hasher_for(bucket, key).finish()
+    }
+
+    pub(crate) fn of_variant(&self, bucket: &str, key: &ObjectKey, variant: &str) -> u64 {
+        let mut h = self.hasher_for(bucket, key);
+        variant.hash(&mut h);
+        h.finish()
+    }
+
+    fn hasher_for(&self, bucket: &str, key: &ObjectKey) -> impl Hasher {
+        let mut h = self.0.build_hasher();
+        bucket.hash(&mut h);
+        key.as_str().hash(&mut h);
+        h
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@
 //! again, to be checked again. The check was a fifth of a 1 MiB hit's CPU.
 
 use std::fs::{File, Metadata};
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -31,7 +30,7 @@ use tinyufo::TinyUfo;
 
 use super::{Derived, ObjectMeta};
 use crate::doorkeeper::Doorkeeper;
-use crate::key::ObjectKey;
+use crate::key::{ObjectIds, ObjectKey};
 use originpull_support::clock::coarse_now;
 
 /// One object file, open, with what was read from it when it was opened.
@@ -113,9 +112,7 @@ pub(crate) struct OpenFiles {
     changes: AtomicU64,
     /// How long an open file is served without opening its name again.
     trusted_for: Duration,
-    /// Seeded per process; two keys sharing an id only share a slot (a look-up checks bucket
-    /// and key).
-    hasher: hashbrown::DefaultHashBuilder,
+    ids: ObjectIds,
 }
 
 impl std::fmt::Debug for OpenFiles {
@@ -132,15 +129,12 @@ impl OpenFiles {
             doorkeeper: Doorkeeper::new(max_files),
             changes: AtomicU64::new(0),
             trusted_for,
-            hasher: Default::default(),
+            ids: ObjectIds::default(),
         }
     }
 
     pub(crate) fn id(&self, bucket: &str, key: &ObjectKey) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        bucket.hash(&mut h);
-        key.as_str().hash(&mut h);
-        h.finish()
+        self.ids.of(bucket, key)
     }
 
     /// The kept file of exactly this bucket and key, if it is unchanged and still trusted.
