@@ -13,8 +13,8 @@ pub struct MemoryCacheSettings {
     pub revalidate_secs: u64,
     /// Object files the disk store keeps open between requests, with their metadata (as nginx's
     /// `open_file_cache`), each trusted for `revalidate_secs`; 0: none. Lowered at start to what
-    /// the descriptor limit leaves; `None`
-    /// (not set): [`DEFAULT_OPEN_FILES`], or what the limit leaves, without a warning.
+    /// the descriptor limit leaves; `None` (not set): [`DEFAULT_OPEN_FILES`], or what the limit
+    /// leaves, without a warning.
     pub open_files: Option<u64>,
 }
 

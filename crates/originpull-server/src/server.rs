@@ -318,8 +318,6 @@ fn worker_listener(
     WorkerListener::new(gate, name, listen, worker)
 }
 
-/// The memory tier in front of `store`, unless it is turned off (`max_bytes: 0`).
-/// `store` behind the memory tier (unless it is off), counted per bucket.
 /// Descriptors kept for everything but client connections and kept files: origin and store
 /// connections, copies being written, logs, listeners.
 const DESCRIPTORS_RESERVED: u64 = 1024;
@@ -367,6 +365,8 @@ fn open_files_within_descriptor_limit(config: &Config) -> usize {
     wanted_or_default.min(left) as usize
 }
 
+/// `store` behind the memory tier (unless it is turned off, `max_bytes: 0`), counted per
+/// bucket.
 fn with_tiers<S: BucketStore>(
     store: S,
     limits: HotTierLimits,

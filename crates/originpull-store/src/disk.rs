@@ -25,13 +25,12 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-
-use std::sync::Arc;
 
 use super::checksum::SequentialCheck;
 use super::open_files::{FileState, OpenFile, OpenFiles};
@@ -544,7 +543,6 @@ fn meta_from_tail(
     Ok(meta)
 }
 
-/// The file at `path` opened for reading, `None` when there is none.
 /// Reads exactly `len` bytes of `file` at `offset` into a new buffer, which is not zeroed
 /// first (zeroing was 5% of a 1 MiB hit's CPU).
 fn read_new_buffer_at(file: &File, len: usize, offset: u64) -> io::Result<Bytes> {
@@ -563,6 +561,7 @@ fn read_new_buffer_at(file: &File, len: usize, offset: u64) -> io::Result<Bytes>
     Ok(Bytes::from(buf))
 }
 
+/// The file at `path` opened for reading, `None` when there is none.
 fn open_existing(path: &Path) -> io::Result<Option<File>> {
     match File::open(path) {
         Ok(file) => Ok(Some(file)),
