@@ -239,14 +239,6 @@ fn fill_filesystem(dir: &Path, leave: usize) -> PathBuf {
     path
 }
 
-/// Entries left in the bucket's directory of objects being written.
-fn temporary_files(server: &Originpull) -> Vec<PathBuf> {
-    match std::fs::read_dir(server.bucket_dir(BUCKET).join("tmp")) {
-        Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
 /// Memory tier off (every hit reads the disk); a failed key may be copied again at once.
 const DISK_ONLY_RETRY_AT_ONCE: &str =
     "memory_cache:\n  max_bytes: 0\nfill:\n  negative_ttl_secs: 0\n";
@@ -295,11 +287,11 @@ async fn a_full_disk_fails_copies_cleanly_and_they_succeed_once_space_is_freed()
     );
     assert!(
         wait_until(Duration::from_secs(5), || async {
-            temporary_files(&server).is_empty()
+            server.temporary_files(BUCKET).is_empty()
         })
         .await,
         "temporary files left behind: {:?}",
-        temporary_files(&server)
+        server.temporary_files(BUCKET)
     );
     let (status, served) = get_body(&server, BUCKET, "/kept.bin").await;
     assert_eq!(status, 200, "a stored object stopped being served");
@@ -341,7 +333,7 @@ async fn a_read_only_data_dir_fails_copies_and_serving_goes_on() {
         served_whole_eventually(&server, "/later.bin", &later).await,
         "copies did not succeed again once the data_dir was writable"
     );
-    assert!(temporary_files(&server).is_empty());
+    assert!(server.temporary_files(BUCKET).is_empty());
 }
 
 #[tokio::test]

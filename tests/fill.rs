@@ -242,10 +242,8 @@ async fn origin_faults_store_nothing_and_a_later_good_answer_is_stored() {
         0.0
     );
     assert_eq!(
-        std::fs::read_dir(server.bucket_dir(BUCKET).join("tmp"))
-            .unwrap()
-            .count(),
-        0
+        server.temporary_files(BUCKET),
+        Vec::<std::path::PathBuf>::new()
     );
 
     // The origin recovers: each key is copied whole on its next miss.
@@ -494,10 +492,8 @@ async fn graceful_shutdown_finishes_or_discards_running_copies() {
         "unfinished copy discarded"
     );
     assert_eq!(
-        std::fs::read_dir(server.bucket_dir(BUCKET).join("tmp"))
-            .unwrap()
-            .count(),
-        0
+        server.temporary_files(BUCKET),
+        Vec::<std::path::PathBuf>::new()
     );
 }
 

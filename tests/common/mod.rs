@@ -1937,6 +1937,15 @@ impl Originpull {
         self.data_dir.join(bucket)
     }
 
+    /// The files in the bucket's directory of objects being written (none when it was never
+    /// made: a small body's file is made only when it is complete).
+    pub fn temporary_files(&self, bucket: &str) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.bucket_dir(bucket).join("tmp")) {
+            Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Replaces the config file atomically (write a temp file in the same dir, then rename), so
     /// a watcher never sees a half-written file.
     pub fn rewrite_config(&self, yaml: &str) {

@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 
 use super::checksum::SequentialCheck;
 use super::open_files::{FileState, OpenFile, OpenFiles};
-use super::write_behind::WriteBehind;
+use super::write_behind::{remove_unfinished, Digests, WriteBehind};
 use super::{
     BucketStore, Derived, ListedObject, NewObject, ObjectMeta, ObjectWriter, StoreError,
     StoredObject,
@@ -292,18 +292,8 @@ impl BucketStore for DiskStore {
         key: &ObjectKey,
     ) -> Result<Box<dyn ObjectWriter>, StoreError> {
         let tmp_path = self.tmp_path(bucket);
-        if let Some(tmp_dir) = tmp_path.parent() {
-            tokio::fs::create_dir_all(tmp_dir).await?;
-        }
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-            .await?
-            .into_std()
-            .await;
         Ok(Box::new(DiskWriter {
-            body: WriteBehind::start(file, &tmp_path),
+            body: WriteBehind::new(tmp_path.clone()),
             tmp_path: Some(tmp_path),
             final_path: self.object_path(bucket, key),
             key: key.as_str().to_string(),
@@ -686,33 +676,40 @@ impl ObjectWriter for DiskWriter {
         let last_modified = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let digests = self.body.digests().await?;
         let meta = ObjectMeta {
             key: std::mem::take(&mut self.key),
             size: self.written,
             content_type: object
                 .content_type
                 .unwrap_or_else(|| "application/octet-stream".to_string()),
-            etag: hex::encode(digests.md5),
-            crc64: Some(digests.crc64),
+            etag: String::new(),
+            crc64: None,
             last_modified,
             headers: object.headers,
             origin_etag: object.origin_etag,
             origin_last_modified: object.origin_last_modified,
             checked_at: last_modified,
         };
-        self.body.finish(encode_trailer(&meta)?).await?;
-
+        let seal = move |digests: Digests| {
+            let meta = ObjectMeta {
+                etag: hex::encode(digests.md5),
+                crc64: Some(digests.crc64),
+                ..meta
+            };
+            let trailer = encode_trailer(&meta).map_err(io::Error::other)?;
+            Ok((trailer, meta))
+        };
         let tmp_path = self.tmp_path.clone().unwrap_or_default();
         let final_path = self.final_path.clone();
-        let published = tokio::task::spawn_blocking(move || publish(&tmp_path, &final_path))
-            .await
-            .map_err(|e| StoreError::Io(io::Error::other(e)))?;
+        let completed = self
+            .body
+            .complete(seal, Box::new(move || publish(&tmp_path, &final_path)))
+            .await;
         // Even a failed publish may have renamed the new version into place.
         if let Some((files, id)) = &self.kept_in {
             files.forget(*id);
         }
-        published?;
+        let meta = completed?;
         // Published: nothing left for drop to clean up.
         self.tmp_path = None;
         Ok(meta)
@@ -733,9 +730,7 @@ impl Drop for DiskWriter {
     fn drop(&mut self) {
         if let Some(tmp) = self.tmp_path.take() {
             // The open handle may still be flushing; unlinking the name is enough.
-            if let Err(e) = std::fs::remove_file(&tmp) {
-                log::warn!("cannot remove unfinished {}: {e}", tmp.display());
-            }
+            remove_unfinished(&tmp);
         }
     }
 }
@@ -769,16 +764,28 @@ mod tests {
     async fn uncommitted_writes_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(dir.path()).unwrap();
-        let mut w = store.create("b-1", &key("x")).await.unwrap();
-        w.write(Bytes::from_static(b"partial")).await.unwrap();
-        drop(w);
-        assert!(store.open("b-1", &key("x")).await.unwrap().is_none());
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("b-1/tmp"))
-                .unwrap()
-                .count(),
-            0
-        );
+        // A small body (kept in memory) and one large enough to be written as it arrives.
+        for len in [7, 3 * 1024 * 1024] {
+            let mut w = store.create("b-1", &key("x")).await.unwrap();
+            w.write(Bytes::from(vec![b'p'; len])).await.unwrap();
+            drop(w);
+            assert!(store.open("b-1", &key("x")).await.unwrap().is_none());
+            // A large body's file thread notices the drop on its own.
+            let left_in_tmp = || match std::fs::read_dir(dir.path().join("b-1/tmp")) {
+                Ok(entries) => entries.count(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+                Err(e) => panic!("{e}"),
+            };
+            let mut left = left_in_tmp();
+            for _ in 0..500 {
+                if left == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                left = left_in_tmp();
+            }
+            assert_eq!(left, 0, "len {len}");
+        }
     }
 
     #[tokio::test]

@@ -1,18 +1,33 @@
-//! Where a new disk object's bytes go while it is copied: two threads of the blocking pool, one
-//! computing the MD5 ETag and one writing the file (and computing the CRC-64, which costs a
-//! fraction of the MD5), so receiving, hashing and writing overlap instead of taking turns on the
-//! request thread. The origin's small reads are gathered into 256 KiB pieces first: handing each
-//! socket read to both threads cost a wake-up per read (measured in `docs/benchmarks.md`).
+//! Where a new disk object's bytes go while it is copied, and how its file is completed:
+//! digests, trailer, `fsync`, and the caller's publishing step (the rename into place).
 //!
-//! Bodies are written in aligned 1 MiB blocks with `O_DIRECT` where the filesystem allows it:
-//! on the disk measured in `docs/benchmarks.md`, flushing 1 GiB from the page cache at `fsync`
-//! took four times as long as writing it directly. The part of the body that does not fill a
-//! block, and the trailer, go through the page cache, and the final `fsync` covers both.
+//! A body of up to [`SMALL_BODY`] (most of a site's files) stays in memory as it arrives and is
+//! completed in one go on one thread of the blocking pool: MD5 and CRC-64, the temporary file
+//! created and written, `fsync`, then the publishing step. Handing such a body piece by piece
+//! between threads cost more than hashing it: a cold mirrored 256 KiB object took 19 `futex`
+//! calls and five trips through the blocking pool (`docs/benchmarks.md`, "Cold mirror misses:
+//! small copies on one thread").
+//!
+//! A larger body goes to two threads of the blocking pool as it arrives, one computing the MD5
+//! and one writing the file (and computing the CRC-64, which costs a fraction of the MD5), so
+//! receiving, hashing and writing overlap instead of taking turns on the request thread. The
+//! origin's small reads are gathered into 256 KiB pieces first: handing each socket read to
+//! both threads cost a wake-up per read (measured in `docs/benchmarks.md`).
+//!
+//! Bodies are written in aligned 1 MiB blocks with `O_DIRECT` where the filesystem allows it,
+//! and so are the whole pages of the last block (all of a small body): on the disk measured in
+//! `docs/benchmarks.md`, flushing 1 GiB from the page cache at `fsync` took four times as long
+//! as writing it directly, and a 256 KiB file written through the page cache and synced cost
+//! three times the CPU. The last part-page and the trailer go through the page cache, and the
+//! final `fsync` covers both.
+//!
+//! The temporary file is created when the body is first written out, so a copy that fails
+//! before that leaves no file behind.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
@@ -21,6 +36,9 @@ use tokio::task::JoinHandle;
 use super::checksum::Crc64;
 use super::md5::Md5;
 
+/// Bodies up to this size are kept in memory and completed on one thread; larger ones stream
+/// to the hashing and writing threads. Also the most a copy holds in memory before that.
+pub const SMALL_BODY: usize = 1024 * 1024;
 /// Chunks queued for each thread: bounds what a fast origin and a slow disk can pile up.
 const QUEUE_CHUNKS: usize = 16;
 /// Smaller pieces from the origin are gathered up to this size before they are queued: one
@@ -31,16 +49,157 @@ const DIRECT_BLOCK: usize = 1024 * 1024;
 /// Alignment of the direct-write buffer in memory (and of every direct write's offset).
 const DIRECT_ALIGN: usize = 4096;
 
+/// The step that makes a completed file the object (renaming it into place); it runs on the
+/// thread that made the file durable.
+pub type Publish = Box<dyn FnOnce() -> io::Result<()> + Send>;
+
+/// The body's writer, owned by the object's writer on the request thread.
+pub struct WriteBehind {
+    /// The temporary file the body goes to.
+    path: PathBuf,
+    body: Body,
+}
+
+enum Body {
+    /// No thread has seen the body yet: all of it so far, as it arrived.
+    InMemory { pieces: Vec<Bytes>, len: usize },
+    /// Over [`SMALL_BODY`]: going to the hashing and writing threads.
+    Streaming(Threads),
+    /// Completed, or failed while completing: nothing more may be pushed.
+    Ended,
+}
+
+impl WriteBehind {
+    /// A writer of a new temporary file at `path` (created when the body is first written out).
+    pub fn new(path: PathBuf) -> WriteBehind {
+        WriteBehind {
+            path,
+            body: Body::InMemory {
+                pieces: Vec::new(),
+                len: 0,
+            },
+        }
+    }
+
+    /// Takes the next `chunk` of the body.
+    pub async fn push(&mut self, chunk: Bytes) -> io::Result<()> {
+        match &mut self.body {
+            Body::InMemory { pieces, len } if *len + chunk.len() <= SMALL_BODY => {
+                *len += chunk.len();
+                pieces.push(chunk);
+                Ok(())
+            }
+            Body::InMemory { pieces, len } => {
+                // Past the small size: the threads start with everything so far, in one piece.
+                let mut first = BytesMut::with_capacity(*len + chunk.len());
+                for piece in pieces.drain(..) {
+                    first.extend_from_slice(&piece);
+                }
+                first.extend_from_slice(&chunk);
+                let mut threads = Threads::start(self.path.clone());
+                let queued = threads.queue(first.freeze()).await;
+                self.body = Body::Streaming(threads);
+                queued
+            }
+            Body::Streaming(threads) => threads.push(chunk).await,
+            Body::Ended => Err(io::Error::other("the object's body was already completed")),
+        }
+    }
+
+    /// Completes the file: computes the body's digests, writes the trailer `seal` makes of them
+    /// after the body, makes the file durable, then runs `publish`. Returns what `seal` gave
+    /// beside the trailer. Nothing may be pushed after, whatever the outcome.
+    pub async fn complete<T: Send + 'static>(
+        &mut self,
+        seal: impl FnOnce(Digests) -> io::Result<(Vec<u8>, T)> + Send + 'static,
+        publish: Publish,
+    ) -> io::Result<T> {
+        match std::mem::replace(&mut self.body, Body::Ended) {
+            Body::InMemory { pieces, .. } => {
+                let path = self.path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let completed = (|| {
+                        let digests = Digests::of(&pieces);
+                        let (trailer, sealed) = seal(digests)?;
+                        write_whole_file(&path, &pieces, &trailer)?;
+                        publish()?;
+                        Ok(sealed)
+                    })();
+                    if completed.is_err() {
+                        // This thread may have made the file after the writer gave up on it.
+                        remove_unfinished(&path);
+                    }
+                    completed
+                })
+                .await
+                .map_err(io::Error::other)?
+            }
+            Body::Streaming(mut threads) => {
+                let digests = threads.digests().await?;
+                let (trailer, sealed) = seal(digests)?;
+                threads.finish(trailer, publish).await?;
+                Ok(sealed)
+            }
+            Body::Ended => Err(io::Error::other("the object's body was already completed")),
+        }
+    }
+}
+
+/// What the bytes of a finished body hash to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digests {
+    pub md5: [u8; 16],
+    pub crc64: u64,
+}
+
+impl Digests {
+    fn of(pieces: &[Bytes]) -> Digests {
+        let mut md5 = Md5::new();
+        let mut crc = Crc64::new();
+        for piece in pieces {
+            md5.update(piece);
+            crc.update(piece);
+        }
+        Digests {
+            md5: md5.finalize(),
+            crc64: crc.value(),
+        }
+    }
+}
+
+/// A new file at `path` holding `pieces` and then `trailer`, durable when this returns.
+fn write_whole_file(path: &Path, pieces: &[Bytes], trailer: &[u8]) -> io::Result<()> {
+    let mut out = BodyFile::create(path)?;
+    for piece in pieces {
+        out.write(piece)?;
+    }
+    out.finish(trailer)
+}
+
+/// Creates the temporary file (and its directory when missing); refuses to reuse one.
+fn create_new_file(path: &Path) -> io::Result<File> {
+    let create = || OpenOptions::new().write(true).create_new(true).open(path);
+    match create() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            create()
+        }
+        opened => opened,
+    }
+}
+
 enum ToFile {
     Body(Bytes),
     /// The body is complete: send its CRC-64 back.
     EndOfBody(oneshot::Sender<u64>),
-    /// The body is complete: write this trailer after it and make it all durable.
-    Finish(Vec<u8>),
+    /// The body is complete: write this trailer after it, make it all durable, then publish.
+    Finish(Vec<u8>, Publish),
 }
 
-/// The sending side, owned by the object's writer on the request thread.
-pub struct WriteBehind {
+/// The sending side of a large body's two threads.
+struct Threads {
     /// `None` once the digests were asked for: the hasher has seen the whole body.
     to_hasher: Option<mpsc::Sender<Bytes>>,
     to_file: mpsc::Sender<ToFile>,
@@ -50,31 +209,29 @@ pub struct WriteBehind {
     gathered: BytesMut,
 }
 
-impl WriteBehind {
-    /// Starts hashing and writing into `file`, which was just created at `path`.
-    pub fn start(file: File, path: &Path) -> WriteBehind {
-        let path = path.to_path_buf();
+impl Threads {
+    /// Starts hashing, and writing into a new file at `path`.
+    fn start(path: PathBuf) -> Threads {
         let (to_hasher, hashed) = mpsc::channel(QUEUE_CHUNKS);
         let (to_file, written) = mpsc::channel(QUEUE_CHUNKS);
-        WriteBehind {
+        Threads {
             to_hasher: Some(to_hasher),
             to_file,
             gathered: BytesMut::new(),
             hasher: tokio::task::spawn_blocking(move || hash(hashed)),
             file: tokio::task::spawn_blocking(move || {
-                // The direct handle is optional: tmpfs and some filesystems refuse O_DIRECT.
-                let direct = OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(&path)
-                    .ok();
-                write_file(BodyFile::new(file, direct), written)
+                let written = BodyFile::create(&path).and_then(|out| write_file(out, written));
+                if !matches!(written, Ok(FileEnd::Published)) {
+                    // The writer may have dropped the file's name before this thread made it.
+                    remove_unfinished(&path);
+                }
+                written.map(|_| ())
             }),
         }
     }
 
     /// Takes `chunk`, queueing what was gathered for both threads once it is large enough.
-    pub async fn push(&mut self, chunk: Bytes) -> io::Result<()> {
+    async fn push(&mut self, chunk: Bytes) -> io::Result<()> {
         if self.to_hasher.is_none() {
             return Err(io::Error::other("the object's body was already completed"));
         }
@@ -110,7 +267,7 @@ impl WriteBehind {
     }
 
     /// The MD5 and CRC-64 of everything pushed; no body may be pushed after.
-    pub async fn digests(&mut self) -> io::Result<Digests> {
+    async fn digests(&mut self) -> io::Result<Digests> {
         if !self.gathered.is_empty() && self.to_hasher.is_some() {
             let rest = self.gathered.split().freeze();
             self.queue(rest).await?;
@@ -133,9 +290,14 @@ impl WriteBehind {
         Ok(Digests { md5, crc64 })
     }
 
-    /// Writes `trailer` after the body and waits until the whole file is durable.
-    pub async fn finish(&mut self, trailer: Vec<u8>) -> io::Result<()> {
-        if self.to_file.send(ToFile::Finish(trailer)).await.is_err() {
+    /// Writes `trailer` after the body and waits until the whole file is durable and published.
+    async fn finish(&mut self, trailer: Vec<u8>, publish: Publish) -> io::Result<()> {
+        if self
+            .to_file
+            .send(ToFile::Finish(trailer, publish))
+            .await
+            .is_err()
+        {
             return Err(self.stopped_error().await);
         }
         (&mut self.file).await.map_err(io::Error::other)?
@@ -151,13 +313,6 @@ impl WriteBehind {
     }
 }
 
-/// What the bytes of a finished body hash to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Digests {
-    pub md5: [u8; 16],
-    pub crc64: u64,
-}
-
 fn hash(mut chunks: mpsc::Receiver<Bytes>) -> [u8; 16] {
     let mut md5 = Md5::new();
     while let Some(chunk) = chunks.blocking_recv() {
@@ -166,7 +321,14 @@ fn hash(mut chunks: mpsc::Receiver<Bytes>) -> [u8; 16] {
     md5.finalize()
 }
 
-fn write_file(mut out: BodyFile, mut queue: mpsc::Receiver<ToFile>) -> io::Result<()> {
+/// How a large body's file thread ended without an error.
+enum FileEnd {
+    Published,
+    /// The writer was dropped before completing the body.
+    Abandoned,
+}
+
+fn write_file(mut out: BodyFile, mut queue: mpsc::Receiver<ToFile>) -> io::Result<FileEnd> {
     let mut crc = Crc64::new();
     while let Some(message) = queue.blocking_recv() {
         match message {
@@ -178,11 +340,23 @@ fn write_file(mut out: BodyFile, mut queue: mpsc::Receiver<ToFile>) -> io::Resul
                 // The writer waits for it; if it went away, the drop discards the file anyway.
                 let _ = reply.send(crc.value());
             }
-            ToFile::Finish(trailer) => return out.finish(&trailer),
+            ToFile::Finish(trailer, publish) => {
+                out.finish(&trailer)?;
+                publish()?;
+                return Ok(FileEnd::Published);
+            }
         }
     }
-    // The writer was dropped without a commit: the temporary file is being discarded.
-    Ok(())
+    Ok(FileEnd::Abandoned)
+}
+
+/// Removes the temporary file of a body that was not published (gone already is fine).
+pub fn remove_unfinished(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("cannot remove unfinished {}: {e}", path.display()),
+    }
 }
 
 /// The file being written, through the page cache and, when possible, directly.
@@ -195,6 +369,18 @@ struct BodyFile {
 }
 
 impl BodyFile {
+    /// A new file at `path`, with a direct handle when the filesystem gives one (tmpfs and
+    /// some others refuse `O_DIRECT`).
+    fn create(path: &Path) -> io::Result<BodyFile> {
+        let buffered = create_new_file(path)?;
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok();
+        Ok(BodyFile::new(buffered, direct))
+    }
+
     fn new(buffered: File, direct: Option<File>) -> BodyFile {
         let block = AlignedBlock::new();
         let direct = direct.filter(|_| block.is_aligned());
@@ -218,33 +404,48 @@ impl BodyFile {
     }
 
     fn write_block(&mut self) -> io::Result<()> {
-        let block = self.block.filled();
-        let direct_done = match &self.direct {
-            Some(direct) => match direct.write_all_at(block, self.offset) {
-                Ok(()) => true,
-                Err(e) => {
-                    // Some filesystems accept O_DIRECT at open and refuse the write itself; the
-                    // page cache then writes this block again, whole, and all that follow.
-                    log::debug!("direct write refused ({e}); writing through the page cache");
-                    false
-                }
-            },
-            None => false,
-        };
-        if !direct_done {
-            self.direct = None;
-            self.buffered.write_all_at(block, self.offset)?;
-        }
-        self.offset += block.len() as u64;
+        let len = self.block.filled().len();
+        self.write_out(len)?;
+        self.offset += len as u64;
         self.block.clear();
         Ok(())
     }
 
+    /// Writes the block's first `len` bytes at the block's offset: directly when the file takes
+    /// direct writes (`len` a whole number of pages), else through the page cache.
+    fn write_out(&mut self, len: usize) -> io::Result<()> {
+        let data = &self.block.filled()[..len];
+        if let Some(direct) = &self.direct {
+            match direct.write_all_at(data, self.offset) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    // Some filesystems accept O_DIRECT at open and refuse the write itself; the
+                    // page cache then writes these bytes again, and all that follow.
+                    log::debug!("direct write refused ({e}); writing through the page cache");
+                    self.direct = None;
+                }
+            }
+        }
+        self.buffered.write_all_at(data, self.offset)
+    }
+
+    /// Writes the rest of the body and `trailer`, then makes the file durable. The rest's
+    /// whole pages go directly too (a small body is all rest): written through the page cache
+    /// and flushed by `fsync`, a 256 KiB body cost three times the CPU (`docs/benchmarks.md`).
     fn finish(mut self, trailer: &[u8]) -> io::Result<()> {
-        let tail = self.block.filled();
-        self.buffered.write_all_at(tail, self.offset)?;
-        self.offset += tail.len() as u64;
-        self.buffered.write_all_at(trailer, self.offset)?;
+        let rest = self.block.filled().len();
+        let pages = match self.direct {
+            Some(_) => rest / DIRECT_ALIGN * DIRECT_ALIGN,
+            None => 0,
+        };
+        if pages > 0 {
+            self.write_out(pages)?;
+        }
+        let part_page = &self.block.filled()[pages..];
+        let at = self.offset + pages as u64;
+        self.buffered.write_all_at(part_page, at)?;
+        self.buffered
+            .write_all_at(trailer, at + part_page.len() as u64)?;
         self.buffered.sync_all()
     }
 }
@@ -299,20 +500,21 @@ mod tests {
     use super::*;
     use md5::Digest;
 
-    /// A writer into a new file `object` in `dir`.
-    fn new_writer(dir: &Path) -> (WriteBehind, std::path::PathBuf) {
-        let path = dir.join("object");
-        let writer = WriteBehind::start(File::create(&path).unwrap(), &path);
-        (writer, path)
+    /// Completes `writer` with `trailer`, publishing nothing; returns the digests.
+    async fn complete(writer: &mut WriteBehind, trailer: &[u8]) -> io::Result<Digests> {
+        let trailer = trailer.to_vec();
+        writer
+            .complete(move |digests| Ok((trailer, digests)), Box::new(|| Ok(())))
+            .await
     }
 
     async fn write_through(dir: &Path, pieces: &[Bytes], trailer: &[u8]) -> (Digests, Vec<u8>) {
-        let (mut writer, path) = new_writer(dir);
+        let path = dir.join(format!("object-{}", rand::random::<u64>()));
+        let mut writer = WriteBehind::new(path.clone());
         for piece in pieces {
             writer.push(piece.clone()).await.unwrap();
         }
-        let digests = writer.digests().await.unwrap();
-        writer.finish(trailer.to_vec()).await.unwrap();
+        let digests = complete(&mut writer, trailer).await.unwrap();
         (digests, std::fs::read(&path).unwrap())
     }
 
@@ -334,7 +536,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bodies_of_every_alignment_are_written_whole_with_their_digests() {
+    async fn bodies_of_every_size_and_alignment_are_written_whole_with_their_digests() {
         // Under the target dir, not /tmp: a tmpfs /tmp would refuse O_DIRECT and skip that path.
         let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
         std::fs::create_dir_all(&target).unwrap();
@@ -343,69 +545,123 @@ mod tests {
             0,
             1,
             4095,
-            DIRECT_BLOCK,
+            DIRECT_ALIGN,
+            3 * DIRECT_ALIGN + 5,
+            GATHER_BYTES,
+            SMALL_BODY,
+            SMALL_BODY + 1,
             DIRECT_BLOCK + 1,
+            DIRECT_BLOCK + 3 * DIRECT_ALIGN,
             3 * DIRECT_BLOCK + 12345,
         ] {
             let body: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             // Uneven pieces, so blocks fill across piece boundaries.
             let pieces: Vec<Bytes> = body.chunks(65_521).map(Bytes::copy_from_slice).collect();
             let (digests, file) = write_through(dir.path(), &pieces, b"TRAILER").await;
-            assert_eq!(
-                digests.md5,
-                <[u8; 16]>::from(md5::Md5::digest(&body)),
-                "len {len}"
-            );
-            assert_eq!(digests.crc64, crc64_xz_bitwise(&body), "len {len}");
-            assert_eq!(&file[..len], &body[..], "len {len}");
-            assert_eq!(&file[len..], b"TRAILER", "len {len}");
+            check_written(&body, digests, &file);
         }
     }
 
-    #[tokio::test]
-    async fn a_write_error_reaches_the_writer() {
-        // Every write to /dev/full fails with ENOSPC, as on a full disk.
-        let path = Path::new("/dev/full");
-        let file = OpenOptions::new().write(true).open(path).unwrap();
-        let mut writer = WriteBehind::start(file, path);
-        let mut failure = None;
-        for _ in 0..3 * DIRECT_BLOCK / 65_536 {
-            if let Err(e) = writer.push(Bytes::from(vec![1u8; 65_536])).await {
-                failure = Some(e);
-                break;
-            }
-        }
-        let failure = match failure {
-            Some(e) => e,
-            None => match writer.digests().await {
-                Err(e) => e,
-                Ok(_) => writer.finish(b"T".to_vec()).await.unwrap_err(),
-            },
-        };
-        assert_eq!(failure.raw_os_error(), Some(libc::ENOSPC), "{failure}");
+    fn check_written(body: &[u8], digests: Digests, file: &[u8]) {
+        let len = body.len();
+        assert_eq!(
+            digests.md5,
+            <[u8; 16]>::from(md5::Md5::digest(body)),
+            "len {len}"
+        );
+        assert_eq!(digests.crc64, crc64_xz_bitwise(body), "len {len}");
+        assert_eq!(&file[..len], body, "len {len}");
+        assert_eq!(&file[len..], b"TRAILER", "len {len}");
     }
 
     #[tokio::test]
-    async fn a_push_after_the_digests_is_refused() {
+    async fn a_small_body_makes_no_file_until_completed_and_a_large_one_is_written_as_it_comes() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut writer, _) = new_writer(dir.path());
-        writer.push(Bytes::from_static(b"body")).await.unwrap();
-        writer.digests().await.unwrap();
-        let late = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            writer.push(Bytes::from_static(b"late")),
-        )
+        let small = dir.path().join("tmp/small");
+        let mut writer = WriteBehind::new(small.clone());
+        writer
+            .push(Bytes::from(vec![7u8; SMALL_BODY]))
+            .await
+            .unwrap();
+        assert!(!small.exists(), "a small body stays in memory");
+        complete(&mut writer, b"T").await.unwrap();
+        assert_eq!(
+            std::fs::metadata(&small).unwrap().len(),
+            SMALL_BODY as u64 + 1
+        );
+
+        let large = dir.path().join("tmp/large");
+        let mut writer = WriteBehind::new(large.clone());
+        writer
+            .push(Bytes::from(vec![7u8; SMALL_BODY]))
+            .await
+            .unwrap();
+        writer.push(Bytes::from_static(b"one more")).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !large.exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
         .await
-        .expect("refused at once, not waiting on a thread");
-        assert!(late.is_err());
+        .expect("past the small size the file is made while the body arrives");
+        complete(&mut writer, b"T").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_that_cannot_be_made_fails_the_writer_small_or_large() {
+        let dir = tempfile::tempdir().unwrap();
+        // A regular file where the temporary file's directory should be: ENOTDIR, even as root.
+        std::fs::write(dir.path().join("tmp"), b"not a directory").unwrap();
+        for len in [10, 3 * SMALL_BODY] {
+            let mut writer = WriteBehind::new(dir.path().join("tmp/object"));
+            let mut failure = None;
+            for _ in 0..len / 65_536 + 1 {
+                if let Err(e) = writer.push(Bytes::from(vec![1u8; len.min(65_536)])).await {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            let failure = match failure {
+                Some(e) => e,
+                None => complete(&mut writer, b"T").await.unwrap_err(),
+            };
+            assert_eq!(
+                failure.raw_os_error(),
+                Some(libc::ENOTDIR),
+                "len {len}: {failure}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_push_after_completion_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [4, 2 * SMALL_BODY] {
+            let mut writer = WriteBehind::new(dir.path().join(format!("object-{len}")));
+            writer.push(Bytes::from(vec![1u8; len])).await.unwrap();
+            complete(&mut writer, b"T").await.unwrap();
+            let late = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                writer.push(Bytes::from_static(b"late")),
+            )
+            .await
+            .expect("refused at once, not waiting on a thread");
+            assert!(late.is_err(), "len {len}");
+        }
     }
 
     #[tokio::test]
     async fn a_writer_dropped_before_finishing_stops_its_threads() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut writer, _) = new_writer(dir.path());
-        writer.push(Bytes::from_static(b"partial")).await.unwrap();
-        let (hasher, file) = (writer.hasher.abort_handle(), writer.file.abort_handle());
+        let mut writer = WriteBehind::new(dir.path().join("object"));
+        writer
+            .push(Bytes::from(vec![1u8; 2 * SMALL_BODY]))
+            .await
+            .unwrap();
+        let Body::Streaming(threads) = &writer.body else {
+            panic!("a body over the small size goes to the threads");
+        };
+        let (hasher, file) = (threads.hasher.abort_handle(), threads.file.abort_handle());
         drop(writer);
         tokio::time::timeout(std::time::Duration::from_secs(5), async {
             while !(hasher.is_finished() && file.is_finished()) {
