@@ -171,6 +171,52 @@ async fn one_hundred_concurrent_cold_misses_make_one_origin_get() {
 }
 
 #[tokio::test]
+async fn copies_from_both_worker_threads_keep_reusing_their_origin_connections() {
+    const CLIENTS: usize = 8;
+    const KEYS: usize = 600;
+    let origin = TestOrigin::start();
+    let body = generated_bytes(20_000);
+    for i in 0..KEYS {
+        origin.route(&format!("/o/{i}"), Behavior::ok(body.clone()));
+    }
+    let server = Originpull::start(mirror_bucket(&origin.authority(), ""));
+    let expected = md5_hex(&body);
+    // Each client keeps its own connection (so both workers serve some), and asks for its keys
+    // one after another: a copy starts as soon as the one before it has ended.
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let client = http_client();
+        let base = server.base_url();
+        let host = server.host(BUCKET);
+        let expected = expected.clone();
+        clients.push(tokio::spawn(async move {
+            for i in (c..KEYS).step_by(CLIENTS) {
+                let response = client
+                    .get(format!("{base}/o/{i}"))
+                    .header("host", &host)
+                    .send()
+                    .await
+                    .expect("request");
+                assert_eq!(response.status(), 200, "/o/{i}");
+                let got = response.bytes().await.expect("complete body");
+                assert_eq!(md5_hex(&got), expected, "/o/{i}");
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    // At most one copy per client runs at a time, so each worker needs at most CLIENTS
+    // connections; with one pool for both workers, connections handed between the threads were
+    // dropped and most copies opened a new one.
+    let opened = origin.accepted_connections();
+    assert!(
+        opened <= 2 * CLIENTS,
+        "{KEYS} copies opened {opened} origin connections"
+    );
+}
+
+#[tokio::test]
 async fn range_and_conditional_requests_on_a_miss_get_a_hits_answer() {
     let origin = TestOrigin::start();
     let body = generated_bytes(100_000);

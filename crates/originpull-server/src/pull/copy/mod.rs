@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pingora::connectors::http::Connector;
+use thread_local::ThreadLocal;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::METRICS;
@@ -109,7 +110,14 @@ const CLAIM_POLL: Duration = Duration::from_millis(200);
 
 struct Shared {
     store: Arc<dyn BucketStore>,
-    connector: Connector,
+    /// Each thread's own connector, that is its own pool of origin connections. With one pool
+    /// for all threads, a connection released on one worker and taken by a copy on the other
+    /// was often lost: Pingora 0.9.1 hands a pooled connection over only if its idle watcher,
+    /// running on the releasing thread, has let go of it by then, and otherwise closes it
+    /// ("failed to acquire reusable stream"). 683 of 1,000 mirrored misses from 16 clients
+    /// opened a new origin connection (`docs/benchmarks.md`). As nginx's workers do, each
+    /// worker keeps its own idle connections; a copy runs on the thread that started it.
+    connectors: ThreadLocal<Connector>,
     schedule: Mutex<Schedule>,
     /// Whether any key is in flight or remembered as failed, as the schedule's lock last left
     /// it: every hit asks [`Copies::copy_blocked`], and while nothing is blocked it answers
@@ -129,8 +137,7 @@ impl Copies {
         Copies {
             shared: Arc::new(Shared {
                 store,
-                // One connector for all copies: it owns the connection pool.
-                connector: Connector::new(None),
+                connectors: ThreadLocal::new(),
                 schedule: Mutex::new(Schedule::default()),
                 anything_blocked: AtomicBool::new(false),
             }),
@@ -387,9 +394,10 @@ impl Copies {
         ticket
     }
 
-    /// The connection pool copies use, for other requests to origins (mirror mode's HEAD).
+    /// This thread's connector (and pool of origin connections) for copies and other requests
+    /// to origins (mirror mode's HEAD).
     pub fn connector(&self) -> &Connector {
-        &self.shared.connector
+        self.shared.connectors.get_or(|| Connector::new(None))
     }
 
     /// How the copy of `key` that runs now ends, if one runs.
@@ -542,7 +550,7 @@ impl Copies {
         let started = Instant::now();
         let metrics = &job.id.bucket.metrics;
         let (result, origin) = copy_object(
-            &self.shared.connector,
+            self.connector(),
             self.shared.store.as_ref(),
             bucket,
             &request,
