@@ -315,7 +315,8 @@ fn worker_listener(
         ),
         None => (gate, format!("originpull worker {worker}")),
     };
-    WorkerListener::new(gate, name, listen, worker)
+    let copies = app.copies.clone();
+    WorkerListener::new(gate, name, listen, worker).preparing(move || copies.prepare_this_thread())
 }
 
 /// Descriptors kept for everything but client connections and kept files: origin and store

@@ -59,6 +59,8 @@ pub struct WorkerListener<A> {
     /// This worker's key in Pingora's fd table (what a `-u` upgrade passes on).
     fd_key: String,
     release_memory: Option<fn()>,
+    /// Run on the worker's thread before it accepts connections.
+    prepare: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl<A> WorkerListener<A> {
@@ -70,7 +72,15 @@ impl<A> WorkerListener<A> {
             listen,
             fd_key: format!("{listen}#{worker}"),
             release_memory: None,
+            prepare: None,
         }
+    }
+
+    /// Runs `prepare` on this worker's thread before it accepts connections: what each thread
+    /// keeps for itself is made there, not while its first request waits.
+    pub fn preparing(mut self, prepare: impl Fn() + Send + Sync + 'static) -> WorkerListener<A> {
+        self.prepare = Some(Box::new(prepare));
+        self
     }
 
     /// Calls `release` on this worker's thread after connections have closed.
@@ -137,6 +147,9 @@ impl<A: ServerApp + Send + Sync + 'static> Service for WorkerListener<A> {
                 std::process::exit(1);
             }
         };
+        if let Some(prepare) = &self.prepare {
+            prepare();
+        }
         let closed = Arc::new(AtomicU64::new(0));
         if let Some(release) = self.release_memory {
             tokio::spawn(release_after_closes(release, closed.clone()));

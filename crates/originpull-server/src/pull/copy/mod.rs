@@ -400,6 +400,12 @@ impl Copies {
         self.shared.connectors.get_or(|| Connector::new(None))
     }
 
+    /// Makes this thread's connector now: making one loads the system's trusted roots (tens of
+    /// milliseconds), which a worker's first copy would otherwise wait for.
+    pub fn prepare_this_thread(&self) {
+        self.connector();
+    }
+
     /// How the copy of `key` that runs now ends, if one runs.
     pub fn running_copy(
         &self,
