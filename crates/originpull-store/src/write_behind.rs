@@ -14,12 +14,12 @@
 //! origin's small reads are gathered into 256 KiB pieces first: handing each socket read to
 //! both threads cost a wake-up per read (measured in `docs/benchmarks.md`).
 //!
-//! Bodies are written in aligned 1 MiB blocks with `O_DIRECT` where the filesystem allows it,
-//! and so are the whole pages of the last block (all of a small body): on the disk measured in
-//! `docs/benchmarks.md`, flushing 1 GiB from the page cache at `fsync` took four times as long
-//! as writing it directly, and a 256 KiB file written through the page cache and synced cost
-//! three times the CPU. The last part-page and the trailer go through the page cache, and the
-//! final `fsync` covers both.
+//! Bodies larger than a block are written in aligned 1 MiB blocks with `O_DIRECT` where the
+//! filesystem allows it, and so are the whole pages of their last block: on the disk measured
+//! in `docs/benchmarks.md`, flushing 1 GiB from the page cache at `fsync` took four times as
+//! long as writing it directly. A body of one block or less, the last part-page and the trailer
+//! go through the page cache (where the hits that follow a copy find them), and the final
+//! `fsync` covers both.
 //!
 //! The temporary file is created when the body is first written out, so a copy that fails
 //! before that leaves no file behind.
@@ -429,14 +429,15 @@ impl BodyFile {
         self.buffered.write_all_at(data, self.offset)
     }
 
-    /// Writes the rest of the body and `trailer`, then makes the file durable. The rest's
-    /// whole pages go directly too (a small body is all rest): written through the page cache
-    /// and flushed by `fsync`, a 256 KiB body cost three times the CPU (`docs/benchmarks.md`).
+    /// Writes the rest of the body and `trailer`, then makes the file durable. When blocks went
+    /// directly, so do the rest's whole pages. A body that fits in one block (most objects)
+    /// goes through the page cache: written directly it cost a third less CPU, but the hits
+    /// that follow a copy then read the disk (`docs/benchmarks.md`, cold mirror misses).
     fn finish(mut self, trailer: &[u8]) -> io::Result<()> {
         let rest = self.block.filled().len();
         let pages = match self.direct {
-            Some(_) => rest / DIRECT_ALIGN * DIRECT_ALIGN,
-            None => 0,
+            Some(_) if self.offset > 0 => rest / DIRECT_ALIGN * DIRECT_ALIGN,
+            _ => 0,
         };
         if pages > 0 {
             self.write_out(pages)?;

@@ -6,6 +6,8 @@
 //!   and streams its body as it arrives: `200` with the object's content type and kept headers,
 //!   `Content-Length` when the origin gave one. If the copy fails mid-body, the response ends
 //!   abnormally (the connection closes before the declared length or the chunked terminator).
+//!   It ends as soon as the body is whole, while the object is still being committed, so the
+//!   client's next request on the connection does not wait for the disk's `fsync`.
 //! - Every other miss (a second GET of the same key, a Range, a conditional) waits for the copy
 //!   of the key (one origin GET however many clients) and is then served from the bucket as a
 //!   hit, so ranges and conditionals get exactly a hit's answer.

@@ -280,6 +280,11 @@ async fn fetch_from(
     match received {
         Ok((writer, object)) => {
             release_or_check_excess(connector, session, &peer).await?;
+            // The body is whole: the mirror client's answer ends now, not after the commit's
+            // `fsync`, so its next request on the connection does not wait for the disk.
+            if let Some(mut mirror) = sink.take() {
+                mirror.offer(MirrorEvent::End);
+            }
             Ok(Fetched::Stored(writer.commit(object).await?))
         }
         Err(e) => {
@@ -618,7 +623,8 @@ async fn pass_through(session: &mut HttpSession, mirror: MirrorSink) -> Result<(
 pub enum MirrorEvent {
     Head(MirrorHead),
     Chunk(Bytes),
-    /// The body is complete (and stored, unless it was over `max_object_bytes`).
+    /// The body is complete and whole (it may still be being stored), or the object was
+    /// stored by another copy before this one streamed anything.
     End,
     /// The copy ended without the object.
     Failed(CopyEnd),
