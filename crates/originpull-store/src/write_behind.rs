@@ -3,10 +3,10 @@
 //!
 //! A body of up to [`SMALL_BODY`] (most of a site's files) stays in memory as it arrives and is
 //! completed in one go on one thread of the blocking pool: MD5 and CRC-64, the temporary file
-//! created and written, `fsync`, then the publishing step. Handing such a body piece by piece
-//! between threads cost more than hashing it: a cold mirrored 256 KiB object took 19 `futex`
-//! calls and five trips through the blocking pool (`docs/benchmarks.md`, "Cold mirror misses:
-//! small copies on one thread").
+//! created and written with one `pwritev` through the page cache, `fsync`, then the publishing
+//! step. Handing such a body piece by piece between threads cost more than hashing it: a cold
+//! mirrored 256 KiB object took 19 `futex` calls and five trips through the blocking pool
+//! (`docs/benchmarks.md`, "Cold mirror misses: small copies on one thread").
 //!
 //! A larger body goes to two threads of the blocking pool as it arrives, one computing the MD5
 //! and one writing the file (and computing the CRC-64, which costs a fraction of the MD5), so
@@ -25,7 +25,7 @@
 //! before that leaves no file behind.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -167,13 +167,44 @@ impl Digests {
     }
 }
 
-/// A new file at `path` holding `pieces` and then `trailer`, durable when this returns.
+/// A new file at `path` holding `pieces` and then `trailer`, durable when this returns. Written
+/// through the page cache straight from the pieces: a small body needs no direct handle and no
+/// aligned block to copy into.
 fn write_whole_file(path: &Path, pieces: &[Bytes], trailer: &[u8]) -> io::Result<()> {
-    let mut out = BodyFile::create(path)?;
-    for piece in pieces {
-        out.write(piece)?;
+    let file = create_new_file(path)?;
+    let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|piece| IoSlice::new(piece)).collect();
+    slices.push(IoSlice::new(trailer));
+    write_all_vectored_at(&file, &mut slices, 0)?;
+    file.sync_all()
+}
+
+/// The most slices one `pwritev` takes (Linux's `IOV_MAX`); a body of many small chunks is
+/// written in several calls.
+const MAX_SLICES_PER_WRITE: usize = 1024;
+
+/// `pwritev` until every slice is written, from `offset` on.
+fn write_all_vectored_at(
+    file: &File,
+    mut slices: &mut [IoSlice<'_>],
+    mut offset: u64,
+) -> io::Result<()> {
+    // Empty slices would make a finished write look like a short one.
+    while slices.first().is_some_and(|s| s.is_empty()) {
+        slices = &mut slices[1..];
     }
-    out.finish(trailer)
+    while !slices.is_empty() {
+        let batch = slices.len().min(MAX_SLICES_PER_WRITE);
+        match rustix::io::pwritev(file, &slices[..batch], offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => {
+                offset += written as u64;
+                IoSlice::advance_slices(&mut slices, written);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Creates the temporary file (and its directory when missing); refuses to reuse one.
@@ -429,15 +460,15 @@ impl BodyFile {
         self.buffered.write_all_at(data, self.offset)
     }
 
-    /// Writes the rest of the body and `trailer`, then makes the file durable. When blocks went
-    /// directly, so do the rest's whole pages. A body that fits in one block (most objects)
-    /// goes through the page cache: written directly it cost a third less CPU, but the hits
-    /// that follow a copy then read the disk (`docs/benchmarks.md`, cold mirror misses).
+    /// Writes the rest of the body and `trailer`, then makes the file durable; the rest's whole
+    /// pages go directly, as the blocks before them did. (Only bodies over [`SMALL_BODY`] come
+    /// here: written directly, a small body cost a third less CPU, but the hits that follow a
+    /// copy then read the disk; `docs/benchmarks.md`, cold mirror misses.)
     fn finish(mut self, trailer: &[u8]) -> io::Result<()> {
         let rest = self.block.filled().len();
         let pages = match self.direct {
-            Some(_) if self.offset > 0 => rest / DIRECT_ALIGN * DIRECT_ALIGN,
-            _ => 0,
+            Some(_) => rest / DIRECT_ALIGN * DIRECT_ALIGN,
+            None => 0,
         };
         if pages > 0 {
             self.write_out(pages)?;
@@ -561,6 +592,14 @@ mod tests {
             let (digests, file) = write_through(dir.path(), &pieces, b"TRAILER").await;
             check_written(&body, digests, &file);
         }
+        // More pieces than one `pwritev` takes, some of them empty.
+        let body: Vec<u8> = (0..5000usize).map(|i| (i % 251) as u8).collect();
+        let pieces: Vec<Bytes> = body
+            .chunks(3)
+            .flat_map(|piece| [Bytes::new(), Bytes::copy_from_slice(piece)])
+            .collect();
+        let (digests, file) = write_through(dir.path(), &pieces, b"TRAILER").await;
+        check_written(&body, digests, &file);
     }
 
     fn check_written(body: &[u8], digests: Digests, file: &[u8]) {
