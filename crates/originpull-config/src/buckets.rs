@@ -26,6 +26,28 @@ pub struct BucketConfig {
     pub domains: BucketDomains,
     /// CORS rules, first match wins; empty when the bucket has no `cors`.
     pub cors: Vec<CorsRule>,
+    /// Whether the disk store may evict the bucket's objects to stay within its limits.
+    pub retention: Retention,
+}
+
+/// `retention`: what the disk store may do with a bucket's objects when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Retention {
+    /// Never evicted: the bucket is the objects' home (a migration's destination).
+    #[default]
+    Keep,
+    /// Evicted least recently used first to keep `store.max_bytes` and `store.min_free_bytes`;
+    /// an evicted object is pulled from the origin again on its next miss.
+    Cache,
+}
+
+impl BucketConfig {
+    /// Whether any miss of the bucket may go to an origin (the whole bucket, or a rule).
+    pub fn pulls_from_origin(&self) -> bool {
+        self.origin_pull.as_ref().is_some_and(|pull| {
+            pull.enabled || pull.rules.iter().any(|rule| rule.enabled == Some(true))
+        })
+    }
 }
 
 const BUCKET_KEYS: &[&str] = &[
@@ -36,6 +58,7 @@ const BUCKET_KEYS: &[&str] = &[
     "domains",
     "https_redirect",
     "hsts_max_age_secs",
+    "retention",
 ];
 const WEBSITE_KEYS: &[&str] = &["index_document", "error_document"];
 
@@ -87,14 +110,17 @@ pub(crate) fn parse_buckets(
         let (index_document, error_document) = parse_website(&bucket, errors);
         let cors = parse_cors(&bucket, errors);
         let domains = parse_bucket_domains(&bucket, has_https, errors);
-        buckets.push(BucketConfig {
+        let mut config = BucketConfig {
             name,
             origin_pull,
             index_document,
             error_document,
             domains,
             cors,
-        });
+            retention: Retention::Keep,
+        };
+        config.retention = parse_retention(&bucket, &config, errors);
+        buckets.push(config);
     }
     check_domain_conflicts(
         buckets.iter().map(|b| (b.name.as_str(), &b.domains)),
@@ -102,6 +128,32 @@ pub(crate) fn parse_buckets(
         errors,
     );
     buckets
+}
+
+/// `retention`: `keep` (the default) or `cache`, which only a bucket that pulls from an origin
+/// may have (an evicted object must be found again).
+fn parse_retention(bucket: &Section<'_>, config: &BucketConfig, errors: &mut Errors) -> Retention {
+    match bucket.typed::<String>("retention", errors).as_deref() {
+        None | Some("keep") => Retention::Keep,
+        Some("cache") if config.pulls_from_origin() => Retention::Cache,
+        Some("cache") => {
+            errors.push(
+                &bucket.scope,
+                "retention",
+                "`cache` needs origin pull (`origin_pull.enabled: true` or a rule that enables \
+                 it): an evicted object is copied again from the origin on its next miss",
+            );
+            Retention::Keep
+        }
+        Some(other) => {
+            errors.push(
+                &bucket.scope,
+                "retention",
+                format!("unknown retention {other:?}; expected `keep` or `cache`"),
+            );
+            Retention::Keep
+        }
+    }
 }
 
 /// `website.index_document` and `website.error_document`.

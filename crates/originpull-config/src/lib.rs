@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use serde_yaml::Value;
 
 pub use admin::{read_token_file, AdminSettings};
-pub use buckets::{validate_bucket_name, BucketConfig};
+pub use buckets::{validate_bucket_name, BucketConfig, Retention};
 pub use cors::{CorsRule, WildcardPattern};
 pub use domains::BucketDomains;
 pub use errors::{ConfigError, ConfigErrors};
@@ -42,7 +42,10 @@ pub use origins::{
     parse_origin, parse_origin_with, OriginAddr, OriginConfig, OriginHost, Protocol,
 };
 pub use server::ServerSettings;
-pub use store::{ConditionalPut, LocalTierSettings, S3Settings, StoreSettings, BUCKET_PLACEHOLDER};
+pub use store::{
+    CapacityLimits, ConditionalPut, LocalTierSettings, S3Settings, StoreSettings,
+    BUCKET_PLACEHOLDER,
+};
 
 use admin::parse_admin;
 use buckets::parse_buckets;
@@ -73,6 +76,8 @@ pub struct Config {
     pub memory_cache: MemoryCacheSettings,
     /// Where objects live; fixed at start.
     pub store: StoreSettings,
+    /// How much the disk store may hold; a reload may change it.
+    pub capacity: CapacityLimits,
     pub buckets: Vec<BucketConfig>,
 }
 
@@ -171,7 +176,7 @@ impl Config {
         let server = parse_server(&top, &mut errors);
         let fill = parse_fill(&top, &mut errors);
         let memory_cache = parse_memory_cache(&top, &mut errors);
-        let store = parse_store(&top, &mut errors);
+        let (store, capacity) = parse_store(&top, &mut errors);
         let s3_store = matches!(store, StoreSettings::S3(_));
         let https = parse_https(&top, listen, s3_store, &mut errors);
         let guard = LoopGuard {
@@ -179,6 +184,16 @@ impl Config {
             listen,
         };
         let buckets = parse_buckets(&top, &guard, https.is_some(), &mut errors);
+        for bucket in &buckets {
+            if s3_store && bucket.retention == Retention::Cache {
+                errors.push(
+                    &format!("bucket \"{}\"", bucket.name),
+                    "retention",
+                    "`cache` applies to the disk store; with `backend: s3` the store is the \
+                     bucket's home and the local tier already keeps only recent copies",
+                );
+            }
+        }
 
         if !errors.0.is_empty() {
             return Err(ConfigErrors(errors.0));
@@ -196,6 +211,7 @@ impl Config {
                 fill,
                 memory_cache,
                 store,
+                capacity,
                 buckets,
             }),
             // Each missing value pushed an error above, so this arm is not reached.
@@ -340,6 +356,66 @@ mod tests {
 
     fn base(buckets: &str) -> String {
         format!("listen: 127.0.0.1:8080\ndata_dir: ./data\ndomain_suffix: file.myqcloud.com\nbuckets:\n{buckets}")
+    }
+
+    #[test]
+    fn reads_retention_and_the_disk_store_limits() {
+        let config = Config::parse(&format!(
+            "store: {{max_bytes: 1000000, min_free_bytes: 5000}}\n{}",
+            base("  - name: img-1250000000\n    retention: cache\n    origin_pull: {enabled: true, origin: a.example}\n  - name: site-1250000000\n  - name: rule-1250000000\n    retention: cache\n    origin_pull:\n      origin: a.example\n      rules: [{prefix: img/, enabled: true}]\n")
+        ))
+        .unwrap();
+        assert_eq!(
+            config.capacity,
+            CapacityLimits {
+                max_bytes: 1_000_000,
+                min_free_bytes: 5000
+            }
+        );
+        let retention: Vec<_> = config.buckets.iter().map(|b| b.retention).collect();
+        assert_eq!(
+            retention,
+            [Retention::Cache, Retention::Keep, Retention::Cache]
+        );
+        assert_eq!(
+            Config::parse(&base("  - name: a-1\n")).unwrap().capacity,
+            CapacityLimits::default()
+        );
+    }
+
+    #[test]
+    fn refuses_cache_retention_without_origin_pull_or_on_the_s3_store() {
+        let text = Config::parse(&base(
+            "  - name: img-1250000000\n    retention: cache\n  - name: off-1250000000\n    retention: cache\n    origin_pull: {enabled: false, origin: a.example}\n  - name: odd-1250000000\n    retention: forever\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "bucket \"img-1250000000\": retention: `cache` needs origin pull",
+            "bucket \"off-1250000000\": retention: `cache` needs origin pull",
+            "bucket \"odd-1250000000\": retention: unknown retention \"forever\"",
+        ] {
+            assert!(text.contains(needle), "{needle} not in {text}");
+        }
+        let text = Config::parse(&format!(
+            "store: {{backend: s3, s3: {{endpoint: 'http://127.0.0.1:9000', region: r}}, max_bytes: 10}}\n{}",
+            base("  - name: img-1250000000\n    retention: cache\n    origin_pull: {enabled: true, origin: a.example}\n")
+        ))
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "store.max_bytes: `max_bytes` and `min_free_bytes` limit the disk store",
+            "bucket \"img-1250000000\": retention: `cache` applies to the disk store",
+        ] {
+            assert!(text.contains(needle), "{needle} not in {text}");
+        }
+        let text = Config::parse(&format!(
+            "store: {{max_bytes: -1}}\n{}",
+            base("  - name: a-1\n")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("store.max_bytes: invalid value"), "{text}");
     }
 
     #[test]

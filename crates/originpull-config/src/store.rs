@@ -1,6 +1,7 @@
 //! `store:`: where buckets keep their objects, fixed at start: the disk under `data_dir` (the
 //! default) or an S3-compatible object store. Only the shape is checked here; whether the S3
-//! buckets are reachable, and the credentials themselves, are checked at start.
+//! buckets are reachable, and the credentials themselves, are checked at start. Also the disk
+//! store's limits (`max_bytes`, `min_free_bytes`), which a reload may change.
 
 use std::path::PathBuf;
 
@@ -14,6 +15,23 @@ pub enum StoreSettings {
     #[default]
     Disk,
     S3(S3Settings),
+}
+
+/// `store.max_bytes` and `store.min_free_bytes`: how much the disk store may hold. Past either,
+/// objects of `retention: cache` buckets are evicted; 0 is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CapacityLimits {
+    /// File bytes of every bucket's objects and variants.
+    pub max_bytes: u64,
+    /// Free bytes to keep on `data_dir`'s file system.
+    pub min_free_bytes: u64,
+}
+
+impl CapacityLimits {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.max_bytes > 0 || self.min_free_bytes > 0
+    }
 }
 
 /// `store.s3`: one S3-compatible endpoint; each originpull bucket maps to an S3 bucket.
@@ -89,7 +107,7 @@ impl S3Settings {
     }
 }
 
-const STORE_KEYS: &[&str] = &["backend", "s3", "local_tier"];
+const STORE_KEYS: &[&str] = &["backend", "s3", "local_tier", "max_bytes", "min_free_bytes"];
 const LOCAL_TIER_KEYS: &[&str] = &["dir", "max_bytes", "revalidate_secs"];
 const S3_KEYS: &[&str] = &[
     "endpoint",
@@ -105,10 +123,30 @@ const S3_KEYS: &[&str] = &[
 /// `store.s3.request_timeout_ms` when not set.
 const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 3000;
 
-pub(crate) fn parse_store(top: &Section<'_>, errors: &mut Errors) -> StoreSettings {
+pub(crate) fn parse_store(
+    top: &Section<'_>,
+    errors: &mut Errors,
+) -> (StoreSettings, CapacityLimits) {
     let Some(store) = top.nested("store", STORE_KEYS, "store.", errors) else {
-        return StoreSettings::Disk;
+        return (StoreSettings::Disk, CapacityLimits::default());
     };
+    let limits = CapacityLimits {
+        max_bytes: store.typed::<u64>("max_bytes", errors).unwrap_or(0),
+        min_free_bytes: store.typed::<u64>("min_free_bytes", errors).unwrap_or(0),
+    };
+    let settings = parse_backend(&store, errors);
+    if matches!(settings, StoreSettings::S3(_)) && limits.any() {
+        errors.push(
+            "store",
+            "store.max_bytes",
+            "`max_bytes` and `min_free_bytes` limit the disk store; with `backend: s3` the \
+             local tier has its own `local_tier.max_bytes`",
+        );
+    }
+    (settings, limits)
+}
+
+fn parse_backend(store: &Section<'_>, errors: &mut Errors) -> StoreSettings {
     let backend = store
         .typed::<String>("backend", errors)
         .unwrap_or_else(|| "disk".to_string());
