@@ -4,17 +4,12 @@
 //! token (no `PEBBLE_VA_ALWAYS_VALID`). The certificate is then served over HTTPS and, pebble
 //! issuing 30-second certificates, renewed a few seconds later.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::pebble::*;
-use common::tls::*;
-use common::*;
+use crate::common::pebble::*;
+use crate::common::tls::*;
+use crate::common::*;
 
 const BUCKET: &str = "shop-1250000000";
 const DOMAIN: &str = "shop.acme.test";

@@ -2,16 +2,11 @@
 //! progress), the bucket gauges, revalidation of stored objects, and the per-origin guardrails,
 //! against the real binary and a real loopback origin.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const BUCKET: &str = "example-1250000000";

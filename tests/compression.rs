@@ -3,15 +3,10 @@
 //! nothing and objects the origin stored encoded get the stored bytes. The real binary, real
 //! clients, real decoders.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::io::Read;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use originpull_store::key::ObjectKey;
 use originpull_store::{BucketStore, DiskStore, NewObject};
 

@@ -5,14 +5,9 @@
 //! as HTTP/1.1 and another major version is 505 (RFC 9110 §2.5). Where originpull answers the
 //! error itself, the body is the XML error and the request counts as `bad_request`.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const BUCKET: &str = "example-1250000000";
 const BODY: &str = "the object's body\n";

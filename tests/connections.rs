@@ -3,16 +3,11 @@
 //! keep-alive and header timeouts, the header size limit, the connection cap, a graceful stop
 //! that ends when nothing is running, and metrics that exist from the start.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::*;
+use crate::common::*;
 
 const BUCKET: &str = "example-1250000000";
 

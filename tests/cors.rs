@@ -2,16 +2,11 @@
 //! a routed request (hit, 304, 302, error) and answer `OPTIONS` preflights, with S3's
 //! CORSRule semantics. The real binary, a real origin, byte-exact requests.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use originpull_config::Config;
 use originpull_server::answer::cors::CorsReply;
 use pingora::http::{RequestHeader, ResponseHeader};

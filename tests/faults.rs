@@ -6,18 +6,12 @@
 //! copies succeed again once it is writable. An origin flapping up and down never makes a
 //! request fail or an object be stored damaged.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use originpull_store::disk::object_path_under;
 use originpull_store::key::ObjectKey;
 
@@ -169,54 +163,6 @@ async fn a_small_object_changed_on_disk_is_a_miss_before_any_byte_is_sent() {
         "the damaged object was not replaced by a whole copy"
     );
     assert_eq!(origin.hits("/small.css"), 2);
-}
-
-/// A tmpfs mounted over a directory for as long as it lives (unmounted lazily on drop).
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size_kib` over `dir`; `None` (and a message saying the test is
-    /// skipped) where mounting is not allowed, e.g. when not running as root.
-    fn mount(dir: &Path, size_kib: u64, test: &str) -> Option<Tmpfs> {
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
-            .arg(dir)
-            .output();
-        match mounted {
-            Ok(out) if out.status.success() => Some(Tmpfs {
-                dir: dir.to_path_buf(),
-            }),
-            Ok(out) => {
-                eprintln!(
-                    "SKIPPED {test}: cannot mount a tmpfs (needs root): {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("SKIPPED {test}: cannot run mount: {e}");
-                None
-            }
-        }
-    }
-
-    /// `mount -o remount,<options>`, e.g. `ro` or `rw`.
-    fn remount(&self, options: &str) {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,{options}")])
-            .arg(&self.dir)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "remount {options} failed");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
 }
 
 /// Fills the filesystem holding `dir` up to all but `leave` bytes, with one file; returns it.

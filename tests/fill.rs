@@ -2,14 +2,9 @@
 //! Complete-or-nothing under every origin fault, single flight, bounded work, negative TTL,
 //! size limits, and what the origin sees.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const BUCKET: &str = "example-1250000000";
 const WAIT: Duration = Duration::from_secs(15);

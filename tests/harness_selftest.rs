@@ -2,14 +2,9 @@
 //! driven with reqwest or the raw client, so a failing originpull test can be trusted to be
 //! about originpull. Nothing here starts the originpull binary.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn origin_url(origin: &TestOrigin, path: &str) -> String {
     format!("http://{}{path}", origin.addr())

@@ -3,14 +3,9 @@
 //! carrying bytes the configuration and the request did not put there; many clients dripping
 //! their heads do not keep a normal client from being served.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::io::AsyncWriteExt;
 
 const BUCKET: &str = "example-1250000000";

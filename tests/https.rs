@@ -5,16 +5,11 @@
 //! `https_redirect`, HSTS and `error_document`; the handshake timeout; headless Chromium
 //! loading a page's assets over h2.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::tls::*;
-use common::*;
+use crate::common::tls::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BUCKET: &str = "example-1250000000";

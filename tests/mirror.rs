@@ -3,14 +3,9 @@
 //! one key make one origin GET; Range, HEAD and conditionals on a miss; origin errors become
 //! 404/502/504 with XML bodies; a reload switches modes under load.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const BUCKET: &str = "example-1250000000";
 const WAIT: Duration = Duration::from_secs(20);

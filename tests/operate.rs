@@ -1,17 +1,12 @@
 //! Issue #4 end to end: hot reload (file and SIGHUP, invalid files, reloads under load), the
 //! Prometheus contract, the access log, and the shipped deploy files.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const BUCKET: &str = "example-1250000000";
 const OTHER: &str = "other-1250000000";

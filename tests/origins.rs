@@ -4,15 +4,10 @@
 //! configuration and at run time, origin headers and query strings, and a reload that switches
 //! origins under load.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const BUCKET: &str = "example-1250000000";
 const WAIT: Duration = Duration::from_secs(15);

@@ -3,18 +3,13 @@
 //! with exit 1, and `--rate` capping the copies started per second. Issue #19: keys with a
 //! leading slash, and the progress bar on a terminal (through script(1)).
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const BUCKET: &str = "example-1250000000";
 const TOKEN: &str = "prefetch-test-token";

@@ -10,17 +10,12 @@
 //! `~/.local/share/originpull/moto-venv`). Only when that venv's python is missing are these
 //! tests skipped, with a message saying so; a moto that is there but fails is a failure.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const BUCKET: &str = "example-1250000000";
 const WAIT: Duration = Duration::from_secs(20);
@@ -1596,8 +1591,8 @@ async fn a_store_behind_a_private_ca_is_reached_with_ca_file() {
 /// (from the store when B ordered).
 #[tokio::test]
 async fn two_nodes_on_one_store_make_one_acme_order_and_both_serve_it() {
-    use common::pebble::{acme_orders, acme_yaml, Pebble};
-    use common::tls::{curl, https_yaml, served_serial, TestCa};
+    use crate::common::pebble::{acme_orders, acme_yaml, Pebble};
+    use crate::common::tls::{curl, https_yaml, served_serial, TestCa};
     const DOMAIN: &str = "static.fleet.test";
     let Some(s3) = S3Server::start() else {
         return;

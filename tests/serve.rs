@@ -2,14 +2,9 @@
 //! 302 contract, hits with HEAD/Range/conditionals, request errors, hostile keys, config
 //! validation, and crash safety of the store.
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use originpull_store::key::ObjectKey;
 use originpull_store::{BucketStore, DiskStore, NewObject};
 

@@ -4,15 +4,10 @@
 //! their stylesheets, fonts and `fetch()`ed data are still misses (issue #19: fonts and fetch()
 //! through the 302, folders without their slash).
 
-// A test (or benchmark) that unwraps fails loudly, which is what it should do.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const BUCKET: &str = "site-1250000000";
 /// The same site through a bucket that redirects every miss, as before `cors_misses`.

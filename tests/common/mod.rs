@@ -2390,3 +2390,51 @@ pub async fn chromium_title_with(url: &str, extra: &[&str]) -> Option<(String, S
         );
     Some((title, String::from_utf8_lossy(&output.stderr).into_owned()))
 }
+
+/// A tmpfs mounted over a directory for as long as it lives (unmounted lazily on drop).
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size_kib` over `dir`; `None` (and a message saying the test is
+    /// skipped) where mounting is not allowed, e.g. when not running as root.
+    pub fn mount(dir: &Path, size_kib: u64, test: &str) -> Option<Tmpfs> {
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Some(Tmpfs {
+                dir: dir.to_path_buf(),
+            }),
+            Ok(out) => {
+                eprintln!(
+                    "SKIPPED {test}: cannot mount a tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED {test}: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    /// `mount -o remount,<options>`, e.g. `ro` or `rw`.
+    pub fn remount(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remount {options} failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
