@@ -493,6 +493,11 @@ const EXPORTED: &[&str] = &[
     "originpull_certificate_expiry_timestamp_seconds",
     "originpull_acme_orders_total",
     "originpull_tls_handshake_failures_total",
+    "originpull_store_bytes",
+    "originpull_store_free_bytes",
+    "originpull_store_over_limit",
+    "originpull_evictions_total",
+    "originpull_evicted_bytes_total",
 ];
 
 fn originpull_metric_names(text: &str) -> Vec<String> {

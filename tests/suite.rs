@@ -14,6 +14,7 @@ mod common;
 
 mod acme;
 mod admin;
+mod capacity;
 mod compression;
 mod conformance;
 mod connections;

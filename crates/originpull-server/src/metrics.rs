@@ -70,12 +70,13 @@ impl RequestResult {
 /// The `outcome` label values of `originpull_fills_total` and `originpull_origin_fills_total`,
 /// exported from zero: how a copy ended, as `pull::copy::CopyEnd::metric_label` names it (its
 /// tests check every end's label is one of these).
-pub const COPY_OUTCOMES: [&str; 11] = [
+pub const COPY_OUTCOMES: [&str; 12] = [
     "stored",
     "origin_status",
     "origin_error",
     "timeout",
     "too_large",
+    "no_room",
     "dropped",
     "negative_cached",
     "store_error",

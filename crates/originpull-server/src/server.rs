@@ -23,11 +23,14 @@ use crate::answer::OriginPull;
 use crate::edge::connection::{ConnectionCounts, ConnectionGate, ConnectionLimits, H2Limits};
 use crate::edge::listener::{check_address_free, WorkerListener};
 use crate::edge::tls::{Certificates, EdgeTls};
+use crate::live::capacity::{CapacityPolicy, EvictionService};
 use crate::live::probes::OriginProbes;
 use crate::live::reload::{self, ConfigHandle, GenerationPart, ReloadWatcher};
 use crate::pull::copy::Copies;
 use originpull_config::ConditionalPut;
 use originpull_config::{Config, ConfigErrors, S3Settings, StoreSettings, DEFAULT_OPEN_FILES};
+use originpull_store::capacity::{Capacity, StartState};
+use originpull_store::eviction::Eviction;
 use originpull_store::local_tier::LocalTier;
 use originpull_store::s3::S3Store;
 use originpull_store::s3_cleanup::UploadCleanup;
@@ -76,6 +79,7 @@ pub fn build(
         store,
         upload_cleanup,
         shared_private,
+        eviction,
     } = open_store(&config, counts.clone())?;
     if let Some(admin) = &config.admin {
         admin.read_token().map_err(StartError::AdminToken)?;
@@ -91,13 +95,25 @@ pub fn build(
     let https = config.https.clone();
     let certificates = Arc::new(Certificates::default());
     let acme_wake = Arc::new(AcmeWake::default());
-    let parts: Vec<Arc<dyn GenerationPart>> = vec![certificates.clone(), acme_wake.clone()];
+    let mut parts: Vec<Arc<dyn GenerationPart>> = vec![certificates.clone(), acme_wake.clone()];
+    if let Some((eviction, _)) = &eviction {
+        parts.push(Arc::new(CapacityPolicy(eviction.capacity().clone())));
+    }
     let handle =
         ConfigHandle::start(config, config_path, &base_dir, parts).map_err(StartError::Config)?;
     let reload_watcher = server.add_service(background_service(
         "config reload",
         ReloadWatcher::new(handle.clone()),
     ));
+    if let Some((eviction, start)) = &eviction {
+        server.add_service(background_service(
+            "store capacity",
+            EvictionService {
+                eviction: eviction.clone(),
+                start: *start,
+            },
+        ));
+    }
     if let Some(cleanup) = upload_cleanup {
         server.add_service(background_service(
             "S3 upload clean-up",
@@ -167,6 +183,7 @@ pub fn build(
         ExitWhenIdle {
             connections: connections.clone(),
             copies: app.copies.clone(),
+            eviction: eviction.map(|(eviction, _)| eviction),
         },
     ));
     for worker in 0..threads {
@@ -209,6 +226,8 @@ struct OpenedStore {
     upload_cleanup: Option<UploadCleanup>,
     /// (S3) The store the fleet shares, for originpull's own objects (ACME's state).
     shared_private: Option<Arc<S3Store>>,
+    /// (Disk) Eviction within the store's limits, and how the saved order was found.
+    eviction: Option<(Arc<Eviction>, StartState)>,
 }
 
 /// The bucket store the configuration names, and what comes with it.
@@ -221,19 +240,26 @@ fn open_store(config: &Config, counts: BucketCounts) -> Result<OpenedStore, Star
     };
     match &config.store {
         StoreSettings::Disk => {
-            let store = DiskStore::open(&config.data_dir)
-                .map_err(|source| StartError::Store {
-                    path: config.data_dir.clone(),
-                    source,
-                })?
+            let store_error = |source| StartError::Store {
+                path: config.data_dir.clone(),
+                source,
+            };
+            let disk = DiskStore::open(&config.data_dir).map_err(store_error)?;
+            let (capacity, start) = Capacity::open(&config.data_dir).map_err(store_error)?;
+            CapacityPolicy::apply(&capacity, config);
+            let disk = disk
                 .keeping_open_files(
                     open_files_within_descriptor_limit(config),
                     limits.revalidate,
-                );
+                )
+                .with_capacity(capacity);
+            let store = with_tiers(disk.clone(), limits, counts);
+            let eviction = Eviction::new(disk, store.clone()).map(|e| (Arc::new(e), start));
             Ok(OpenedStore {
-                store: with_tiers(store, limits, counts),
+                store,
                 upload_cleanup: None,
                 shared_private: None,
+                eviction,
             })
         }
         StoreSettings::S3(s3) => {
@@ -253,6 +279,7 @@ fn open_store(config: &Config, counts: BucketCounts) -> Result<OpenedStore, Star
                 store,
                 upload_cleanup: Some(cleanup),
                 shared_private: Some(Arc::new(private)),
+                eviction: None,
             })
         }
     }
@@ -458,6 +485,8 @@ impl BackgroundService for UploadCleanupService {
 struct ExitWhenIdle {
     connections: Arc<ConnectionCounts>,
     copies: Copies,
+    /// Its order is saved, marked clean, once nothing can change it any more.
+    eviction: Option<Arc<Eviction>>,
 }
 
 #[async_trait::async_trait]
@@ -469,6 +498,9 @@ impl BackgroundService for ExitWhenIdle {
         self.connections.note_stopping();
         loop {
             if self.connections.busy() == 0 && self.copies.is_idle() {
+                if let Some(eviction) = &self.eviction {
+                    eviction.save(true).await;
+                }
                 log::info!("graceful stop: no request or copy is running; exiting");
                 std::process::exit(0);
             }

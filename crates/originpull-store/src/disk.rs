@@ -21,6 +21,7 @@
 //! ignored and then overwritten. Variants are renamed into place without `fsync`: one torn by
 //! a crash fails its trailer check, reads as absent and is made again.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -30,8 +31,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
+use super::capacity::Capacity;
 use super::checksum::SequentialCheck;
 use super::open_files::{FileState, OpenFile, OpenFiles};
 use super::write_behind::{remove_unfinished, Digests, WriteBehind};
@@ -39,7 +40,7 @@ use super::{
     BucketStore, Derived, ListedObject, NewObject, ObjectMeta, ObjectWriter, StoreError,
     StoredObject,
 };
-use crate::key::ObjectKey;
+use crate::key::{FileHash, ObjectKey};
 
 /// Ends every object file; a file without it is not an object (it was never committed).
 const MAGIC: &[u8; 8] = b"OPOBJv1\n";
@@ -55,21 +56,22 @@ const READ_WHOLE_UP_TO: u64 = 32 * 1024;
 /// documentation; `bucket` is a configured name, one DNS label); also used by tests to find,
 /// and damage, an object's file.
 pub fn object_path_under(root: &Path, bucket: &str, key: &ObjectKey) -> PathBuf {
+    file_path_under(root, bucket, &FileHash::of(key))
+}
+
+/// The file named by `hash` in `bucket`'s objects.
+fn file_path_under(root: &Path, bucket: &str, hash: &FileHash) -> PathBuf {
     // Built in one allocation: every miss builds it (`hex::encode` and five joins cost about
     // half a microsecond, a sixth of a miss's own work).
-    let mut hash = [0u8; 64];
-    let digest = Sha256::digest(key.as_str().as_bytes());
-    if hex::encode_to_slice(digest, &mut hash).is_err() {
-        unreachable!("a SHA-256 digest is 32 bytes, 64 hex digits");
-    }
-    let hash = String::from_utf8_lossy(&hash);
+    let hex = hash.to_hex();
+    let hex = String::from_utf8_lossy(&hex);
     let mut path = PathBuf::with_capacity(root.as_os_str().len() + bucket.len() + 84);
     path.push(root);
     path.push(bucket);
     path.push("objects");
-    path.push(&hash[0..2]);
-    path.push(&hash[2..4]);
-    path.push(&*hash);
+    path.push(&hex[0..2]);
+    path.push(&hex[2..4]);
+    path.push(&*hex);
     path
 }
 
@@ -78,6 +80,9 @@ pub struct DiskStore {
     root: PathBuf,
     /// Object files kept open between requests; `None`: each open opens the file.
     open_files: Option<Arc<OpenFiles>>,
+    /// What the files weigh and the order of eviction; `None` in stores that are not evicted
+    /// (the local tier's).
+    capacity: Option<Arc<Capacity>>,
 }
 
 impl DiskStore {
@@ -103,6 +108,7 @@ impl DiskStore {
         Ok(DiskStore {
             root: root.to_path_buf(),
             open_files: None,
+            capacity: None,
         })
     }
 
@@ -115,6 +121,53 @@ impl DiskStore {
             open_files: keep.then(|| Arc::new(OpenFiles::new(max_files, trusted_for))),
             ..self
         }
+    }
+
+    /// This store, telling `capacity` of every file it adds, serves and removes.
+    pub fn with_capacity(self, capacity: Arc<Capacity>) -> DiskStore {
+        DiskStore {
+            capacity: Some(capacity),
+            ..self
+        }
+    }
+
+    pub fn capacity(&self) -> Option<&Arc<Capacity>> {
+        self.capacity.as_ref()
+    }
+
+    /// The key of the object in the file `hash` names, read from its trailer; `None` when
+    /// there is no such file or it is not a whole object. Blocking.
+    pub fn key_of(&self, bucket: &str, hash: &FileHash) -> Option<ObjectKey> {
+        let file = open_existing(&file_path_under(&self.root, bucket, hash)).ok()??;
+        let meta = read_trailer(&file, None).ok()?;
+        ObjectKey::from_stored(&meta.key).ok()
+    }
+
+    /// Removes the file `hash` names and its variants, whatever they hold (an eviction's
+    /// victim that is not a whole object). Blocking.
+    pub fn remove_files(&self, bucket: &str, hash: &FileHash) {
+        let path = file_path_under(&self.root, bucket, hash);
+        remove_variants(&path);
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("cannot remove {}: {e}", path.display());
+            }
+        }
+        if let Some(capacity) = &self.capacity {
+            capacity.removed(bucket, hash);
+        }
+    }
+
+    /// Walks every bucket's files and brings the eviction order in line with them (after a
+    /// start that was not clean; see [`Capacity`]). Blocking; returns (admitted, dropped).
+    pub fn reconcile_capacity(&self) -> io::Result<(usize, usize)> {
+        let Some(capacity) = &self.capacity else {
+            return Ok((0, 0));
+        };
+        let found = walk_object_files(&self.root)?;
+        capacity.reconcile(&found, |bucket, hash| {
+            file_path_under(&self.root, bucket, hash).exists()
+        })
     }
 
     /// Drops what is kept of `key`'s file after this process changed it.
@@ -131,13 +184,17 @@ impl DiskStore {
         bucket: &str,
         key: &ObjectKey,
     ) -> Result<Option<(OpenFile, Option<Bytes>)>, StoreError> {
-        let path = self.object_path(bucket, key);
+        let hash = FileHash::of(key);
+        let path = file_path_under(&self.root, bucket, &hash);
         let Some(file) = open_existing(&path)? else {
             return Ok(None);
         };
         // One fstat for the length and the check time.
         let stat = file.metadata()?;
         let file_len = stat.len();
+        if let Some(capacity) = &self.capacity {
+            capacity.served(bucket, &hash, file_len);
+        }
         let (mut meta, body) = if file_len <= READ_WHOLE_UP_TO {
             let mut whole = read_new_buffer_at(&file, file_len as usize, 0)?;
             let meta = meta_from_tail(&file, file_len, &whole, Some(key))?;
@@ -206,6 +263,18 @@ impl DiskStore {
 
 #[async_trait]
 impl BucketStore for DiskStore {
+    fn served_above(&self, bucket: &str, key: &ObjectKey) {
+        if let Some(capacity) = &self.capacity {
+            capacity.served_if_known(bucket, || Some(FileHash::of(key)));
+        }
+    }
+
+    fn has_room(&self, _bucket: &str, bytes: u64) -> bool {
+        self.capacity
+            .as_ref()
+            .is_none_or(|capacity| capacity.has_room(bytes))
+    }
+
     async fn open(
         &self,
         bucket: &str,
@@ -214,15 +283,21 @@ impl BucketStore for DiskStore {
         let Some(files) = &self.open_files else {
             let opened = self.open_file(bucket, key)?;
             return Ok(opened.map(|(open, body)| -> Box<dyn StoredObject> {
-                DiskObject::boxed(Arc::new(open), body, None)
+                DiskObject::boxed(Arc::new(open), body, None, self.capacity.clone())
             }));
         };
         let id = files.id(bucket, key);
         if let Some(open) = files.get(id, bucket, key) {
+            if let Some(capacity) = &self.capacity {
+                capacity.served_if_known(bucket, || {
+                    FileHash::from_file_name(open.path.file_name()?.as_encoded_bytes())
+                });
+            }
             return Ok(Some(DiskObject::boxed(
                 open,
                 None,
                 Some((files.clone(), id)),
+                self.capacity.clone(),
             )));
         }
         let changes_before = files.changes();
@@ -235,6 +310,7 @@ impl BucketStore for DiskStore {
             open,
             body,
             Some((files.clone(), id)),
+            self.capacity.clone(),
         )))
     }
 
@@ -243,7 +319,8 @@ impl BucketStore for DiskStore {
         bucket: &str,
         key: &ObjectKey,
     ) -> Result<Option<ObjectMeta>, StoreError> {
-        let path = self.object_path(bucket, key);
+        let hash = FileHash::of(key);
+        let path = file_path_under(&self.root, bucket, &hash);
         let Some(file) = open_existing(&path)? else {
             return Ok(None);
         };
@@ -252,6 +329,9 @@ impl BucketStore for DiskStore {
         remove_variants(&path);
         let removed = std::fs::remove_file(&path);
         self.changed(bucket, key);
+        if let Some(capacity) = &self.capacity {
+            capacity.removed(bucket, &hash);
+        }
         match removed {
             Ok(()) => Ok(meta),
             // Removed meanwhile by another purge: that one reports it.
@@ -292,10 +372,15 @@ impl BucketStore for DiskStore {
         key: &ObjectKey,
     ) -> Result<Box<dyn ObjectWriter>, StoreError> {
         let tmp_path = self.tmp_path(bucket);
+        let hash = FileHash::of(key);
         Ok(Box::new(DiskWriter {
             body: WriteBehind::new(tmp_path.clone()),
             tmp_path: Some(tmp_path),
-            final_path: self.object_path(bucket, key),
+            final_path: file_path_under(&self.root, bucket, &hash),
+            tracked: self
+                .capacity
+                .clone()
+                .map(|capacity| (capacity, bucket.to_string(), hash)),
             key: key.as_str().to_string(),
             written: 0,
             kept_in: self
@@ -321,7 +406,7 @@ impl BucketStore for DiskStore {
             Ok(meta) if meta.is_variant_of(of) => {
                 let seen = FileState::of(&stat)?;
                 let open = Arc::new(OpenFile::new(bucket, file, path, meta, seen));
-                let mut variant = DiskObject::boxed(open, None, None);
+                let mut variant = DiskObject::boxed(open, None, None, None);
                 // A variant's metadata carries its object's CRC, not its own.
                 variant.check = None;
                 Ok(Some(variant))
@@ -351,9 +436,21 @@ impl BucketStore for DiskStore {
         };
         let trailer = encode_trailer(&meta)?;
         let tmp_path = self.tmp_path(bucket);
-        tokio::task::spawn_blocking(move || write_variant(&tmp_path, &final_path, &body, &trailer))
-            .await
-            .map_err(|e| StoreError::Io(io::Error::other(e)))??;
+        let tracked = self
+            .capacity
+            .clone()
+            .map(|capacity| (capacity, bucket.to_string(), FileHash::of(key)));
+        tokio::task::spawn_blocking(move || {
+            let old_len = final_path.symlink_metadata().map_or(0, |stat| stat.len());
+            write_variant(&tmp_path, &final_path, &body, &trailer)?;
+            if let Some((capacity, bucket, hash)) = tracked {
+                let new_len = (body.len() + trailer.len()) as u64;
+                capacity.variant_written(&bucket, &hash, old_len, new_len);
+            }
+            io::Result::Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Io(io::Error::other(e)))??;
         Ok(())
     }
 }
@@ -415,6 +512,57 @@ fn secs_since_epoch(modified: SystemTime) -> u64 {
     modified
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Every object file of every bucket under `root`, with the bytes of its file and variants
+/// (`<hash>` and `<hash>.<variant>`): what the eviction order should hold.
+fn walk_object_files(root: &Path) -> io::Result<HashMap<(String, FileHash), u64>> {
+    fn entries(dir: &Path) -> io::Result<Vec<std::fs::DirEntry>> {
+        match std::fs::read_dir(dir) {
+            Ok(entries) => Ok(entries.filter_map(Result::ok).collect()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
+    }
+    let mut found: HashMap<(String, FileHash), u64> = HashMap::new();
+    for bucket in entries(root)? {
+        // Bucket names are DNS labels; anything else (`.eviction`) is not a bucket.
+        let Some(name) = bucket.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if originpull_config::validate_bucket_name(&name).is_ok() {
+            for level1 in entries(&bucket.path().join("objects"))? {
+                for level2 in entries(&level1.path())? {
+                    for file in entries(&level2.path())? {
+                        let file_name = file.file_name();
+                        let bytes = file_name.as_encoded_bytes();
+                        let Some(hash) = FileHash::from_file_name(&bytes[..bytes.len().min(64)])
+                        else {
+                            continue;
+                        };
+                        if bytes.len() > 64 && bytes[64] != b'.' {
+                            continue;
+                        }
+                        match file.metadata() {
+                            Ok(stat) if stat.is_file() => {
+                                *found.entry((name.clone(), hash)).or_default() +=
+                                    stat.len().max(1);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Walks `<bucket>/objects/`, reading each file's trailer (a few KiB) for its key and size.
@@ -569,6 +717,8 @@ struct DiskObject {
     check: Option<SequentialCheck>,
     /// A small object's body, read with its trailer when the file was opened.
     body: Option<Bytes>,
+    /// Told when the file is found damaged and removed (`None` for variants).
+    capacity: Option<Arc<Capacity>>,
 }
 
 impl DiskObject {
@@ -576,6 +726,7 @@ impl DiskObject {
         open: Arc<OpenFile>,
         body: Option<Bytes>,
         kept_in: Option<(Arc<OpenFiles>, u64)>,
+        capacity: Option<Arc<Capacity>>,
     ) -> Box<DiskObject> {
         let check = if kept_in.is_some() && open.is_verified() {
             None
@@ -587,6 +738,7 @@ impl DiskObject {
             open,
             kept_in,
             body,
+            capacity,
         })
     }
 
@@ -607,6 +759,12 @@ impl DiskObject {
         remove_variants(path);
         if let Err(e) = std::fs::remove_file(path) {
             log::warn!("cannot remove damaged {}: {e}", path.display());
+        }
+        let hash = path
+            .file_name()
+            .and_then(|name| FileHash::from_file_name(name.as_encoded_bytes()));
+        if let (Some(capacity), Some(hash)) = (&self.capacity, hash) {
+            capacity.removed(&self.open.bucket, &hash);
         }
     }
 }
@@ -653,6 +811,8 @@ struct DiskWriter {
     /// `None` once committed; otherwise removed on drop.
     tmp_path: Option<PathBuf>,
     final_path: PathBuf,
+    /// Told of the new file once it is in place.
+    tracked: Option<(Arc<Capacity>, String, FileHash)>,
     key: String,
     written: u64,
     /// Where the key's file may be kept open, and its id there: dropped once a new version
@@ -701,10 +861,21 @@ impl ObjectWriter for DiskWriter {
         };
         let tmp_path = self.tmp_path.clone().unwrap_or_default();
         let final_path = self.final_path.clone();
-        let completed = self
-            .body
-            .complete(seal, Box::new(move || publish(&tmp_path, &final_path)))
-            .await;
+        let tracked = self.tracked.take();
+        let publish_tracked = move || {
+            // The old version's variants could never be served again: they go first, so what
+            // the file and its variants weigh is the new file's length.
+            if final_path.symlink_metadata().is_ok() {
+                remove_variants(&final_path);
+            }
+            let len = std::fs::metadata(&tmp_path)?.len();
+            publish(&tmp_path, &final_path)?;
+            if let Some((capacity, bucket, hash)) = tracked {
+                capacity.committed(&bucket, &hash, len);
+            }
+            Ok(())
+        };
+        let completed = self.body.complete(seal, Box::new(publish_tracked)).await;
         // Even a failed publish may have renamed the new version into place.
         if let Some((files, id)) = &self.kept_in {
             files.forget(*id);
@@ -738,6 +909,7 @@ impl Drop for DiskWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use md5::Digest;
 
     fn key(k: &str) -> ObjectKey {
         ObjectKey::from_request_path(&format!("/{k}")).unwrap()
@@ -854,6 +1026,113 @@ mod tests {
         let mut w = store.create("b-1", &key(k)).await.unwrap();
         w.write(Bytes::copy_from_slice(body)).await.unwrap();
         w.commit(NewObject::default()).await.unwrap()
+    }
+
+    /// What the files of `bucket` under `root` weigh, walked.
+    fn bytes_on_disk(root: &Path, bucket: &str) -> u64 {
+        walk_object_files(root)
+            .unwrap()
+            .iter()
+            .filter(|((b, _), _)| b == bucket)
+            .map(|(_, bytes)| bytes)
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn the_eviction_order_weighs_exactly_the_files_through_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (capacity, _) = Capacity::open(dir.path()).unwrap();
+        capacity.set_policy(originpull_config::CapacityLimits::default(), ["b-1"]);
+        let store = keeping_files(&dir).with_capacity(capacity.clone());
+        let check = |why: &str| {
+            assert_eq!(capacity.bytes(), bytes_on_disk(dir.path(), "b-1"), "{why}");
+            assert_eq!(capacity.bucket_bytes("b-1"), capacity.bytes(), "{why}");
+        };
+        let first = put(&store, "a", &[1u8; 5000]).await;
+        put(&store, "b", b"small").await;
+        check("two commits");
+        store
+            .put_variant(
+                "b-1",
+                &key("a"),
+                &first,
+                "br",
+                Bytes::from_static(&[2u8; 700]),
+            )
+            .await
+            .unwrap();
+        store
+            .put_variant(
+                "b-1",
+                &key("a"),
+                &first,
+                "gzip",
+                Bytes::from_static(&[3u8; 900]),
+            )
+            .await
+            .unwrap();
+        check("two variants");
+        store
+            .put_variant(
+                "b-1",
+                &key("a"),
+                &first,
+                "br",
+                Bytes::from_static(&[2u8; 300]),
+            )
+            .await
+            .unwrap();
+        check("a variant made again");
+        // A new version: the old version's variants go with it.
+        put(&store, "a", &[4u8; 100]).await;
+        check("a new version");
+        assert_eq!(capacity.entries(), 2);
+        assert_eq!(
+            store.key_of("b-1", &FileHash::of(&key("a"))),
+            Some(key("a"))
+        );
+        store.delete("b-1", &key("b")).await.unwrap();
+        check("a purge");
+        assert_eq!(capacity.entries(), 1);
+        // Damage found while reading removes the file, and its entry.
+        let path = store.object_path("b-1", &key("a"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut object = store.open("b-1", &key("a")).await.unwrap().unwrap();
+        assert!(object.read_at(0, 1000).await.is_err());
+        check("damage");
+        assert_eq!(capacity.entries(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_walk_finds_what_the_order_missed_and_forgets_what_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (capacity, _) = Capacity::open(dir.path()).unwrap();
+        let store = DiskStore::open(dir.path())
+            .unwrap()
+            .with_capacity(capacity.clone());
+        let meta = put(&store, "tracked", b"one").await;
+        store
+            .put_variant(
+                "b-1",
+                &key("tracked"),
+                &meta,
+                "br",
+                Bytes::from_static(b"1"),
+            )
+            .await
+            .unwrap();
+        put(&store, "removed behind our back", b"two").await;
+        // Written by a store that does not tell the order (a crash before its save).
+        let untracked = DiskStore::open(dir.path()).unwrap();
+        put(&untracked, "unknown", b"three").await;
+        std::fs::remove_file(store.object_path("b-1", &key("removed behind our back"))).unwrap();
+        std::fs::write(dir.path().join("b-1").join("objects").join("stray"), b"x").unwrap();
+        let (admitted, dropped) = store.reconcile_capacity().unwrap();
+        assert_eq!((admitted, dropped), (1, 1));
+        assert_eq!(capacity.entries(), 2);
+        assert_eq!(capacity.bytes(), bytes_on_disk(dir.path(), "b-1"));
     }
 
     /// A store keeping files open, holding a 64 KiB object "big" (returned with its body).

@@ -184,7 +184,10 @@ impl<S: BucketStore> crate::StoreLayer for HotTier<S> {
     fn open_in_memory(&self, bucket: &str, key: &ObjectKey) -> Option<Box<dyn StoredObject>> {
         let shared = &self.shared;
         match shared.lookup(shared.id(bucket, key), bucket, key) {
-            Some((hot, true)) => Some(Box::new(MemoryObject(hot))),
+            Some((hot, true)) => {
+                shared.inner.served_above(bucket, key);
+                Some(Box::new(MemoryObject(hot)))
+            }
             _ => None,
         }
     }
@@ -197,12 +200,18 @@ impl<S: BucketStore> crate::StoreLayer for HotTier<S> {
         let shared = &self.shared;
         let id = shared.id(bucket, key);
         let (stale, _revalidation) = match shared.lookup(id, bucket, key) {
-            Some((hot, true)) => return Ok(Some(Box::new(MemoryObject(hot)))),
+            Some((hot, true)) => {
+                shared.inner.served_above(bucket, key);
+                return Ok(Some(Box::new(MemoryObject(hot))));
+            }
             Some((hot, false)) => match shared.revalidating.try_claim(&id) {
                 Some(claim) => (Some(hot), Some(claim)),
                 // Another request is asking the store: this one is served what it will most
                 // likely confirm.
-                None => return Ok(Some(Box::new(MemoryObject(hot)))),
+                None => {
+                    shared.inner.served_above(bucket, key);
+                    return Ok(Some(Box::new(MemoryObject(hot))));
+                }
             },
             None => (None, None),
         };

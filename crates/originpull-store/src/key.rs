@@ -1,5 +1,6 @@
 //! Object keys: the one parser from a request path to a key, the one encoder from a key back
-//! to a URL path for the origin, and the ids the in-process caches file objects under.
+//! to a URL path for the origin, the ids the in-process caches file objects under, and the
+//! stable hash that names an object's file and its place in the eviction order.
 //!
 //! A key is the request path without its leading `/`, percent-decoded, valid UTF-8 (as S3 and
 //! COS keys are), at most 1024 bytes, and free of control characters and `.`/`..` segments. Keys
@@ -234,6 +235,37 @@ impl ObjectIds {
         bucket.hash(&mut h);
         key.as_str().hash(&mut h);
         h
+    }
+}
+
+/// SHA-256 of an object key: names the object's file in the disk store (`disk.rs`) and its
+/// entry in the eviction order (`capacity.rs`), the same across restarts and processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileHash(pub [u8; 32]);
+
+impl FileHash {
+    pub fn of(key: &ObjectKey) -> FileHash {
+        use sha2::{Digest, Sha256};
+        FileHash(Sha256::digest(key.as_str().as_bytes()).into())
+    }
+
+    /// The hash a file name of 64 lower-case hex digits spells; `None` for any other name.
+    pub fn from_file_name(name: &[u8]) -> Option<FileHash> {
+        if name.len() != 64 || !name.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(name, &mut hash).ok()?;
+        Some(FileHash(hash))
+    }
+
+    /// The 64 lower-case hex digits, as the file is named.
+    pub fn to_hex(&self) -> [u8; 64] {
+        let mut hex = [0u8; 64];
+        if hex::encode_to_slice(self.0, &mut hex).is_err() {
+            unreachable!("32 bytes are 64 hex digits");
+        }
+        hex
     }
 }
 

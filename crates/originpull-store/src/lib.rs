@@ -11,10 +11,12 @@
 //! new version of the object never serves an old version's variant, and it can always be made
 //! again, so a store may lose it (a crash, an eviction) at any time.
 
+pub mod capacity;
 pub mod checksum;
 pub mod counted;
 pub mod disk;
 mod doorkeeper;
+pub mod eviction;
 pub mod hot;
 mod in_flight;
 pub mod key;
@@ -239,6 +241,16 @@ pub trait BucketStore: Send + Sync + 'static {
         None
     }
 
+    /// A layer above served `key` from its own copy (the memory tier): a store that evicts
+    /// by use counts it as a hit.
+    fn served_above(&self, _bucket: &str, _key: &ObjectKey) {}
+
+    /// Whether a new object of `bytes` (0 when not known) fits within the store's limits,
+    /// once whatever may be evicted is; a copy that does not is not started.
+    fn has_room(&self, _bucket: &str, _bytes: u64) -> bool {
+        true
+    }
+
     /// Opens `key` in `bucket`; `Ok(None)` when there is no such object.
     async fn open(
         &self,
@@ -313,6 +325,14 @@ pub trait StoreLayer: Send + Sync + 'static {
         self.below().open_in_memory(bucket, key)
     }
 
+    fn served_above(&self, bucket: &str, key: &ObjectKey) {
+        self.below().served_above(bucket, key)
+    }
+
+    fn has_room(&self, bucket: &str, bytes: u64) -> bool {
+        self.below().has_room(bucket, bytes)
+    }
+
     async fn open(
         &self,
         bucket: &str,
@@ -381,6 +401,14 @@ pub trait StoreLayer: Send + Sync + 'static {
 impl<L: StoreLayer> BucketStore for L {
     fn open_in_memory(&self, bucket: &str, key: &ObjectKey) -> Option<Box<dyn StoredObject>> {
         StoreLayer::open_in_memory(self, bucket, key)
+    }
+
+    fn served_above(&self, bucket: &str, key: &ObjectKey) {
+        StoreLayer::served_above(self, bucket, key)
+    }
+
+    fn has_room(&self, bucket: &str, bytes: u64) -> bool {
+        StoreLayer::has_room(self, bucket, bytes)
     }
 
     async fn open(

@@ -1,5 +1,6 @@
 //! The bucket store's metrics, registered on the default registry (where the server exports
-//! them): what each bucket holds, and the remote store's requests, failures and local tier.
+//! them): what each bucket holds, the disk store's capacity and evictions, and the remote
+//! store's requests, failures and local tier.
 //! Names and labels here are the operators' contract.
 
 use std::sync::LazyLock;
@@ -30,6 +31,47 @@ pub static BUCKET_GAUGES: LazyLock<BucketGauges> = LazyLock::new(|| BucketGauges
         &["bucket"]
     )
     .expect("register originpull_bucket_bytes"),
+});
+
+/// The disk store's capacity ([`crate::capacity`]) and its evictions ([`crate::eviction`]).
+pub struct CapacityMetrics {
+    pub store_bytes: IntGauge,
+    pub free_bytes: IntGauge,
+    pub over_limit: IntGauge,
+    pub evictions: IntCounterVec,
+    pub evicted_bytes: IntCounterVec,
+}
+
+#[allow(clippy::expect_used)]
+pub static CAPACITY_METRICS: LazyLock<CapacityMetrics> = LazyLock::new(|| CapacityMetrics {
+    store_bytes: register_int_gauge!(
+        "originpull_store_bytes",
+        "File bytes of every object and variant in the disk store (all buckets)."
+    )
+    .expect("register originpull_store_bytes"),
+    free_bytes: register_int_gauge!(
+        "originpull_store_free_bytes",
+        "Free bytes (for unprivileged users) of the file system holding data_dir."
+    )
+    .expect("register originpull_store_free_bytes"),
+    over_limit: register_int_gauge!(
+        "originpull_store_over_limit",
+        "1 while the disk store is past store.max_bytes or below store.min_free_bytes with \
+         nothing left that may be evicted: copies are not started."
+    )
+    .expect("register originpull_store_over_limit"),
+    evictions: register_int_counter_vec!(
+        "originpull_evictions_total",
+        "Objects evicted from the disk store to keep its limits, by bucket.",
+        &["bucket"]
+    )
+    .expect("register originpull_evictions_total"),
+    evicted_bytes: register_int_counter_vec!(
+        "originpull_evicted_bytes_total",
+        "File bytes (objects and variants) evicted from the disk store, by bucket.",
+        &["bucket"]
+    )
+    .expect("register originpull_evicted_bytes_total"),
 });
 
 /// The remote bucket store's requests (S3 backend) by operation: `head`, `get`, `put`,

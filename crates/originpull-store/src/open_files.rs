@@ -35,7 +35,7 @@ use originpull_support::clock::coarse_now;
 
 /// One object file, open, with what was read from it when it was opened.
 pub(crate) struct OpenFile {
-    bucket: Box<str>,
+    pub(crate) bucket: Box<str>,
     pub(crate) file: File,
     pub(crate) path: PathBuf,
     pub(crate) meta: ObjectMeta,

@@ -24,6 +24,8 @@ pub enum CopyEnd {
     Timeout(String),
     /// Larger than `fill.max_object_bytes`: not stored.
     TooLarge { limit: u64 },
+    /// The store is full (its limits, with nothing left to evict): not stored.
+    NoRoom,
     /// The origin's answer came from an originpull: a pull loop.
     Loop,
     /// The origin redirected to a host that is not one of the bucket's origins.
@@ -57,7 +59,10 @@ impl CopyEnd {
         !self.is_stored()
             && !matches!(
                 self,
-                CopyEnd::StoreUnavailable(_) | CopyEnd::Dropped | CopyEnd::RecentlyFailed { .. }
+                CopyEnd::StoreUnavailable(_)
+                    | CopyEnd::Dropped
+                    | CopyEnd::RecentlyFailed { .. }
+                    | CopyEnd::NoRoom
             )
     }
 
@@ -78,6 +83,7 @@ impl CopyEnd {
             CopyEnd::OriginError(_) => "origin_error",
             CopyEnd::Timeout(_) => "timeout",
             CopyEnd::TooLarge { .. } => "too_large",
+            CopyEnd::NoRoom => "no_room",
             CopyEnd::Loop => "loop",
             CopyEnd::RedirectRefused(_) => "redirect_refused",
             CopyEnd::StoreFailed(_) | CopyEnd::StoreUnavailable(_) => "store_error",
@@ -100,6 +106,7 @@ impl CopyEnd {
             CopyEnd::TooLarge { limit } => {
                 format!("object larger than max_object_bytes ({limit})")
             }
+            CopyEnd::NoRoom => CopyError::NoRoom.to_string(),
             CopyEnd::Loop => CopyError::Loop.to_string(),
             CopyEnd::RedirectRefused(to) => CopyError::RedirectRefused(to.clone()).to_string(),
             CopyEnd::StoreFailed(why) => format!("store error: {why}"),
@@ -128,6 +135,7 @@ impl From<CopyError> for CopyEnd {
             }
             CopyError::Origin(why) => CopyEnd::OriginError(why),
             CopyError::TooLarge { limit } => CopyEnd::TooLarge { limit },
+            CopyError::NoRoom => CopyEnd::NoRoom,
             CopyError::Store(e) => CopyEnd::StoreFailed(e.to_string()),
             CopyError::Loop => CopyEnd::Loop,
             CopyError::RedirectRefused(to) => CopyEnd::RedirectRefused(to),
@@ -149,6 +157,7 @@ mod tests {
             CopyEnd::OriginError(String::new()),
             CopyEnd::Timeout(String::new()),
             CopyEnd::TooLarge { limit: 1 },
+            CopyEnd::NoRoom,
             CopyEnd::Loop,
             CopyEnd::RedirectRefused(String::new()),
             CopyEnd::StoreFailed(String::new()),

@@ -64,6 +64,8 @@ pub enum CopyError {
     Timeout(String),
     #[error("object larger than max_object_bytes ({limit})")]
     TooLarge { limit: u64 },
+    #[error("no room in the store (store.max_bytes, store.min_free_bytes), even after eviction")]
+    NoRoom,
     #[error("store error: {0}")]
     Store(#[from] StoreError),
     #[error(
@@ -568,13 +570,21 @@ async fn receive_body(
             length: declared,
         }));
     }
-    if declared.is_some_and(|len| len > limits.max_object_bytes) {
+    let refused = if declared.is_some_and(|len| len > limits.max_object_bytes) {
+        Some(CopyError::TooLarge {
+            limit: limits.max_object_bytes,
+        })
+    } else if !store.has_room(bucket, declared.unwrap_or(0)) {
+        Some(CopyError::NoRoom)
+    } else {
+        None
+    };
+    if let Some(refused) = refused {
+        // Not stored; a mirror client still gets the object from the origin.
         if let Some(mirror) = sink.take() {
             pass_through(session, mirror).await?;
         }
-        return Err(CopyError::TooLarge {
-            limit: limits.max_object_bytes,
-        });
+        return Err(refused);
     }
     let mut writer = store.create(bucket, key).await?;
     writer.describe(&object);

@@ -1,0 +1,662 @@
+//! The disk store's capacity: what its files weigh, the order in which `retention: cache`
+//! buckets' objects go when the store is full, and that order's saved state.
+//!
+//! Every object file (with its variants) is one entry of pingora-cache's eviction manager
+//! (`eviction::lru::Manager`), keyed by bucket and [`FileHash`] and weighed in file bytes:
+//! commits admit it, hits of cache buckets move it to the front, purges remove it, variants and
+//! new versions change its weight. Objects of `keep` buckets are weighed too (they count toward
+//! `store.max_bytes`), but their place in the order means nothing: eviction passes over them.
+//! [`super::eviction`] takes entries from the back when a limit is passed and deletes them.
+//!
+//! One shard: eviction follows the exact least-recently-used order at any size. (With more
+//! shards the manager evicts from the longer of two random shards, which with a few hundred
+//! objects can evict an object served a moment ago while older ones remain.) The price is one
+//! lock for every hit of a cache bucket, shared by the worker threads, and a save that holds it
+//! while it copies the keys (docs/benchmarks.md, "A bucket cache that fits its disk").
+//!
+//! The state survives restarts without a walk: it is saved to `<data_dir>/.eviction/order`
+//! every few minutes and at a graceful stop, which also leaves a `clean` mark, and loaded at
+//! start. (`.eviction` cannot be a bucket: bucket names have no dot.) Without the mark (a
+//! crash, or the first start of a store made before this), objects committed or removed since
+//! the last save are unknown, so [`Capacity::reconcile`] walks the buckets in the background,
+//! admitting the files the state does not know and dropping entries whose file is gone;
+//! serving does not wait for it, and a cache bucket's object it has not reached yet is admitted
+//! when it is first served.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::{Mutex, RwLock};
+use pingora_cache::eviction::{lru::Manager, EvictionManager};
+use pingora_cache::key::CompactCacheKey;
+use pingora_cache::{CacheEntryKey, CacheEntryKeyRef};
+
+use crate::key::FileHash;
+use crate::metrics::CAPACITY_METRICS;
+use originpull_config::CapacityLimits;
+
+/// The directory under `data_dir` holding the saved order.
+pub const STATE_DIR: &str = ".eviction";
+const ORDER_FILE: &str = "order";
+const CLEAN_MARK: &str = "clean";
+
+/// Eviction frees this share of a limit below it, so that it does not run again at once.
+const EVICT_TO_PERCENT: u64 = 95;
+
+/// An entry of the order: one object file and its variants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub bucket: String,
+    pub hash: FileHash,
+    /// File bytes of the object and its variants.
+    pub weight: u64,
+}
+
+/// What limits apply and which buckets may be evicted; replaced by a reload.
+#[derive(Debug, Default)]
+struct Policy {
+    limits: CapacityLimits,
+    evictable: HashSet<String>,
+}
+
+pub struct Capacity {
+    order: Manager<1>,
+    root: PathBuf,
+    state_dir: PathBuf,
+    policy: RwLock<Arc<Policy>>,
+    /// File bytes per bucket. Every change of a weight happens with this held, so the totals
+    /// and the order agree.
+    bucket_bytes: Mutex<HashMap<String, u64>>,
+    /// Free bytes of `root`'s file system when last looked at.
+    free_bytes: AtomicU64,
+    /// Past a limit with nothing left to evict: copies are not started.
+    stuck: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Capacity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capacity")
+            .field("root", &self.root)
+            .field("entries", &self.order.total_items())
+            .field("bytes", &self.order.total_size())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How [`Capacity::open`] found the saved state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartState {
+    /// Saved at a graceful stop: it knows every file.
+    Clean,
+    /// Saved earlier (or never): [`Capacity::reconcile`] should run.
+    NeedsReconcile,
+}
+
+fn entry_key(bucket: &str, hash: &FileHash) -> CacheEntryKey {
+    let (primary, rest) = hash.0.split_at(16);
+    let mut compact = CompactCacheKey {
+        primary: [0; 16],
+        variance: Some(Box::new([0; 16])),
+        user_tag: bucket.into(),
+    };
+    compact.primary.copy_from_slice(primary);
+    if let Some(variance) = &mut compact.variance {
+        variance.copy_from_slice(rest);
+    }
+    CacheEntryKey::key_only(compact)
+}
+
+fn entry_of(key: &CacheEntryKey, weight: usize) -> Option<Entry> {
+    let compact = key.key();
+    let rest = compact.variance.as_deref()?;
+    let mut hash = [0u8; 32];
+    hash[..16].copy_from_slice(&compact.primary);
+    hash[16..].copy_from_slice(rest);
+    Some(Entry {
+        bucket: compact.user_tag.to_string(),
+        hash: FileHash(hash),
+        weight: weight as u64,
+    })
+}
+
+/// The manager's weights are `usize`; a file's length always fits on the 64-bit targets built.
+fn weight(bytes: u64) -> usize {
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
+impl Capacity {
+    /// Loads the order saved under `root` (the disk store's `data_dir`), if any.
+    pub fn open(root: &Path) -> io::Result<(Arc<Capacity>, StartState)> {
+        let state_dir = root.join(STATE_DIR);
+        std::fs::create_dir_all(&state_dir)?;
+        let capacity = Capacity {
+            // No limit inside the manager: eviction is ours, in the background.
+            order: Manager::with_capacity(usize::MAX, 1024),
+            root: root.to_path_buf(),
+            state_dir,
+            policy: RwLock::default(),
+            bucket_bytes: Mutex::default(),
+            free_bytes: AtomicU64::new(0),
+            stuck: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+        };
+        let clean = capacity.state_dir.join(CLEAN_MARK);
+        let marked_clean = clean.exists();
+        let loaded = match std::fs::read(capacity.state_dir.join(ORDER_FILE)) {
+            Ok(saved) => capacity.load(&saved).map_err(|why| {
+                log::warn!(
+                    "{}: the saved eviction order is unreadable ({why}); the buckets are walked \
+                     to rebuild it",
+                    root.display()
+                );
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(()),
+            Err(e) => return Err(e),
+        };
+        // From now on a stop that does not save again is a crash.
+        if marked_clean {
+            std::fs::remove_file(&clean)?;
+            std::fs::File::open(&capacity.state_dir)?.sync_all()?;
+        }
+        capacity.refresh_gauges();
+        let start = if marked_clean && loaded.is_ok() {
+            StartState::Clean
+        } else {
+            StartState::NeedsReconcile
+        };
+        Ok((Arc::new(capacity), start))
+    }
+
+    /// Rebuilds the order from a saved one: admitting from the least recently used up puts
+    /// every entry back in its place.
+    fn load(&self, saved: &[u8]) -> Result<(), String> {
+        let entries: Vec<(CacheEntryKey, usize)> =
+            rmp_serde::from_slice(saved).map_err(|e| e.to_string())?;
+        let mut totals = self.bucket_bytes.lock();
+        for (key, weight) in entries.into_iter().rev() {
+            if let Some(entry) = entry_of(&key, weight) {
+                *totals.entry(entry.bucket).or_default() += weight as u64;
+                self.order.admit(key, weight, SystemTime::UNIX_EPOCH);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `limits` and which buckets are `retention: cache`; wakes eviction.
+    pub fn set_policy<'a>(
+        &self,
+        limits: CapacityLimits,
+        evictable: impl IntoIterator<Item = &'a str>,
+    ) {
+        let policy = Policy {
+            limits,
+            evictable: evictable.into_iter().map(str::to_string).collect(),
+        };
+        *self.policy.write() = Arc::new(policy);
+        self.stuck.store(false, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    fn evictable(&self, bucket: &str) -> bool {
+        self.policy.read().evictable.contains(bucket)
+    }
+
+    /// A hit of `bucket`'s object, whose file (and variants) weigh `bytes`, read by name: an
+    /// object the order does not know (stored before a crash) is admitted.
+    pub(crate) fn served(&self, bucket: &str, hash: &FileHash, bytes: u64) {
+        if !self.evictable(bucket) {
+            return;
+        }
+        let key = entry_key(bucket, hash);
+        if self
+            .order
+            .access(&key, weight(bytes), SystemTime::UNIX_EPOCH)
+        {
+            return;
+        }
+        let mut totals = self.bucket_bytes.lock();
+        *totals.entry(bucket.to_string()).or_default() += bytes.max(1);
+    }
+
+    /// A hit of `bucket`'s object served without its name (a file kept open, the memory
+    /// tier): moved to the front if the order knows it. (Admitting it could bring back an
+    /// object evicted a moment ago, whose copy in memory outlives its file.) `hash` is only
+    /// worked out for cache buckets.
+    pub(crate) fn served_if_known(&self, bucket: &str, hash: impl FnOnce() -> Option<FileHash>) {
+        if !self.evictable(bucket) {
+            return;
+        }
+        let Some(hash) = hash() else {
+            return;
+        };
+        let key = entry_key(bucket, &hash);
+        if self.order.peek(&key) {
+            self.order.access(&key, 0, SystemTime::UNIX_EPOCH);
+        }
+    }
+
+    /// A new version of the object was renamed into place, its file `bytes` long (its old
+    /// variants were removed first).
+    pub(crate) fn committed(&self, bucket: &str, hash: &FileHash, bytes: u64) {
+        self.set_weight(bucket, hash, |_| Some(bytes));
+        if self.past_a_limit() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A variant of the object went from `old` file bytes (0: none) to `new`.
+    pub(crate) fn variant_written(&self, bucket: &str, hash: &FileHash, old: u64, new: u64) {
+        // A variant of an object the order does not know waits for the object's entry.
+        self.set_weight(bucket, hash, |known| {
+            known.map(|known| (known + new).saturating_sub(old))
+        });
+    }
+
+    /// The object's file and variants were removed.
+    pub(crate) fn removed(&self, bucket: &str, hash: &FileHash) {
+        self.set_weight(bucket, hash, |_| None);
+    }
+
+    /// Changes the entry's weight to what `to` makes of the known one (`None`: not in the
+    /// order), keeping the bucket totals in step.
+    fn set_weight(
+        &self,
+        bucket: &str,
+        hash: &FileHash,
+        to: impl FnOnce(Option<u64>) -> Option<u64>,
+    ) {
+        let key = entry_key(bucket, hash);
+        let mut totals = self.bucket_bytes.lock();
+        let known = self.order.peek_weight(&key).map(|w| w as u64);
+        let new = to(known);
+        if known == new {
+            return;
+        }
+        match new {
+            Some(bytes) => {
+                self.order.admit(key, weight(bytes), SystemTime::UNIX_EPOCH);
+            }
+            None => self
+                .order
+                .remove(CacheEntryKeyRef::from_entry_id(key.key(), None)),
+        }
+        let total = totals.entry(bucket.to_string()).or_default();
+        // The manager weighs an entry at least 1 byte.
+        *total = total.saturating_sub(known.unwrap_or(0)) + new.map_or(0, |b| b.max(1));
+    }
+
+    /// File bytes of every object and variant the order knows.
+    pub fn bytes(&self) -> u64 {
+        self.order.total_size() as u64
+    }
+
+    pub fn entries(&self) -> usize {
+        self.order.total_items()
+    }
+
+    /// File bytes of `bucket`'s objects and variants.
+    pub fn bucket_bytes(&self, bucket: &str) -> u64 {
+        self.bucket_bytes.lock().get(bucket).copied().unwrap_or(0)
+    }
+
+    fn evictable_bytes(&self, policy: &Policy) -> u64 {
+        let totals = self.bucket_bytes.lock();
+        policy
+            .evictable
+            .iter()
+            .filter_map(|bucket| totals.get(bucket))
+            .sum()
+    }
+
+    /// Free bytes of the file system holding the store, looked up now.
+    fn look_at_free_bytes(&self) -> u64 {
+        match rustix::fs::statvfs(&self.root) {
+            Ok(stat) => {
+                let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+                self.free_bytes.store(free, Ordering::Relaxed);
+                free
+            }
+            // Unknown: keep the last figure rather than evict for nothing.
+            Err(_) => self.free_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn past_a_limit(&self) -> bool {
+        let limits = self.policy.read().limits;
+        limits.max_bytes > 0 && self.bytes() > limits.max_bytes
+    }
+
+    /// Bytes eviction should free now: past `max_bytes`, down to 95% of it; below
+    /// `min_free_bytes` free, up to it plus 5%. 0 when within both limits.
+    pub fn bytes_to_free(&self) -> u64 {
+        let free = self.look_at_free_bytes();
+        self.refresh_gauges();
+        let limits = self.policy.read().limits;
+        let mut need = 0;
+        if limits.max_bytes > 0 && self.bytes() > limits.max_bytes {
+            need = self.bytes() - limits.max_bytes * EVICT_TO_PERCENT / 100;
+        }
+        if limits.min_free_bytes > 0 && free < limits.min_free_bytes {
+            let wanted =
+                limits.min_free_bytes + limits.min_free_bytes * (100 - EVICT_TO_PERCENT) / 100;
+            need = need.max(wanted - free);
+        }
+        if need == 0 {
+            self.set_stuck(false);
+        }
+        need
+    }
+
+    /// Takes the least recently used object of a cache bucket out of the order (its files are
+    /// the caller's to delete); `None` when no cache bucket has any.
+    pub fn take_victim(&self) -> Option<Entry> {
+        let policy = self.policy.read().clone();
+        if policy.evictable.is_empty() {
+            return None;
+        }
+        let mut totals = self.bucket_bytes.lock();
+        // Objects of keep buckets (or of buckets no longer configured) are moved to the front
+        // once each, out of the way.
+        for _ in 0..=self.order.total_items() {
+            let key = self.order.peek_lru(0)?;
+            let weight = self.order.peek_weight(&key).unwrap_or(0);
+            let Some(entry) = entry_of(&key, weight) else {
+                // Not one of ours (a damaged saved state): nothing to delete.
+                self.order
+                    .remove(CacheEntryKeyRef::from_entry_id(key.key(), None));
+                continue;
+            };
+            if !policy.evictable.contains(&entry.bucket) {
+                self.order.access(&key, 0, SystemTime::UNIX_EPOCH);
+                continue;
+            }
+            self.order
+                .remove(CacheEntryKeyRef::from_entry_id(key.key(), None));
+            if let Some(total) = totals.get_mut(&entry.bucket) {
+                *total = total.saturating_sub(entry.weight);
+            }
+            return Some(entry);
+        }
+        None
+    }
+
+    /// Marks the store past a limit with nothing left to evict (or no longer).
+    pub fn set_stuck(&self, stuck: bool) {
+        if self.stuck.swap(stuck, Ordering::Relaxed) != stuck {
+            CAPACITY_METRICS.over_limit.set(i64::from(stuck));
+            if stuck {
+                log::warn!(
+                    "{}: the store is past store.max_bytes or below store.min_free_bytes and \
+                     holds nothing more that may be evicted (retention: cache); copies are not \
+                     started until there is room",
+                    self.root.display()
+                );
+            }
+        }
+    }
+
+    /// Whether a copy of `bytes` (0 when not known) fits, evicting every cache bucket's
+    /// objects if need be.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        let policy = self.policy.read().clone();
+        let limits = policy.limits;
+        if !limits.any() {
+            return true;
+        }
+        if self.stuck.load(Ordering::Relaxed) {
+            return false;
+        }
+        let evictable = self.evictable_bytes(&policy);
+        if limits.max_bytes > 0
+            && self.bytes().saturating_sub(evictable).saturating_add(bytes) > limits.max_bytes
+        {
+            return false;
+        }
+        let free = self.free_bytes.load(Ordering::Relaxed);
+        !(limits.min_free_bytes > 0
+            && free.saturating_add(evictable) < limits.min_free_bytes.saturating_add(bytes))
+    }
+
+    /// Waits until a commit passes a limit or the policy changes.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    pub fn refresh_gauges(&self) {
+        CAPACITY_METRICS.store_bytes.set(self.bytes() as i64);
+        CAPACITY_METRICS
+            .free_bytes
+            .set(self.free_bytes.load(Ordering::Relaxed) as i64);
+    }
+
+    /// Every entry, least recently used last.
+    fn snapshot(&self) -> io::Result<Vec<(CacheEntryKey, usize)>> {
+        let saved = self.order.serialize_shard(0).map_err(io::Error::other)?;
+        rmp_serde::from_slice(&saved).map_err(io::Error::other)
+    }
+
+    /// Saves the order (blocking: run it off the serving threads); `clean` also marks it as
+    /// knowing every file, for a stop.
+    pub fn save(&self, clean: bool) -> io::Result<()> {
+        let saved = self.order.serialize_shard(0).map_err(io::Error::other)?;
+        let path = self.state_dir.join(ORDER_FILE);
+        let tmp = self
+            .state_dir
+            .join(format!("{ORDER_FILE}.{}.tmp", std::process::id()));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&saved)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        if clean {
+            std::fs::File::create(self.state_dir.join(CLEAN_MARK))?.sync_all()?;
+        }
+        std::fs::File::open(&self.state_dir)?.sync_all()
+    }
+
+    /// Brings the order in line with `found`, every object file on disk with the bytes of
+    /// its file and variants (walked in the background after a start that was not clean):
+    /// admits the objects the order does not know, corrects weights, and drops entries whose
+    /// file is gone (`exists` looks again, for files committed after the walk passed their
+    /// directory). Returns (admitted, dropped).
+    pub fn reconcile(
+        &self,
+        found: &HashMap<(String, FileHash), u64>,
+        exists: impl Fn(&str, &FileHash) -> bool,
+    ) -> io::Result<(usize, usize)> {
+        let mut admitted = 0;
+        for ((bucket, hash), bytes) in found {
+            let mut added = false;
+            self.set_weight(bucket, hash, |known| {
+                added = known.is_none();
+                Some(*bytes)
+            });
+            admitted += usize::from(added);
+        }
+        let mut dropped = 0;
+        for (key, weight) in self.snapshot()? {
+            let Some(entry) = entry_of(&key, weight) else {
+                continue;
+            };
+            if !found.contains_key(&(entry.bucket.clone(), entry.hash))
+                && !exists(&entry.bucket, &entry.hash)
+            {
+                self.removed(&entry.bucket, &entry.hash);
+                dropped += 1;
+            }
+        }
+        self.refresh_gauges();
+        Ok((admitted, dropped))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::ObjectKey;
+
+    fn hash(key: &str) -> FileHash {
+        FileHash::of(&ObjectKey::from_stored(key).unwrap())
+    }
+
+    fn limits(max_bytes: u64) -> CapacityLimits {
+        CapacityLimits {
+            max_bytes,
+            min_free_bytes: 0,
+        }
+    }
+
+    fn victims(capacity: &Capacity) -> Vec<(String, FileHash)> {
+        std::iter::from_fn(|| capacity.take_victim())
+            .map(|e| (e.bucket, e.hash))
+            .collect()
+    }
+
+    #[test]
+    fn victims_are_the_least_recently_used_of_cache_buckets_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (capacity, start) = Capacity::open(dir.path()).unwrap();
+        assert_eq!(start, StartState::NeedsReconcile);
+        capacity.set_policy(limits(1000), ["img"]);
+        for i in 0..300 {
+            capacity.committed("img", &hash(&format!("{i}")), 10);
+            capacity.committed("site", &hash(&format!("{i}")), 10);
+        }
+        // Served since: objects 0, 10, 20, ...
+        for i in (0..300).step_by(10) {
+            capacity.served("img", &hash(&format!("{i}")), 10);
+            capacity.served_if_known("img", || Some(hash(&format!("{i}"))));
+        }
+        assert_eq!(capacity.bytes(), 6000);
+        assert_eq!(capacity.bucket_bytes("img"), 3000);
+        let order = victims(&capacity);
+        let unserved: Vec<_> = (0..300)
+            .filter(|i| i % 10 != 0)
+            .chain((0..300).step_by(10))
+            .map(|i| ("img".to_string(), hash(&format!("{i}"))))
+            .collect();
+        assert_eq!(order, unserved);
+        assert_eq!(capacity.bucket_bytes("img"), 0);
+        assert_eq!(
+            capacity.bytes(),
+            3000,
+            "the keep bucket's objects stay counted"
+        );
+    }
+
+    #[test]
+    fn weights_follow_versions_variants_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let (capacity, _) = Capacity::open(dir.path()).unwrap();
+        let a = hash("a");
+        capacity.committed("b", &a, 100);
+        capacity.variant_written("b", &a, 0, 30);
+        capacity.variant_written("b", &a, 30, 20);
+        assert_eq!(capacity.bytes(), 120);
+        capacity.committed("b", &a, 50);
+        assert_eq!((capacity.bytes(), capacity.bucket_bytes("b")), (50, 50));
+        // A variant of an object the order does not know waits for the object.
+        capacity.variant_written("b", &hash("unknown"), 0, 70);
+        assert_eq!(capacity.bytes(), 50);
+        capacity.removed("b", &a);
+        capacity.removed("b", &a);
+        assert_eq!((capacity.bytes(), capacity.entries()), (0, 0));
+        assert_eq!(capacity.bucket_bytes("b"), 0);
+    }
+
+    #[test]
+    fn a_hit_by_name_admits_an_unknown_object_of_a_cache_bucket_and_only_that() {
+        let dir = tempfile::tempdir().unwrap();
+        let (capacity, _) = Capacity::open(dir.path()).unwrap();
+        capacity.set_policy(limits(0), ["img"]);
+        capacity.served("img", &hash("x"), 40);
+        capacity.served("site", &hash("x"), 40);
+        capacity.served_if_known("img", || Some(hash("y")));
+        assert_eq!((capacity.entries(), capacity.bytes()), (1, 40));
+        assert_eq!(capacity.bucket_bytes("img"), 40);
+    }
+
+    #[test]
+    fn the_order_and_weights_survive_a_save_and_the_clean_mark_is_used_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (capacity, _) = Capacity::open(dir.path()).unwrap();
+            capacity.set_policy(limits(1), ["img"]);
+            for i in 0..50 {
+                capacity.committed("img", &hash(&i.to_string()), 100 + i);
+            }
+            capacity.served("img", &hash("7"), 0);
+            capacity.save(true).unwrap();
+        }
+        let (capacity, start) = Capacity::open(dir.path()).unwrap();
+        assert_eq!(start, StartState::Clean);
+        assert_eq!(capacity.entries(), 50);
+        assert_eq!(capacity.bucket_bytes("img"), (100..150).sum::<u64>());
+        capacity.set_policy(limits(1), ["img"]);
+        let order: Vec<_> = victims(&capacity).into_iter().map(|(_, h)| h).collect();
+        let expected: Vec<_> = (0..50)
+            .filter(|i| *i != 7)
+            .chain([7])
+            .map(|i| hash(&i.to_string()))
+            .collect();
+        assert_eq!(order, expected);
+        drop(capacity);
+        // Not saved clean again: the next start must reconcile.
+        let (_, start) = Capacity::open(dir.path()).unwrap();
+        assert_eq!(start, StartState::NeedsReconcile);
+    }
+
+    #[test]
+    fn a_damaged_saved_state_starts_empty_and_asks_for_a_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(STATE_DIR)).unwrap();
+        std::fs::write(dir.path().join(STATE_DIR).join(ORDER_FILE), b"\x93garbage").unwrap();
+        std::fs::write(dir.path().join(STATE_DIR).join(CLEAN_MARK), b"").unwrap();
+        let (capacity, start) = Capacity::open(dir.path()).unwrap();
+        assert_eq!(capacity.entries(), 0);
+        assert_eq!(start, StartState::NeedsReconcile);
+    }
+
+    #[test]
+    fn reconcile_admits_what_the_disk_has_and_drops_what_it_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (capacity, _) = Capacity::open(dir.path()).unwrap();
+        capacity.committed("img", &hash("kept"), 10);
+        capacity.committed("img", &hash("lost"), 20);
+        capacity.committed("img", &hash("racing"), 30);
+        let found = HashMap::from([
+            (("img".to_string(), hash("kept")), 15),
+            (("img".to_string(), hash("new")), 40),
+        ]);
+        // "racing" was committed after the walk passed its directory: its file exists.
+        let (admitted, dropped) = capacity
+            .reconcile(&found, |_, h| *h == hash("racing"))
+            .unwrap();
+        assert_eq!((admitted, dropped), (1, 1));
+        assert_eq!(capacity.bytes(), 15 + 40 + 30);
+        assert_eq!(capacity.bucket_bytes("img"), 85);
+    }
+
+    #[test]
+    fn room_counts_what_eviction_could_free_and_the_stuck_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let (capacity, _) = Capacity::open(dir.path()).unwrap();
+        capacity.set_policy(limits(1000), ["img"]);
+        capacity.committed("site", &hash("k"), 600);
+        capacity.committed("img", &hash("c"), 300);
+        assert!(capacity.has_room(400), "300 evictable + 100 free");
+        assert!(!capacity.has_room(401));
+        assert_eq!(capacity.bytes_to_free(), 0);
+        capacity.committed("img", &hash("d"), 200);
+        // 1100 > 1000: down to 950.
+        assert_eq!(capacity.bytes_to_free(), 150);
+        capacity.set_stuck(true);
+        assert!(!capacity.has_room(0));
+        capacity.set_policy(limits(0), ["img"]);
+        assert!(capacity.has_room(u64::MAX), "no limit, no refusal");
+    }
+}
