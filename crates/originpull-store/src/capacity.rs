@@ -1,16 +1,13 @@
 //! The disk store's capacity: what its files weigh, the order in which `retention: cache`
 //! buckets' objects go when the store is full, and that order's saved state.
 //!
-//! Every object file (with its variants) is one entry of pingora-cache's eviction manager
-//! (`eviction::lru::Manager`), keyed by bucket and [`FileHash`] and weighed in file bytes:
-//! commits admit it, hits of cache buckets move it to the front, purges remove it, variants and
-//! new versions change its weight. Objects of `keep` buckets are weighed too (they count toward
-//! `store.max_bytes`), but their place in the order means nothing: eviction passes over them.
-//! [`super::eviction`] takes entries from the back when a limit is passed and deletes them.
-//!
-//! One shard: eviction follows the exact least-recently-used order at any size. (With more
-//! shards the manager evicts from the longer of two random shards, which with a few hundred
-//! objects can evict an object served a moment ago while older ones remain.) The price is one
+//! Every object file (with its variants) is one entry of the eviction engine ([`crate::order`]:
+//! pingora-cache's eviction manager, one shard, so the order is exactly least recently used),
+//! keyed by bucket and [`FileHash`] and weighed in file bytes: commits admit it, hits of cache
+//! buckets move it to the front, purges remove it, variants and new versions change its weight.
+//! Objects of `keep` buckets are weighed too (they count toward `store.max_bytes`), but their
+//! place in the order means nothing: eviction passes over them. [`super::eviction`] takes
+//! entries from the back when a limit is passed and deletes them. The price of one shard is one
 //! lock for every hit of a cache bucket, shared by the worker threads, and a save that holds it
 //! while it copies the keys (docs/benchmarks.md, "A bucket cache that fits its disk").
 //!
@@ -28,33 +25,25 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use parking_lot::{Mutex, RwLock};
-use pingora_cache::eviction::{lru::Manager, EvictionManager};
-use pingora_cache::key::CompactCacheKey;
-use pingora_cache::{CacheEntryKey, CacheEntryKeyRef};
+use parking_lot::RwLock;
 
 use crate::key::FileHash;
 use crate::metrics::CAPACITY_METRICS;
+pub use crate::order::Entry;
+use crate::order::Order;
 use originpull_config::CapacityLimits;
 
 /// The directory under `data_dir` holding the saved order.
 pub const STATE_DIR: &str = ".eviction";
 const ORDER_FILE: &str = "order";
 const CLEAN_MARK: &str = "clean";
+/// The process id of the process whose order is the current one: during a zero-downtime
+/// upgrade the new process takes it over at start, and the old one, draining, saves nothing.
+const OWNER_FILE: &str = "owner";
 
 /// Eviction frees this share of a limit below it, so that it does not run again at once.
 const EVICT_TO_PERCENT: u64 = 95;
-
-/// An entry of the order: one object file and its variants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub bucket: String,
-    pub hash: FileHash,
-    /// File bytes of the object and its variants.
-    pub weight: u64,
-}
 
 /// What limits apply and which buckets may be evicted; replaced by a reload.
 #[derive(Debug, Default)]
@@ -64,13 +53,11 @@ struct Policy {
 }
 
 pub struct Capacity {
-    order: Manager<1>,
+    /// Every object file (and its variants), weighed in file bytes.
+    order: Order,
     root: PathBuf,
     state_dir: PathBuf,
     policy: RwLock<Arc<Policy>>,
-    /// File bytes per bucket. Every change of a weight happens with this held, so the totals
-    /// and the order agree.
-    bucket_bytes: Mutex<HashMap<String, u64>>,
     /// Free bytes of `root`'s file system when last looked at.
     free_bytes: AtomicU64,
     /// Past a limit with nothing left to evict: copies are not started.
@@ -82,8 +69,8 @@ impl std::fmt::Debug for Capacity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Capacity")
             .field("root", &self.root)
-            .field("entries", &self.order.total_items())
-            .field("bytes", &self.order.total_size())
+            .field("entries", &self.order.len())
+            .field("bytes", &self.order.bytes())
             .finish_non_exhaustive()
     }
 }
@@ -97,50 +84,16 @@ pub enum StartState {
     NeedsReconcile,
 }
 
-fn entry_key(bucket: &str, hash: &FileHash) -> CacheEntryKey {
-    let (primary, rest) = hash.0.split_at(16);
-    let mut compact = CompactCacheKey {
-        primary: [0; 16],
-        variance: Some(Box::new([0; 16])),
-        user_tag: bucket.into(),
-    };
-    compact.primary.copy_from_slice(primary);
-    if let Some(variance) = &mut compact.variance {
-        variance.copy_from_slice(rest);
-    }
-    CacheEntryKey::key_only(compact)
-}
-
-fn entry_of(key: &CacheEntryKey, weight: usize) -> Option<Entry> {
-    let compact = key.key();
-    let rest = compact.variance.as_deref()?;
-    let mut hash = [0u8; 32];
-    hash[..16].copy_from_slice(&compact.primary);
-    hash[16..].copy_from_slice(rest);
-    Some(Entry {
-        bucket: compact.user_tag.to_string(),
-        hash: FileHash(hash),
-        weight: weight as u64,
-    })
-}
-
-/// The manager's weights are `usize`; a file's length always fits on the 64-bit targets built.
-fn weight(bytes: u64) -> usize {
-    usize::try_from(bytes).unwrap_or(usize::MAX)
-}
-
 impl Capacity {
     /// Loads the order saved under `root` (the disk store's `data_dir`), if any.
     pub fn open(root: &Path) -> io::Result<(Arc<Capacity>, StartState)> {
         let state_dir = root.join(STATE_DIR);
         std::fs::create_dir_all(&state_dir)?;
         let capacity = Capacity {
-            // No limit inside the manager: eviction is ours, in the background.
-            order: Manager::with_capacity(usize::MAX, 1024),
+            order: Order::new(),
             root: root.to_path_buf(),
             state_dir,
             policy: RwLock::default(),
-            bucket_bytes: Mutex::default(),
             free_bytes: AtomicU64::new(0),
             stuck: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
@@ -148,7 +101,7 @@ impl Capacity {
         let clean = capacity.state_dir.join(CLEAN_MARK);
         let marked_clean = clean.exists();
         let loaded = match std::fs::read(capacity.state_dir.join(ORDER_FILE)) {
-            Ok(saved) => capacity.load(&saved).map_err(|why| {
+            Ok(saved) => capacity.order.load(&saved).map_err(|why| {
                 log::warn!(
                     "{}: the saved eviction order is unreadable ({why}); the buckets are walked \
                      to rebuild it",
@@ -161,8 +114,12 @@ impl Capacity {
         // From now on a stop that does not save again is a crash.
         if marked_clean {
             std::fs::remove_file(&clean)?;
-            std::fs::File::open(&capacity.state_dir)?.sync_all()?;
         }
+        std::fs::write(
+            capacity.state_dir.join(OWNER_FILE),
+            std::process::id().to_string(),
+        )?;
+        std::fs::File::open(&capacity.state_dir)?.sync_all()?;
         capacity.refresh_gauges();
         let start = if marked_clean && loaded.is_ok() {
             StartState::Clean
@@ -170,21 +127,6 @@ impl Capacity {
             StartState::NeedsReconcile
         };
         Ok((Arc::new(capacity), start))
-    }
-
-    /// Rebuilds the order from a saved one: admitting from the least recently used up puts
-    /// every entry back in its place.
-    fn load(&self, saved: &[u8]) -> Result<(), String> {
-        let entries: Vec<(CacheEntryKey, usize)> =
-            rmp_serde::from_slice(saved).map_err(|e| e.to_string())?;
-        let mut totals = self.bucket_bytes.lock();
-        for (key, weight) in entries.into_iter().rev() {
-            if let Some(entry) = entry_of(&key, weight) {
-                *totals.entry(entry.bucket).or_default() += weight as u64;
-                self.order.admit(key, weight, SystemTime::UNIX_EPOCH);
-            }
-        }
-        Ok(())
     }
 
     /// Applies `limits` and which buckets are `retention: cache`; wakes eviction.
@@ -212,15 +154,7 @@ impl Capacity {
         if !self.evictable(bucket) {
             return;
         }
-        let key = entry_key(bucket, hash);
-        if self
-            .order
-            .access(&key, weight(bytes), SystemTime::UNIX_EPOCH)
-        {
-            return;
-        }
-        let mut totals = self.bucket_bytes.lock();
-        *totals.entry(bucket.to_string()).or_default() += bytes.max(1);
+        self.order.used(bucket, hash, bytes);
     }
 
     /// A hit of `bucket`'s object served without its name (a file kept open, the memory
@@ -234,83 +168,49 @@ impl Capacity {
         let Some(hash) = hash() else {
             return;
         };
-        let key = entry_key(bucket, &hash);
-        if self.order.peek(&key) {
-            self.order.access(&key, 0, SystemTime::UNIX_EPOCH);
-        }
+        self.order.used_if_known(bucket, &hash);
     }
 
-    /// A new version of the object was renamed into place, its file `bytes` long (its old
-    /// variants were removed first).
-    pub(crate) fn committed(&self, bucket: &str, hash: &FileHash, bytes: u64) {
-        self.set_weight(bucket, hash, |_| Some(bytes));
+    /// A new version of the object was renamed into place; `weigh` reads what its file and
+    /// variants weigh now (run with the order's totals locked, so a variant written meanwhile
+    /// is counted once). A copy counts as a use.
+    pub(crate) fn committed(&self, bucket: &str, hash: &FileHash, weigh: impl FnOnce() -> u64) {
+        self.order.set_weight(bucket, hash, |_| Some(weigh()));
+        self.order.used_if_known(bucket, hash);
         if self.past_a_limit() {
             self.wake.notify_one();
         }
     }
 
-    /// A variant of the object went from `old` file bytes (0: none) to `new`.
-    pub(crate) fn variant_written(&self, bucket: &str, hash: &FileHash, old: u64, new: u64) {
-        // A variant of an object the order does not know waits for the object's entry.
-        self.set_weight(bucket, hash, |known| {
-            known.map(|known| (known + new).saturating_sub(old))
-        });
+    /// A variant of the object was written; `weigh` as for [`Capacity::committed`]. A variant
+    /// of an object the order does not know waits for the object's entry.
+    pub(crate) fn variant_written(
+        &self,
+        bucket: &str,
+        hash: &FileHash,
+        weigh: impl FnOnce() -> u64,
+    ) {
+        self.order
+            .set_weight(bucket, hash, |known| known.map(|_| weigh()));
     }
 
     /// The object's file and variants were removed.
     pub(crate) fn removed(&self, bucket: &str, hash: &FileHash) {
-        self.set_weight(bucket, hash, |_| None);
-    }
-
-    /// Changes the entry's weight to what `to` makes of the known one (`None`: not in the
-    /// order), keeping the bucket totals in step.
-    fn set_weight(
-        &self,
-        bucket: &str,
-        hash: &FileHash,
-        to: impl FnOnce(Option<u64>) -> Option<u64>,
-    ) {
-        let key = entry_key(bucket, hash);
-        let mut totals = self.bucket_bytes.lock();
-        let known = self.order.peek_weight(&key).map(|w| w as u64);
-        let new = to(known);
-        if known == new {
-            return;
-        }
-        match new {
-            Some(bytes) => {
-                self.order.admit(key, weight(bytes), SystemTime::UNIX_EPOCH);
-            }
-            None => self
-                .order
-                .remove(CacheEntryKeyRef::from_entry_id(key.key(), None)),
-        }
-        let total = totals.entry(bucket.to_string()).or_default();
-        // The manager weighs an entry at least 1 byte.
-        *total = total.saturating_sub(known.unwrap_or(0)) + new.map_or(0, |b| b.max(1));
+        self.order.remove(bucket, hash);
     }
 
     /// File bytes of every object and variant the order knows.
     pub fn bytes(&self) -> u64 {
-        self.order.total_size() as u64
+        self.order.bytes()
     }
 
     pub fn entries(&self) -> usize {
-        self.order.total_items()
+        self.order.len()
     }
 
     /// File bytes of `bucket`'s objects and variants.
     pub fn bucket_bytes(&self, bucket: &str) -> u64 {
-        self.bucket_bytes.lock().get(bucket).copied().unwrap_or(0)
-    }
-
-    fn evictable_bytes(&self, policy: &Policy) -> u64 {
-        let totals = self.bucket_bytes.lock();
-        policy
-            .evictable
-            .iter()
-            .filter_map(|bucket| totals.get(bucket))
-            .sum()
+        self.order.bucket_bytes(bucket)
     }
 
     /// Free bytes of the file system holding the store, looked up now.
@@ -359,30 +259,8 @@ impl Capacity {
         if policy.evictable.is_empty() {
             return None;
         }
-        let mut totals = self.bucket_bytes.lock();
-        // Objects of keep buckets (or of buckets no longer configured) are moved to the front
-        // once each, out of the way.
-        for _ in 0..=self.order.total_items() {
-            let key = self.order.peek_lru(0)?;
-            let weight = self.order.peek_weight(&key).unwrap_or(0);
-            let Some(entry) = entry_of(&key, weight) else {
-                // Not one of ours (a damaged saved state): nothing to delete.
-                self.order
-                    .remove(CacheEntryKeyRef::from_entry_id(key.key(), None));
-                continue;
-            };
-            if !policy.evictable.contains(&entry.bucket) {
-                self.order.access(&key, 0, SystemTime::UNIX_EPOCH);
-                continue;
-            }
-            self.order
-                .remove(CacheEntryKeyRef::from_entry_id(key.key(), None));
-            if let Some(total) = totals.get_mut(&entry.bucket) {
-                *total = total.saturating_sub(entry.weight);
-            }
-            return Some(entry);
-        }
-        None
+        self.order
+            .take_least_recent(|bucket| policy.evictable.contains(bucket))
     }
 
     /// Marks the store past a limit with nothing left to evict (or no longer).
@@ -411,7 +289,7 @@ impl Capacity {
         if self.stuck.load(Ordering::Relaxed) {
             return false;
         }
-        let evictable = self.evictable_bytes(&policy);
+        let evictable = self.order.bytes_of(&policy.evictable);
         if limits.max_bytes > 0
             && self.bytes().saturating_sub(evictable).saturating_add(bytes) > limits.max_bytes
         {
@@ -434,16 +312,15 @@ impl Capacity {
             .set(self.free_bytes.load(Ordering::Relaxed) as i64);
     }
 
-    /// Every entry, least recently used last.
-    fn snapshot(&self) -> io::Result<Vec<(CacheEntryKey, usize)>> {
-        let saved = self.order.serialize_shard(0).map_err(io::Error::other)?;
-        rmp_serde::from_slice(&saved).map_err(io::Error::other)
-    }
-
     /// Saves the order (blocking: run it off the serving threads); `clean` also marks it as
-    /// knowing every file, for a stop.
-    pub fn save(&self, clean: bool) -> io::Result<()> {
-        let saved = self.order.serialize_shard(0).map_err(io::Error::other)?;
+    /// knowing every file, for a stop. A process whose order another process has taken over
+    /// (the new one of an upgrade) saves nothing: `Ok(false)`.
+    pub fn save(&self, clean: bool) -> io::Result<bool> {
+        let owner = std::fs::read_to_string(self.state_dir.join(OWNER_FILE)).unwrap_or_default();
+        if owner.trim() != std::process::id().to_string() {
+            return Ok(false);
+        }
+        let saved = self.order.serialize().map_err(io::Error::other)?;
         let path = self.state_dir.join(ORDER_FILE);
         let tmp = self
             .state_dir
@@ -455,7 +332,8 @@ impl Capacity {
         if clean {
             std::fs::File::create(self.state_dir.join(CLEAN_MARK))?.sync_all()?;
         }
-        std::fs::File::open(&self.state_dir)?.sync_all()
+        std::fs::File::open(&self.state_dir)?.sync_all()?;
+        Ok(true)
     }
 
     /// Brings the order in line with `found`, every object file on disk with the bytes of
@@ -471,17 +349,14 @@ impl Capacity {
         let mut admitted = 0;
         for ((bucket, hash), bytes) in found {
             let mut added = false;
-            self.set_weight(bucket, hash, |known| {
+            self.order.set_weight(bucket, hash, |known| {
                 added = known.is_none();
                 Some(*bytes)
             });
             admitted += usize::from(added);
         }
         let mut dropped = 0;
-        for (key, weight) in self.snapshot()? {
-            let Some(entry) = entry_of(&key, weight) else {
-                continue;
-            };
+        for entry in self.order.entries().map_err(io::Error::other)? {
             if !found.contains_key(&(entry.bucket.clone(), entry.hash))
                 && !exists(&entry.bucket, &entry.hash)
             {
@@ -523,8 +398,8 @@ mod tests {
         assert_eq!(start, StartState::NeedsReconcile);
         capacity.set_policy(limits(1000), ["img"]);
         for i in 0..300 {
-            capacity.committed("img", &hash(&format!("{i}")), 10);
-            capacity.committed("site", &hash(&format!("{i}")), 10);
+            capacity.committed("img", &hash(&format!("{i}")), || 10);
+            capacity.committed("site", &hash(&format!("{i}")), || 10);
         }
         // Served since: objects 0, 10, 20, ...
         for i in (0..300).step_by(10) {
@@ -553,14 +428,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (capacity, _) = Capacity::open(dir.path()).unwrap();
         let a = hash("a");
-        capacity.committed("b", &a, 100);
-        capacity.variant_written("b", &a, 0, 30);
-        capacity.variant_written("b", &a, 30, 20);
+        capacity.committed("b", &a, || 100);
+        capacity.variant_written("b", &a, || 130);
+        capacity.variant_written("b", &a, || 120);
         assert_eq!(capacity.bytes(), 120);
-        capacity.committed("b", &a, 50);
+        capacity.committed("b", &a, || 50);
         assert_eq!((capacity.bytes(), capacity.bucket_bytes("b")), (50, 50));
         // A variant of an object the order does not know waits for the object.
-        capacity.variant_written("b", &hash("unknown"), 0, 70);
+        capacity.variant_written("b", &hash("unknown"), || 70);
         assert_eq!(capacity.bytes(), 50);
         capacity.removed("b", &a);
         capacity.removed("b", &a);
@@ -587,10 +462,10 @@ mod tests {
             let (capacity, _) = Capacity::open(dir.path()).unwrap();
             capacity.set_policy(limits(1), ["img"]);
             for i in 0..50 {
-                capacity.committed("img", &hash(&i.to_string()), 100 + i);
+                capacity.committed("img", &hash(&i.to_string()), || 100 + i);
             }
             capacity.served("img", &hash("7"), 0);
-            capacity.save(true).unwrap();
+            assert!(capacity.save(true).unwrap());
         }
         let (capacity, start) = Capacity::open(dir.path()).unwrap();
         assert_eq!(start, StartState::Clean);
@@ -611,6 +486,20 @@ mod tests {
     }
 
     #[test]
+    fn a_process_whose_order_was_taken_over_saves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, _) = Capacity::open(dir.path()).unwrap();
+        old.committed("img", &hash("a"), || 10);
+        assert!(old.save(false).unwrap());
+        // The new process of an upgrade starts (here: claims the order under another pid).
+        let (new, _) = Capacity::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join(STATE_DIR).join(OWNER_FILE), "1").unwrap();
+        new.committed("img", &hash("b"), || 20);
+        assert!(!old.save(true).unwrap(), "the draining process saved");
+        assert!(!dir.path().join(STATE_DIR).join(CLEAN_MARK).exists());
+    }
+
+    #[test]
     fn a_damaged_saved_state_starts_empty_and_asks_for_a_walk() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join(STATE_DIR)).unwrap();
@@ -625,9 +514,9 @@ mod tests {
     fn reconcile_admits_what_the_disk_has_and_drops_what_it_lost() {
         let dir = tempfile::tempdir().unwrap();
         let (capacity, _) = Capacity::open(dir.path()).unwrap();
-        capacity.committed("img", &hash("kept"), 10);
-        capacity.committed("img", &hash("lost"), 20);
-        capacity.committed("img", &hash("racing"), 30);
+        capacity.committed("img", &hash("kept"), || 10);
+        capacity.committed("img", &hash("lost"), || 20);
+        capacity.committed("img", &hash("racing"), || 30);
         let found = HashMap::from([
             (("img".to_string(), hash("kept")), 15),
             (("img".to_string(), hash("new")), 40),
@@ -646,12 +535,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (capacity, _) = Capacity::open(dir.path()).unwrap();
         capacity.set_policy(limits(1000), ["img"]);
-        capacity.committed("site", &hash("k"), 600);
-        capacity.committed("img", &hash("c"), 300);
+        capacity.committed("site", &hash("k"), || 600);
+        capacity.committed("img", &hash("c"), || 300);
         assert!(capacity.has_room(400), "300 evictable + 100 free");
         assert!(!capacity.has_room(401));
         assert_eq!(capacity.bytes_to_free(), 0);
-        capacity.committed("img", &hash("d"), 200);
+        capacity.committed("img", &hash("d"), || 200);
         // 1100 > 1000: down to 950.
         assert_eq!(capacity.bytes_to_free(), 150);
         capacity.set_stuck(true);

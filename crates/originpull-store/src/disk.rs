@@ -436,16 +436,15 @@ impl BucketStore for DiskStore {
         };
         let trailer = encode_trailer(&meta)?;
         let tmp_path = self.tmp_path(bucket);
-        let tracked = self
-            .capacity
-            .clone()
-            .map(|capacity| (capacity, bucket.to_string(), FileHash::of(key)));
+        let hash = FileHash::of(key);
+        let tracked = self.capacity.clone().map(|capacity| {
+            let object_path = file_path_under(&self.root, bucket, &hash);
+            (capacity, bucket.to_string(), hash, object_path)
+        });
         tokio::task::spawn_blocking(move || {
-            let old_len = final_path.symlink_metadata().map_or(0, |stat| stat.len());
             write_variant(&tmp_path, &final_path, &body, &trailer)?;
-            if let Some((capacity, bucket, hash)) = tracked {
-                let new_len = (body.len() + trailer.len()) as u64;
-                capacity.variant_written(&bucket, &hash, old_len, new_len);
+            if let Some((capacity, bucket, hash, object_path)) = tracked {
+                capacity.variant_written(&bucket, &hash, || weigh_files(&object_path));
             }
             io::Result::Ok(())
         })
@@ -565,27 +564,44 @@ fn walk_object_files(root: &Path) -> io::Result<HashMap<(String, FileHash), u64>
     Ok(found)
 }
 
-/// Walks `<bucket>/objects/`, reading each file's trailer (a few KiB) for its key and size.
-/// Files that are not whole objects are skipped, as `open` would treat them as missing.
-/// Removes the variants kept beside the object file at `path` (`<file>.<variant>`); they could
-/// never be served again, but would hold disk space.
-fn remove_variants(path: &Path) {
+/// The variants kept beside the object file at `path` (`<file>.<variant>`).
+fn variant_files(path: &Path) -> Vec<std::fs::DirEntry> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return;
+        return Vec::new();
     };
     let mut prefix = name.to_os_string();
     prefix.push(".");
     let prefix = prefix.as_encoded_bytes().to_vec();
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return Vec::new();
     };
-    for entry in entries.flatten() {
-        if entry.file_name().as_encoded_bytes().starts_with(&prefix) {
-            let _ = std::fs::remove_file(entry.path());
-        }
+    entries
+        .flatten()
+        .filter(|entry| entry.file_name().as_encoded_bytes().starts_with(&prefix))
+        .collect()
+}
+
+/// Removes the variants kept beside the object file at `path`; they could never be served
+/// again, but would hold disk space.
+fn remove_variants(path: &Path) {
+    for variant in variant_files(path) {
+        let _ = std::fs::remove_file(variant.path());
     }
 }
 
+/// What the object file at `path` and its variants weigh on disk now, in file bytes (each at
+/// least 1, as the eviction order counts them).
+fn weigh_files(path: &Path) -> u64 {
+    let own = std::fs::metadata(path).map_or(0, |stat| stat.len().max(1));
+    own + variant_files(path)
+        .iter()
+        .filter_map(|variant| variant.metadata().ok())
+        .map(|stat| stat.len().max(1))
+        .sum::<u64>()
+}
+
+/// Walks `<bucket>/objects/`, reading each file's trailer (a few KiB) for its key and size.
+/// Files that are not whole objects are skipped, as `open` would treat them as missing.
 fn list_objects(objects: &Path, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
     let mut found = Vec::new();
     let entries = |dir: &Path| -> io::Result<Vec<PathBuf>> {
@@ -863,15 +879,19 @@ impl ObjectWriter for DiskWriter {
         let final_path = self.final_path.clone();
         let tracked = self.tracked.take();
         let publish_tracked = move || {
-            // The old version's variants could never be served again: they go first, so what
-            // the file and its variants weigh is the new file's length.
-            if final_path.symlink_metadata().is_ok() {
+            // The old version's variants could never be served again: they go first.
+            let replacing = final_path.symlink_metadata().is_ok();
+            if replacing {
                 remove_variants(&final_path);
             }
             let len = std::fs::metadata(&tmp_path)?.len();
             publish(&tmp_path, &final_path)?;
             if let Some((capacity, bucket, hash)) = tracked {
-                capacity.committed(&bucket, &hash, len);
+                // A variant of the old version written meanwhile is on disk too.
+                capacity.committed(&bucket, &hash, || match replacing {
+                    true => weigh_files(&final_path),
+                    false => len,
+                });
             }
             Ok(())
         };

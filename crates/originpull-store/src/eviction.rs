@@ -113,7 +113,10 @@ impl Eviction {
     pub async fn save(&self, clean: bool) {
         let capacity = self.capacity.clone();
         match tokio::task::spawn_blocking(move || capacity.save(clean)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                log::info!("the eviction order is another process's now (an upgrade): not saved")
+            }
             Ok(Err(e)) => log::warn!("cannot save the eviction order: {e}"),
             Err(e) => log::warn!("cannot save the eviction order: {e}"),
         }

@@ -24,6 +24,7 @@ pub mod local_tier;
 pub mod md5;
 pub mod metrics;
 mod open_files;
+mod order;
 #[cfg(feature = "properties")]
 pub mod properties;
 #[cfg(feature = "s3")]

@@ -5,7 +5,8 @@
 //! [`DiskStore`] under `dir/originpull-local-tier`, and served for `revalidate_secs`; then the
 //! store is asked (`HEAD`) and the copy kept if the ETag is unchanged, dropped otherwise, so an
 //! object deleted or replaced in the store stops being served within `revalidate_secs`. Copies
-//! past `max_bytes` are removed least recently used first. While the store fails, copies are
+//! past `max_bytes` are removed least recently used first, in the order the disk store's
+//! eviction keeps too (pingora-cache's eviction manager, [`crate::order`]). While the store fails, copies are
 //! served whatever their age. One request at a time asks the store about a given copy; requests
 //! meanwhile are served the copy, so a hot object costs the store one `HEAD` per
 //! `revalidate_secs`, not one per request in flight.
@@ -18,7 +19,7 @@
 //! a copy whose file or record is missing, unreadable or does not match the other is removed,
 //! and copies past `max_bytes` are evicted, least recently checked first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -32,8 +33,9 @@ use super::{
     BucketStore, DiskStore, NewObject, ObjectMeta, ObjectWriter, StoreError, StoredObject,
 };
 use crate::in_flight::InFlight;
-use crate::key::ObjectKey;
+use crate::key::{FileHash, ObjectKey};
 use crate::metrics::STORE_METRICS;
+use crate::order::Order;
 use originpull_config::LocalTierSettings;
 use originpull_support::log_summary::SummarizedLog;
 
@@ -61,7 +63,12 @@ fn record_path(object_path: &Path) -> PathBuf {
     PathBuf::from(path)
 }
 
-type EntryId = (String, String);
+/// A copy's bucket and the hash of its key (its file's name, its key in the order).
+type EntryId = (String, FileHash);
+
+fn entry_id(bucket: &str, key: &ObjectKey) -> EntryId {
+    (bucket.to_string(), FileHash::of(key))
+}
 
 struct Entry {
     key: ObjectKey,
@@ -69,58 +76,52 @@ struct Entry {
     meta: ObjectMeta,
     /// When the copy was made or last found unchanged in the store.
     checked: SystemTime,
-    last_used: u64,
 }
 
-#[derive(Default)]
 struct Index {
     entries: HashMap<EntryId, Entry>,
-    by_use: BTreeMap<u64, EntryId>,
-    bytes: u64,
-    clock: u64,
-    copying: std::collections::HashSet<EntryId>,
+    /// The copies by use, weighed in body bytes.
+    order: Order,
+    copying: HashSet<EntryId>,
     /// Until the index is rebuilt at start, the copies removed meanwhile (purged, replaced),
     /// which the rebuild must not bring back.
-    removed_before_rebuilt: Option<std::collections::HashSet<EntryId>>,
+    removed_before_rebuilt: Option<HashSet<EntryId>>,
 }
 
 impl Index {
     fn touch(&mut self, id: &EntryId) {
-        self.clock += 1;
-        let clock = self.clock;
-        if let Some(entry) = self.entries.get_mut(id) {
-            self.by_use.remove(&entry.last_used);
-            entry.last_used = clock;
-            self.by_use.insert(clock, id.clone());
-        }
+        self.order.used_if_known(&id.0, &id.1);
     }
 
     fn remove(&mut self, id: &EntryId) -> Option<Entry> {
         let entry = self.entries.remove(id)?;
-        self.by_use.remove(&entry.last_used);
-        self.bytes -= entry.meta.size;
+        self.order.remove(&id.0, &id.1);
         Some(entry)
     }
 
     /// Adds `entry` as the most recently used copy (replacing any copy of `id`).
     fn insert(&mut self, id: EntryId, entry: Entry) {
-        self.remove(&id);
-        self.bytes += entry.meta.size;
-        self.entries.insert(id.clone(), entry);
-        self.touch(&id);
+        self.order
+            .set_weight(&id.0, &id.1, |_| Some(entry.meta.size));
+        // A copy made again at the same size is still the most recent use.
+        self.order.used_if_known(&id.0, &id.1);
+        self.entries.insert(id, entry);
+    }
+
+    fn bytes(&self) -> u64 {
+        self.order.bytes()
     }
 
     /// Takes the least recently used copies out until `max_bytes` holds; returns them (their
     /// files are still to be removed).
     fn evict_past(&mut self, max_bytes: u64) -> Vec<(String, ObjectKey)> {
         let mut evicted = Vec::new();
-        while self.bytes > max_bytes {
-            let Some((_, oldest)) = self.by_use.pop_first() else {
+        while self.order.bytes() > max_bytes {
+            let Some(oldest) = self.order.take_least_recent(|_| true) else {
                 break;
             };
-            if let Some(entry) = self.entries.remove(&oldest) {
-                self.bytes -= entry.meta.size;
-                evicted.push((oldest.0, entry.key));
+            if let Some(entry) = self.entries.remove(&(oldest.bucket.clone(), oldest.hash)) {
+                evicted.push((oldest.bucket, entry.key));
             }
         }
         evicted
@@ -165,8 +166,10 @@ impl<S: BucketStore> LocalTier<S> {
             disk,
             root,
             index: Mutex::new(Index {
-                removed_before_rebuilt: Some(Default::default()),
-                ..Index::default()
+                entries: HashMap::new(),
+                order: Order::new(),
+                copying: HashSet::new(),
+                removed_before_rebuilt: Some(HashSet::new()),
             }),
             max_bytes: settings.max_bytes,
             revalidate: Duration::from_secs(settings.revalidate_secs),
@@ -204,7 +207,7 @@ impl<S: BucketStore> Shared<S> {
         if removed.is_some() {
             STORE_METRICS
                 .local_tier_bytes
-                .set(self.index.lock().bytes as i64);
+                .set(self.index.lock().bytes() as i64);
             self.remove_files(&id.0, key);
         }
     }
@@ -212,7 +215,7 @@ impl<S: BucketStore> Shared<S> {
     /// Evicts past `max_bytes`, removing the evicted copies' files; returns how many.
     fn evict(&self, mut index: parking_lot::MutexGuard<'_, Index>) -> usize {
         let evicted = index.evict_past(self.max_bytes);
-        STORE_METRICS.local_tier_bytes.set(index.bytes as i64);
+        STORE_METRICS.local_tier_bytes.set(index.bytes() as i64);
         drop(index);
         let count = evicted.len();
         for (bucket, key) in evicted {
@@ -263,7 +266,7 @@ impl<S: BucketStore> Shared<S> {
 
     /// Copies the current version from the store to disk, then evicts past `max_bytes`.
     async fn make_copy(self: Arc<Self>, bucket: String, key: ObjectKey) {
-        let id = (bucket.clone(), key.as_str().to_string());
+        let id = entry_id(&bucket, &key);
         if !self.index.lock().copying.insert(id.clone()) {
             return;
         }
@@ -276,7 +279,6 @@ impl<S: BucketStore> Shared<S> {
                     key: key.clone(),
                     meta,
                     checked: SystemTime::now(),
-                    last_used: 0,
                 };
                 index.insert(id, entry);
                 self.evict(index);
@@ -298,7 +300,8 @@ impl<S: BucketStore> Shared<S> {
         let mut kept = 0;
         let mut index = self.index.lock();
         let removed = index.removed_before_rebuilt.take().unwrap_or_default();
-        let made_since_start: Vec<EntryId> = index.by_use.values().cloned().collect();
+        // Most recent first.
+        let made_since_start = index.order.entries().unwrap_or_default();
         for copy in found {
             if index.entries.contains_key(&copy.id) || index.copying.contains(&copy.id) {
                 continue;
@@ -312,13 +315,12 @@ impl<S: BucketStore> Shared<S> {
                 key: copy.key,
                 meta: copy.meta,
                 checked: copy.checked,
-                last_used: 0,
             };
             index.insert(copy.id, entry);
         }
         // Copies made since the start were used after every rebuilt one.
-        for id in &made_since_start {
-            index.touch(id);
+        for made in made_since_start.into_iter().rev() {
+            index.touch(&(made.bucket, made.hash));
         }
         let evicted = self.evict(index);
         log::info!(
@@ -391,7 +393,7 @@ impl<S: BucketStore> Shared<S> {
             return None;
         }
         Some(Some(FoundCopy {
-            id: (bucket.to_string(), key.as_str().to_string()),
+            id: entry_id(bucket, &key),
             key,
             meta: record.meta,
             checked,
@@ -472,7 +474,7 @@ impl<S: BucketStore> crate::StoreLayer for LocalTier<S> {
         key: &ObjectKey,
     ) -> Result<Option<Box<dyn StoredObject>>, StoreError> {
         let shared = &self.shared;
-        let id: EntryId = (bucket.to_string(), key.as_str().to_string());
+        let id = entry_id(bucket, key);
         let cached = shared
             .index
             .lock()
@@ -541,8 +543,7 @@ impl<S: BucketStore> crate::StoreLayer for LocalTier<S> {
         key: &ObjectKey,
     ) -> Result<Box<dyn ObjectWriter>, StoreError> {
         // A new version replaces the copy at once rather than after `revalidate_secs`.
-        self.shared
-            .remove_copy(&(bucket.to_string(), key.as_str().to_string()), key);
+        self.shared.remove_copy(&entry_id(bucket, key), key);
         self.shared.inner.create(bucket, key).await
     }
 
@@ -551,7 +552,7 @@ impl<S: BucketStore> crate::StoreLayer for LocalTier<S> {
         bucket: &str,
         key: &ObjectKey,
     ) -> Result<Option<ObjectMeta>, StoreError> {
-        let id: EntryId = (bucket.to_string(), key.as_str().to_string());
+        let id = entry_id(bucket, key);
         self.shared.remove_copy(&id, key);
         self.shared.inner.delete(bucket, key).await
     }
@@ -605,8 +606,8 @@ mod tests {
     }
 
     fn indexed(tier: &LocalTier<DiskStore>) -> Vec<String> {
-        let mut keys: Vec<String> = (tier.shared.index.lock().entries.keys())
-            .map(|id| id.1.clone())
+        let mut keys: Vec<String> = (tier.shared.index.lock().entries.values())
+            .map(|entry| entry.key.as_str().to_string())
             .collect();
         keys.sort();
         keys
@@ -636,7 +637,7 @@ mod tests {
         writer.write(Bytes::from_static(b"one")).await.unwrap();
         writer.commit(NewObject::default()).await.unwrap();
         assert!(tier.open(BUCKET, &key("a")).await.unwrap().is_some());
-        let id = (BUCKET.to_string(), "a".to_string());
+        let id = entry_id(BUCKET, &key("a"));
         wait_for(|| tier.shared.index.lock().entries.contains_key(&id)).await;
         // Checked long enough ago to be due.
         tier.shared
@@ -691,14 +692,14 @@ mod tests {
         wait_for(|| !indexed(&second).is_empty()).await;
         assert_eq!(indexed(&second), ["whole"]);
         let entry_checked =
-            second.shared.index.lock().entries[&(BUCKET.to_string(), "whole".to_string())].checked;
+            second.shared.index.lock().entries[&entry_id(BUCKET, &key("whole"))].checked;
         let skew = entry_checked
             .duration_since(checked_long_ago)
             .or_else(|_| checked_long_ago.duration_since(entry_checked))
             .unwrap();
         // Within the file system's timestamp granularity.
         assert!(skew < Duration::from_secs(2), "the check time survives");
-        assert_eq!(second.shared.index.lock().bytes, 10);
+        assert_eq!(second.shared.index.lock().bytes(), 10);
         for name in ["truncated", "no-record", "no-file"] {
             assert!(!path(name).exists(), "{name}'s file removed");
             assert!(
@@ -750,7 +751,7 @@ mod tests {
         drop(first);
 
         let second = tier(remote.path(), dir.path(), 15);
-        wait_for(|| second.shared.index.lock().bytes == 10).await;
+        wait_for(|| second.shared.index.lock().bytes() == 10).await;
         // Evicted files go after the index: give the removal its moment.
         wait_for(|| !record.exists()).await;
         assert_eq!(indexed(&second), ["new"]);
