@@ -49,8 +49,20 @@ const EVICT_TO_PERCENT: u64 = 95;
 #[derive(Debug, Default)]
 struct Policy {
     limits: CapacityLimits,
-    evictable: HashSet<String>,
+    evictable: HashSet<Arc<str>>,
 }
+
+/// A hit waiting to be applied to the order.
+struct Use {
+    bucket: Arc<str>,
+    hash: FileHash,
+    /// `Some(bytes)`: read by name, admitted if unknown; `None`: moved up only if known.
+    admit_with: Option<u64>,
+}
+
+/// Hits waiting for the order at most; past this, hits are not recorded until the next
+/// drain (the order only loses precision).
+const MAX_PENDING_USES: usize = 65_536;
 
 pub struct Capacity {
     /// Every object file (and its variants), weighed in file bytes.
@@ -62,6 +74,13 @@ pub struct Capacity {
     free_bytes: AtomicU64,
     /// Past a limit with nothing left to evict: copies are not started.
     stuck: AtomicBool,
+    /// Hits not applied to the order yet. A hit only pushes here, so no request waits for the
+    /// order's lock (a save of a million entries holds it for half a second); eviction applies
+    /// them ([`Capacity::apply_uses`]) every few milliseconds and before it takes victims.
+    uses: parking_lot::Mutex<Vec<Use>>,
+    /// Until the saved order is loaded (in the background, see [`Capacity::load_saved`]), what
+    /// was removed meanwhile, which the load must not bring back; `None` once loaded.
+    removed_while_loading: parking_lot::Mutex<Option<HashSet<(String, FileHash)>>>,
     wake: tokio::sync::Notify,
 }
 
@@ -96,21 +115,12 @@ impl Capacity {
             policy: RwLock::default(),
             free_bytes: AtomicU64::new(0),
             stuck: AtomicBool::new(false),
+            uses: parking_lot::Mutex::new(Vec::new()),
+            removed_while_loading: parking_lot::Mutex::new(Some(HashSet::new())),
             wake: tokio::sync::Notify::new(),
         };
         let clean = capacity.state_dir.join(CLEAN_MARK);
         let marked_clean = clean.exists();
-        let loaded = match std::fs::read(capacity.state_dir.join(ORDER_FILE)) {
-            Ok(saved) => capacity.order.load(&saved).map_err(|why| {
-                log::warn!(
-                    "{}: the saved eviction order is unreadable ({why}); the buckets are walked \
-                     to rebuild it",
-                    root.display()
-                );
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(()),
-            Err(e) => return Err(e),
-        };
         // From now on a stop that does not save again is a crash.
         if marked_clean {
             std::fs::remove_file(&clean)?;
@@ -120,13 +130,59 @@ impl Capacity {
             std::process::id().to_string(),
         )?;
         std::fs::File::open(&capacity.state_dir)?.sync_all()?;
+        // Copies ask for room before eviction first looks.
+        capacity.look_at_free_bytes();
         capacity.refresh_gauges();
-        let start = if marked_clean && loaded.is_ok() {
+        let start = if marked_clean {
             StartState::Clean
         } else {
             StartState::NeedsReconcile
         };
         Ok((Arc::new(capacity), start))
+    }
+
+    /// Loads the saved order behind what serving has added since the start (blocking: a
+    /// million entries take seconds, so it runs in the background while serving goes on).
+    /// Returns how the start should be treated: a saved order that cannot be read needs the
+    /// walk even after a clean stop.
+    pub fn load_saved(&self, start: StartState) -> StartState {
+        let path = self.state_dir.join(ORDER_FILE);
+        let loaded = match std::fs::read(&path) {
+            Ok(saved) => self
+                .order
+                .load(&saved, |bucket, hash| {
+                    self.removed_while_loading
+                        .lock()
+                        .as_ref()
+                        .is_some_and(|removed| removed.contains(&(bucket.to_string(), *hash)))
+                })
+                .map_err(|why| format!("unreadable ({why})")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err("missing".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        *self.removed_while_loading.lock() = None;
+        self.refresh_gauges();
+        match loaded {
+            Ok(entries) => {
+                log::info!("eviction order loaded: {entries} objects");
+                start
+            }
+            Err(why) => {
+                if start == StartState::Clean {
+                    log::warn!(
+                        "{}: the saved eviction order is {why}; the buckets are walked to \
+                         rebuild it",
+                        path.display()
+                    );
+                }
+                StartState::NeedsReconcile
+            }
+        }
+    }
+
+    /// Whether the saved order has been loaded (eviction waits for it).
+    pub fn loaded(&self) -> bool {
+        self.removed_while_loading.lock().is_none()
     }
 
     /// Applies `limits` and which buckets are `retention: cache`; wakes eviction.
@@ -137,44 +193,71 @@ impl Capacity {
     ) {
         let policy = Policy {
             limits,
-            evictable: evictable.into_iter().map(str::to_string).collect(),
+            evictable: evictable.into_iter().map(Arc::from).collect(),
         };
         *self.policy.write() = Arc::new(policy);
         self.stuck.store(false, Ordering::Relaxed);
         self.wake.notify_one();
     }
 
-    fn evictable(&self, bucket: &str) -> bool {
-        self.policy.read().evictable.contains(bucket)
+    /// The bucket's name, shared, if it is a cache bucket.
+    fn evictable(&self, bucket: &str) -> Option<Arc<str>> {
+        self.policy.read().evictable.get(bucket).cloned()
     }
 
     /// A hit of `bucket`'s object, whose file (and variants) weigh `bytes`, read by name: an
     /// object the order does not know (stored before a crash) is admitted.
-    pub(crate) fn served(&self, bucket: &str, hash: &FileHash, bytes: u64) {
-        if !self.evictable(bucket) {
-            return;
+    pub fn served(&self, bucket: &str, hash: &FileHash, bytes: u64) {
+        if let Some(bucket) = self.evictable(bucket) {
+            self.push_use(Use {
+                bucket,
+                hash: *hash,
+                admit_with: Some(bytes),
+            });
         }
-        self.order.used(bucket, hash, bytes);
     }
 
     /// A hit of `bucket`'s object served without its name (a file kept open, the memory
     /// tier): moved to the front if the order knows it. (Admitting it could bring back an
     /// object evicted a moment ago, whose copy in memory outlives its file.) `hash` is only
     /// worked out for cache buckets.
-    pub(crate) fn served_if_known(&self, bucket: &str, hash: impl FnOnce() -> Option<FileHash>) {
-        if !self.evictable(bucket) {
-            return;
-        }
-        let Some(hash) = hash() else {
+    pub fn served_if_known(&self, bucket: &str, hash: impl FnOnce() -> Option<FileHash>) {
+        let Some(bucket) = self.evictable(bucket) else {
             return;
         };
-        self.order.used_if_known(bucket, &hash);
+        if let Some(hash) = hash() {
+            self.push_use(Use {
+                bucket,
+                hash,
+                admit_with: None,
+            });
+        }
+    }
+
+    fn push_use(&self, hit: Use) {
+        let mut uses = self.uses.lock();
+        if uses.len() < MAX_PENDING_USES {
+            uses.push(hit);
+        }
+    }
+
+    /// Applies the hits recorded since the last call to the order, in the order they came.
+    pub fn apply_uses(&self) {
+        let uses = std::mem::take(&mut *self.uses.lock());
+        for hit in uses {
+            match hit.admit_with {
+                Some(bytes) => {
+                    self.order.used(&hit.bucket, &hit.hash, bytes);
+                }
+                None => self.order.used_if_known(&hit.bucket, &hit.hash),
+            }
+        }
     }
 
     /// A new version of the object was renamed into place; `weigh` reads what its file and
     /// variants weigh now (run with the order's totals locked, so a variant written meanwhile
     /// is counted once). A copy counts as a use.
-    pub(crate) fn committed(&self, bucket: &str, hash: &FileHash, weigh: impl FnOnce() -> u64) {
+    pub fn committed(&self, bucket: &str, hash: &FileHash, weigh: impl FnOnce() -> u64) {
         self.order.set_weight(bucket, hash, |_| Some(weigh()));
         self.order.used_if_known(bucket, hash);
         if self.past_a_limit() {
@@ -196,6 +279,9 @@ impl Capacity {
 
     /// The object's file and variants were removed.
     pub(crate) fn removed(&self, bucket: &str, hash: &FileHash) {
+        if let Some(removed) = self.removed_while_loading.lock().as_mut() {
+            removed.insert((bucket.to_string(), *hash));
+        }
         self.order.remove(bucket, hash);
     }
 
@@ -234,6 +320,7 @@ impl Capacity {
     /// Bytes eviction should free now: past `max_bytes`, down to 95% of it; below
     /// `min_free_bytes` free, up to it plus 5%. 0 when within both limits.
     pub fn bytes_to_free(&self) -> u64 {
+        self.apply_uses();
         let free = self.look_at_free_bytes();
         self.refresh_gauges();
         let limits = self.policy.read().limits;
@@ -259,6 +346,7 @@ impl Capacity {
         if policy.evictable.is_empty() {
             return None;
         }
+        self.apply_uses();
         self.order
             .take_least_recent(|bucket| policy.evictable.contains(bucket))
     }
@@ -289,7 +377,9 @@ impl Capacity {
         if self.stuck.load(Ordering::Relaxed) {
             return false;
         }
-        let evictable = self.order.bytes_of(&policy.evictable);
+        let evictable = self
+            .order
+            .bytes_of(policy.evictable.iter().map(|bucket| &**bucket));
         if limits.max_bytes > 0
             && self.bytes().saturating_sub(evictable).saturating_add(bytes) > limits.max_bytes
         {
@@ -320,6 +410,7 @@ impl Capacity {
         if owner.trim() != std::process::id().to_string() {
             return Ok(false);
         }
+        self.apply_uses();
         let saved = self.order.serialize().map_err(io::Error::other)?;
         let path = self.state_dir.join(ORDER_FILE);
         let tmp = self
@@ -451,6 +542,8 @@ mod tests {
         capacity.served("img", &hash("x"), 40);
         capacity.served("site", &hash("x"), 40);
         capacity.served_if_known("img", || Some(hash("y")));
+        assert_eq!(capacity.entries(), 0, "applied later, off the request");
+        capacity.apply_uses();
         assert_eq!((capacity.entries(), capacity.bytes()), (1, 40));
         assert_eq!(capacity.bucket_bytes("img"), 40);
     }
@@ -469,20 +562,39 @@ mod tests {
         }
         let (capacity, start) = Capacity::open(dir.path()).unwrap();
         assert_eq!(start, StartState::Clean);
-        assert_eq!(capacity.entries(), 50);
-        assert_eq!(capacity.bucket_bytes("img"), (100..150).sum::<u64>());
+        assert!(!capacity.loaded());
+        // Served, committed and purged while the saved order loads: the first two are more
+        // recent than anything saved, the purged one is not brought back.
         capacity.set_policy(limits(1), ["img"]);
+        capacity.served("img", &hash("3"), 103);
+        // Eviction applies recorded hits every few milliseconds.
+        capacity.apply_uses();
+        capacity.committed("img", &hash("new"), || 1000);
+        capacity.removed("img", &hash("9"));
+        assert_eq!(capacity.load_saved(start), StartState::Clean);
+        assert!(capacity.loaded());
+        assert_eq!(capacity.entries(), 50);
+        assert_eq!(
+            capacity.bucket_bytes("img"),
+            (100..150).sum::<u64>() - 109 + 1000
+        );
         let order: Vec<_> = victims(&capacity).into_iter().map(|(_, h)| h).collect();
         let expected: Vec<_> = (0..50)
-            .filter(|i| *i != 7)
-            .chain([7])
-            .map(|i| hash(&i.to_string()))
+            .filter(|i| ![3, 7, 9].contains(i))
+            .map(|i| i.to_string())
+            .chain(["7".into(), "3".into(), "new".into()])
+            .map(|i| hash(&i))
             .collect();
         assert_eq!(order, expected);
         drop(capacity);
-        // Not saved clean again: the next start must reconcile.
-        let (_, start) = Capacity::open(dir.path()).unwrap();
-        assert_eq!(start, StartState::NeedsReconcile);
+        let (capacity, start) = Capacity::open(dir.path()).unwrap();
+        assert_eq!(
+            start,
+            StartState::NeedsReconcile,
+            "the clean mark is used once"
+        );
+        assert_eq!(capacity.load_saved(start), StartState::NeedsReconcile);
+        assert_eq!(capacity.entries(), 50);
     }
 
     #[test]
@@ -506,8 +618,9 @@ mod tests {
         std::fs::write(dir.path().join(STATE_DIR).join(ORDER_FILE), b"\x93garbage").unwrap();
         std::fs::write(dir.path().join(STATE_DIR).join(CLEAN_MARK), b"").unwrap();
         let (capacity, start) = Capacity::open(dir.path()).unwrap();
+        assert_eq!(start, StartState::Clean);
+        assert_eq!(capacity.load_saved(start), StartState::NeedsReconcile);
         assert_eq!(capacity.entries(), 0);
-        assert_eq!(start, StartState::NeedsReconcile);
     }
 
     #[test]

@@ -288,7 +288,7 @@ impl BucketStore for DiskStore {
         };
         let id = files.id(bucket, key);
         if let Some(open) = files.get(id, bucket, key) {
-            if let Some(capacity) = &self.capacity {
+            if let (Some(capacity), true) = (&self.capacity, open.use_told.due()) {
                 capacity.served_if_known(bucket, || {
                     FileHash::from_file_name(open.path.file_name()?.as_encoded_bytes())
                 });
@@ -1071,37 +1071,19 @@ mod tests {
         let first = put(&store, "a", &[1u8; 5000]).await;
         put(&store, "b", b"small").await;
         check("two commits");
-        store
-            .put_variant(
-                "b-1",
-                &key("a"),
-                &first,
-                "br",
-                Bytes::from_static(&[2u8; 700]),
-            )
-            .await
-            .unwrap();
-        store
-            .put_variant(
-                "b-1",
-                &key("a"),
-                &first,
-                "gzip",
-                Bytes::from_static(&[3u8; 900]),
-            )
-            .await
-            .unwrap();
+        let variant = |name: &'static str, body: &'static [u8]| {
+            let (store, first) = (store.clone(), first.clone());
+            async move {
+                let body = Bytes::from_static(body);
+                store
+                    .put_variant("b-1", &key("a"), &first, name, body)
+                    .await
+            }
+        };
+        variant("br", &[2u8; 700]).await.unwrap();
+        variant("gzip", &[3u8; 900]).await.unwrap();
         check("two variants");
-        store
-            .put_variant(
-                "b-1",
-                &key("a"),
-                &first,
-                "br",
-                Bytes::from_static(&[2u8; 300]),
-            )
-            .await
-            .unwrap();
+        variant("br", &[2u8; 300]).await.unwrap();
         check("a variant made again");
         // A new version: the old version's variants go with it.
         put(&store, "a", &[4u8; 100]).await;

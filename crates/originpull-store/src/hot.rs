@@ -33,6 +33,7 @@ use super::{BucketStore, Derived, NewObject, ObjectMeta, ObjectWriter, StoreErro
 use crate::doorkeeper::Doorkeeper;
 use crate::in_flight::InFlight;
 use crate::key::{ObjectIds, ObjectKey};
+use crate::order::UseThrottle;
 use originpull_support::clock::coarse_now;
 
 /// TinyUFO weighs entries in u16 units; ours are KiB, plus one for the entry's own overhead.
@@ -56,6 +57,8 @@ struct HotObject {
     derived: Arc<Derived>,
     body: Bytes,
     loaded_at: Instant,
+    /// When its last hit was told to the store below (for its eviction order).
+    use_told: UseThrottle,
 }
 
 impl HotObject {
@@ -67,6 +70,7 @@ impl HotObject {
             meta,
             body,
             loaded_at: coarse_now(),
+            use_told: UseThrottle::new(),
         }
     }
 }
@@ -185,7 +189,7 @@ impl<S: BucketStore> crate::StoreLayer for HotTier<S> {
         let shared = &self.shared;
         match shared.lookup(shared.id(bucket, key), bucket, key) {
             Some((hot, true)) => {
-                shared.inner.served_above(bucket, key);
+                shared.served_from_memory(&hot, bucket, key);
                 Some(Box::new(MemoryObject(hot)))
             }
             _ => None,
@@ -201,7 +205,7 @@ impl<S: BucketStore> crate::StoreLayer for HotTier<S> {
         let id = shared.id(bucket, key);
         let (stale, _revalidation) = match shared.lookup(id, bucket, key) {
             Some((hot, true)) => {
-                shared.inner.served_above(bucket, key);
+                shared.served_from_memory(&hot, bucket, key);
                 return Ok(Some(Box::new(MemoryObject(hot))));
             }
             Some((hot, false)) => match shared.revalidating.try_claim(&id) {
@@ -209,7 +213,7 @@ impl<S: BucketStore> crate::StoreLayer for HotTier<S> {
                 // Another request is asking the store: this one is served what it will most
                 // likely confirm.
                 None => {
-                    shared.inner.served_above(bucket, key);
+                    shared.served_from_memory(&hot, bucket, key);
                     return Ok(Some(Box::new(MemoryObject(hot))));
                 }
             },
@@ -322,6 +326,16 @@ impl<S: BucketStore> crate::StoreLayer for HotTier<S> {
         // The cached metadata carries the old check time.
         self.shared.forget(bucket, key);
         marked
+    }
+}
+
+impl<S: BucketStore> Shared<S> {
+    /// A hit served from memory: the store below orders its objects by use (at most once a
+    /// second per object, see [`UseThrottle`]).
+    fn served_from_memory(&self, hot: &HotObject, bucket: &str, key: &ObjectKey) {
+        if hot.use_told.due() {
+            self.inner.served_above(bucket, key);
+        }
     }
 }
 

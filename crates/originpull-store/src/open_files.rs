@@ -31,6 +31,7 @@ use tinyufo::TinyUfo;
 use super::{Derived, ObjectMeta};
 use crate::doorkeeper::Doorkeeper;
 use crate::key::{ObjectIds, ObjectKey};
+use crate::order::UseThrottle;
 use originpull_support::clock::coarse_now;
 
 /// One object file, open, with what was read from it when it was opened.
@@ -46,6 +47,8 @@ pub(crate) struct OpenFile {
     opened_at: Instant,
     /// Read whole since it was opened, and found to match its CRC-64.
     verified: AtomicBool,
+    /// When its last hit was told to the eviction order.
+    pub(crate) use_told: UseThrottle,
 }
 
 /// What `fstat` tells of a file that changes whenever its object does.
@@ -85,6 +88,7 @@ impl OpenFile {
             seen,
             opened_at: coarse_now(),
             verified: AtomicBool::new(false),
+            use_told: UseThrottle::new(),
         }
     }
 

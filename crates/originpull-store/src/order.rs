@@ -9,6 +9,7 @@
 //! maximum): its owner decides when to evict, and takes entries from the back itself.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use parking_lot::Mutex;
@@ -17,6 +18,7 @@ use pingora_cache::key::CompactCacheKey;
 use pingora_cache::{CacheEntryKey, CacheEntryKeyRef};
 
 use crate::key::FileHash;
+use originpull_support::clock::coarse_seconds;
 
 /// An entry of the order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,7 +169,7 @@ impl Order {
     }
 
     /// The bytes of the buckets `buckets` names.
-    pub(crate) fn bytes_of<'a>(&self, buckets: impl IntoIterator<Item = &'a String>) -> u64 {
+    pub(crate) fn bytes_of<'a>(&self, buckets: impl IntoIterator<Item = &'a str>) -> u64 {
         let totals = self.bucket_bytes.lock();
         buckets
             .into_iter()
@@ -185,17 +187,39 @@ impl Order {
         decode(&self.serialize()?)
     }
 
-    /// Adds what [`Order::serialize`] wrote behind what is known already, in its order
-    /// (the manager's own load: each entry goes to the back).
-    pub(crate) fn load(&self, saved: &[u8]) -> Result<(), String> {
-        let entries = decode(saved)?;
-        let mut totals = self.bucket_bytes.lock();
-        for entry in entries {
-            if !self.lru.peek(&entry_key(&entry.bucket, &entry.hash)) {
+    /// Adds what [`Order::serialize`] wrote behind what is known already, in its order (the
+    /// manager's own load, which puts each entry at the back), skipping what `skip` names and
+    /// what is known already (used or committed while this runs, which is more recent). Runs
+    /// in chunks, each with the totals locked, so serving goes on meanwhile.
+    pub(crate) fn load(
+        &self,
+        saved: &[u8],
+        skip: impl Fn(&str, &FileHash) -> bool,
+    ) -> Result<usize, String> {
+        const CHUNK: usize = 4096;
+        let entries: Vec<(CacheEntryKey, usize)> =
+            rmp_serde::from_slice(saved).map_err(|e| e.to_string())?;
+        let mut loaded = 0;
+        for chunk in entries.chunks(CHUNK) {
+            let mut totals = self.bucket_bytes.lock();
+            let mut nodes = Vec::with_capacity(chunk.len());
+            for (key, weight) in chunk {
+                let Some(entry) = entry_of(key, *weight) else {
+                    continue;
+                };
+                if self.lru.peek(key) || skip(&entry.bucket, &entry.hash) {
+                    continue;
+                }
                 *totals.entry(entry.bucket).or_default() += entry.weight;
+                nodes.push((key, *weight));
             }
+            loaded += nodes.len();
+            let encoded = rmp_serde::to_vec(&nodes).map_err(|e| e.to_string())?;
+            self.lru
+                .deserialize_shard(&encoded)
+                .map_err(|e| e.to_string())?;
         }
-        self.lru.deserialize_shard(saved).map_err(|e| e.to_string())
+        Ok(loaded)
     }
 }
 
@@ -206,4 +230,47 @@ fn decode(saved: &[u8]) -> Result<Vec<Entry>, String> {
         .iter()
         .filter_map(|(key, weight)| entry_of(key, *weight))
         .collect())
+}
+
+/// Kept with an object's copy in memory or its file kept open: whether a hit served from it is
+/// told to the order, which is at most once a second. A hit costs the order a hash, a lock and
+/// a move in a list of up to millions of entries (docs/benchmarks.md); the objects hit most
+/// then lag in the order by up to a second, while objects unserved for longer stay behind them.
+pub(crate) struct UseThrottle(AtomicU64);
+
+impl Clone for UseThrottle {
+    fn clone(&self) -> UseThrottle {
+        UseThrottle(AtomicU64::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl UseThrottle {
+    pub(crate) fn new() -> UseThrottle {
+        UseThrottle(AtomicU64::new(0))
+    }
+
+    /// Whether this hit is to be told (the first in this second).
+    pub(crate) fn due(&self) -> bool {
+        // Plus one, so a new throttle's 0 is never this second.
+        let now = coarse_seconds() + 1;
+        self.0.load(Ordering::Relaxed) != now && self.0.swap(now, Ordering::Relaxed) != now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_use_is_told_once_a_second_at_most() {
+        let throttle = UseThrottle::new();
+        assert!(throttle.due());
+        assert!(!throttle.due());
+        assert!(
+            !throttle.clone().due(),
+            "a renewed copy keeps the last time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(throttle.due());
+    }
 }
