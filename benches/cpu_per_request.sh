@@ -11,7 +11,7 @@
 #           CONNECTIONS (64) as in benches/side_by_side.sh
 #
 # SCRIPT=FILE runs wrk with that Lua script (e.g. benches/wrk/distinct_misses.lua, given a tag
-# unique to each round).
+# unique to each round, or SCRIPT_ARGS, e.g. "h/ 20000" for benches/wrk/random_keys.lua).
 #
 # Output: one line per round: req/s, user µs/request, system µs/request.
 # To compare two servers, alternate calls (A, B, A, B...) and compare medians.
@@ -29,7 +29,7 @@ cpu() { awk '{print $14, $15}' "/proc/$PID/stat"; }
 for _ in $(seq "$ROUNDS"); do
   read -r user0 sys0 < <(cpu)
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" "${host_args[@]}" \
-    ${SCRIPT:+-s "$SCRIPT"} "$URL" ${SCRIPT:+-- "r$$-$RANDOM"})
+    ${SCRIPT:+-s "$SCRIPT"} "$URL" ${SCRIPT:+-- ${SCRIPT_ARGS:-"r$$-$RANDOM"}})
   read -r user1 sys1 < <(cpu)
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   rate=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
