@@ -7,15 +7,16 @@
 #   idle      store.max_bytes far above what is ever stored: nothing is evicted;
 #   evicting  store.max_bytes a fifth above the hot set: every object the churn copies in
 #             pushes the store past the limit, and eviction deletes the least recently used.
-# Each first copies the hot set in (mirror mode); then, per round, wrk asks for hot objects at
+# Each first copies the hot set in (mirror mode), then HOT/4 more objects (p/...), which take the
+# evicting one past its limit; then, per round, wrk asks for hot objects at
 # random (benches/wrk/random_keys.lua, -c 64) while a churn client asks for new keys at about
 # CHURN per second (mirror misses: copies and, for `evicting`, evictions). Rounds alternate.
 #
 # Usage: benches/eviction_hits.sh
-#   HOT=20000 CHURN=200 CHURN_KEYS=200000 ROUNDS=3 DURATION=10 ORIGINPULL_BIN=...
+#   HOT=20000 CHURN=200 CHURN_KEYS=20000 ROUNDS=3 DURATION=10 ORIGINPULL_BIN=...
 # Output (stdout): a markdown table of medians; per-round lines on stderr.
 set -euo pipefail
-HOT=${HOT:-20000} CHURN=${CHURN:-200} CHURN_KEYS=${CHURN_KEYS:-200000}
+HOT=${HOT:-20000} CHURN=${CHURN:-200} CHURN_KEYS=${CHURN_KEYS:-20000}
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-10}
 BENCH=eviction_hits
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -30,6 +31,9 @@ SIZE=4096
 log "writing $HOT hot and $CHURN_KEYS churn objects"
 python3 "$LOAD" objects "$WORK/origin" h/ "$HOT" "$SIZE" >/dev/null
 python3 "$LOAD" objects "$WORK/origin" c/ "$CHURN_KEYS" "$SIZE" >/dev/null
+# What takes the evicting server past its limit before the first round.
+PAST=$((HOT / 4))
+python3 "$LOAD" objects "$WORK/origin" p/ "$PAST" "$SIZE" >/dev/null
 ORIGIN_PORT=$(free_port)
 start_nginx "access_log off; sendfile on;" "server { listen 127.0.0.1:$ORIGIN_PORT; root $WORK/origin; }"
 
@@ -54,13 +58,14 @@ EOF
   PIDS[$name]=$! PORTS[$name]=$OP_PORT METRICS[$name]=$METRICS_PORT
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$OP_PORT/" && break; sleep 0.1; done
   python3 "$LOAD" cold "http://127.0.0.1:$OP_PORT" ev-1250000000.bench.local h/ "$HOT" "$SIZE" 8 >/dev/null
+  python3 "$LOAD" cold "http://127.0.0.1:$OP_PORT" ev-1250000000.bench.local p/ "$PAST" "$SIZE" 8 >/dev/null
 }
 start_originpull idle $((HOT_BYTES * 100))
 start_originpull evicting $((HOT_BYTES * 12 / 10))
 trap 'kill "${PIDS[@]}" 2>/dev/null; cleanup_work' EXIT
 
-churn() {  # PORT TAG: new keys at about CHURN per second until killed
-  python3 - "$1" "$2" "$CHURN" "$CHURN_KEYS" <<'EOF'
+churn() {  # PORT TAG: new keys at about CHURN per second until killed (exec: $! is python)
+  exec python3 - "$1" "$2" "$CHURN" "$CHURN_KEYS" <<'EOF'
 import http.client, sys, time
 port, tag, rate, keys = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -89,9 +94,10 @@ for r in $(seq "$ROUNDS"); do
 done
 echo "| originpull | hits/s (median) | user µs/hit | system µs/hit |"
 echo "|---|---|---|---|"
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 for name in idle evicting; do
-  printf '%s' "${RESULTS[$name]}" | awk -v n="$name" '
-    { rps[NR] = $2; u[NR] = $4; s[NR] = $7 }
-    END { asort(rps); asort(u); asort(s); m = int((NR + 1) / 2)
-          printf "| %s | %.0f | %.1f | %.1f |\n", n, rps[m], u[m], s[m] }'
+  rps=$(printf '%s' "${RESULTS[$name]}" | awk '{ print $2 }' | median)
+  user=$(printf '%s' "${RESULTS[$name]}" | awk '{ print $4 }' | median)
+  sys=$(printf '%s' "${RESULTS[$name]}" | awk '{ print $7 }' | median)
+  echo "| $name | $rps | $user | $sys |"
 done
