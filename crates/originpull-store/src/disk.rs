@@ -516,52 +516,58 @@ fn secs_since_epoch(modified: SystemTime) -> u64 {
 /// Every object file of every bucket under `root`, with the bytes of its file and variants
 /// (`<hash>` and `<hash>.<variant>`): what the eviction order should hold.
 fn walk_object_files(root: &Path) -> io::Result<HashMap<(String, FileHash), u64>> {
-    fn entries(dir: &Path) -> io::Result<Vec<std::fs::DirEntry>> {
-        match std::fs::read_dir(dir) {
-            Ok(entries) => Ok(entries.filter_map(Result::ok).collect()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                Ok(Vec::new())
-            }
-            Err(e) => Err(e),
-        }
-    }
     let mut found: HashMap<(String, FileHash), u64> = HashMap::new();
-    for bucket in entries(root)? {
+    for bucket in dir_entries(root)? {
         // Bucket names are DNS labels; anything else (`.eviction`) is not a bucket.
         let Some(name) = bucket.file_name().to_str().map(str::to_string) else {
             continue;
         };
-        if originpull_config::validate_bucket_name(&name).is_ok() {
-            for level1 in entries(&bucket.path().join("objects"))? {
-                for level2 in entries(&level1.path())? {
-                    for file in entries(&level2.path())? {
-                        let file_name = file.file_name();
-                        let bytes = file_name.as_encoded_bytes();
-                        let Some(hash) = FileHash::from_file_name(&bytes[..bytes.len().min(64)])
-                        else {
-                            continue;
-                        };
-                        if bytes.len() > 64 && bytes[64] != b'.' {
-                            continue;
-                        }
-                        match file.metadata() {
-                            Ok(stat) if stat.is_file() => {
-                                *found.entry((name.clone(), hash)).or_default() +=
-                                    stat.len().max(1);
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
+        if originpull_config::validate_bucket_name(&name).is_err() {
+            continue;
         }
+        for_each_object_file(&bucket.path().join("objects"), |file| {
+            let file_name = file.file_name();
+            let bytes = file_name.as_encoded_bytes();
+            let Some(hash) = FileHash::from_file_name(&bytes[..bytes.len().min(64)]) else {
+                return;
+            };
+            if bytes.len() > 64 && bytes[64] != b'.' {
+                return;
+            }
+            if let Some(stat) = file.metadata().ok().filter(|stat| stat.is_file()) {
+                *found.entry((name.clone(), hash)).or_default() += stat.len().max(1);
+            }
+        })?;
     }
     Ok(found)
+}
+
+/// Calls `f` with every file in a bucket's `objects/<h0h1>/<h2h3>/` (objects and their
+/// variants), one leaf directory at a time.
+fn for_each_object_file(objects: &Path, mut f: impl FnMut(std::fs::DirEntry)) -> io::Result<()> {
+    for level1 in dir_entries(objects)? {
+        for level2 in dir_entries(&level1.path())? {
+            dir_entries(&level2.path())?.into_iter().for_each(&mut f);
+        }
+    }
+    Ok(())
+}
+
+/// What `dir` holds; nothing when it is missing, or is a stray file where a directory
+/// should be.
+fn dir_entries(dir: &Path) -> io::Result<Vec<std::fs::DirEntry>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.filter_map(Result::ok).collect()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The variants kept beside the object file at `path` (`<file>.<variant>`).
@@ -604,39 +610,28 @@ fn weigh_files(path: &Path) -> u64 {
 /// Files that are not whole objects are skipped, as `open` would treat them as missing.
 fn list_objects(objects: &Path, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
     let mut found = Vec::new();
-    let entries = |dir: &Path| -> io::Result<Vec<PathBuf>> {
-        match std::fs::read_dir(dir) {
-            Ok(rd) => rd.map(|e| e.map(|e| e.path())).collect(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e),
+    for_each_object_file(objects, |entry| {
+        let path = entry.path();
+        // Object files are named by their hash alone; `<hash>.<variant>` are variants.
+        if path.extension().is_some() {
+            return;
         }
-    };
-    for level1 in entries(objects)? {
-        for level2 in entries(&level1)? {
-            for path in entries(&level2)? {
-                // Object files are named by their hash alone; `<hash>.<variant>` are variants.
-                if path.extension().is_some() {
-                    continue;
-                }
-                let Ok(file) = File::open(&path) else {
-                    continue; // purged meanwhile
-                };
-                let Ok(meta) = read_trailer(&file, None) else {
-                    continue;
-                };
-                if meta.key.starts_with(prefix) {
-                    // Stored keys were valid keys; a file that somehow holds an invalid one is
-                    // skipped.
-                    if let Ok(key) = ObjectKey::from_stored(&meta.key) {
-                        found.push(ListedObject {
-                            key,
-                            size: meta.size,
-                        });
-                    }
-                }
+        let Ok(file) = File::open(&path) else {
+            return; // purged meanwhile
+        };
+        let Ok(meta) = read_trailer(&file, None) else {
+            return;
+        };
+        if meta.key.starts_with(prefix) {
+            // Stored keys were valid keys; a file that somehow holds an invalid one is skipped.
+            if let Ok(key) = ObjectKey::from_stored(&meta.key) {
+                found.push(ListedObject {
+                    key,
+                    size: meta.size,
+                });
             }
         }
-    }
+    })?;
     Ok(found)
 }
 
